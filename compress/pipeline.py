@@ -1,0 +1,132 @@
+"""Runs a validated recipe: steps in order, then benchmark, report and gate.
+
+Each step's folder is `<run>/<NN>-<name>`. Its hash covers its own config and its
+parent's hash (and so, transitively, the model source, data and seed): a re-run skips
+every step whose folder has a manifest with the same hash, and redoes the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.hardware import describe, fingerprint
+from benchmarks.report import build_report, write_report
+from benchmarks.suite import benchmark_artifact
+from compress.artifact import Artifact, commit, write_json_atomic
+from compress.gate import violations
+from compress.models import resolve_source
+from compress.recipe import Recipe
+from compress.stage import STAGES, Context
+from runtimes import BACKENDS
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def setup_logging(log_file: Path) -> logging.Logger:
+    log = logging.getLogger("compress")
+    log.setLevel(logging.INFO)
+    log.handlers.clear()
+    log.propagate = False  # some libraries configure the root logger; do not print twice
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)):
+        handler.setFormatter(fmt)
+        log.addHandler(handler)
+    return log
+
+
+def source_artifact(recipe: Recipe) -> Artifact:
+    path = resolve_source(recipe.model.source)
+    weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+    h = digest(recipe.model.model_dump(), recipe.data.model_dump(), recipe.seed, weights)
+    return Artifact("source", "hf-checkpoint", path, h, None, "source", {"model": "model.safetensors"})
+
+
+def plan(recipe: Recipe) -> list[str]:
+    lines = [f"recipe {recipe.name}: model {recipe.model.source}, data {recipe.data.source}"]
+    for i, step in enumerate(recipe.steps):
+        settings = step.model_dump(exclude={"name", "type", "from_"}, exclude_defaults=True)
+        lines.append(f"  {i:02d}-{step.name}: {step.type} <- {recipe.parent_of(i) or 'source'} {settings or ''}")
+    lines.append(f"  then: benchmark on {recipe.benchmark.backends}, report"
+                 + (f", gate (max drop {recipe.gate.max_accuracy_drop} points)" if recipe.gate else ""))
+    return lines
+
+
+def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: bool) -> Artifact:
+    step = recipe.steps[index]
+    parent_name = recipe.parent_of(index)
+    parent = ctx.artifacts[parent_name] if parent_name else source
+    h = digest(step.model_dump(by_alias=True), parent.hash)
+    folder = ctx.run_dir / f"{index:02d}-{step.name}"
+    done = Artifact.load(folder)
+    if done and done.hash == h and not force:
+        ctx.log.info("%s: up to date, skipped", folder.name)
+        return done
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    ctx.log.info("%s: running %s on %s", folder.name, step.type, parent.name)
+    start = time.perf_counter()
+    try:
+        result = STAGES[step.type].run(step, parent, ctx, partial)
+    except BaseException:  # Ctrl-C included: leave nothing that could pass for a finished stage
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    metrics = result.metrics | {"stage_seconds": round(time.perf_counter() - start, 1)}
+    artifact = Artifact(step.name, result.kind, partial, h, parent.name, step.type, result.files, metrics)
+    return commit(partial, folder, artifact)
+
+
+def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
+    """Rows are cached by (artifact hash, back end, benchmark settings, hardware) so a re-run measures nothing."""
+    cache = ctx.run_dir / "benchmarks"
+    cache.mkdir(exist_ok=True)
+    rows = []
+    for artifact in ctx.artifacts.values():
+        for backend in recipe.benchmark.backends:
+            if artifact.kind not in BACKENDS[backend][0]:
+                continue
+            key = digest(artifact.hash, backend, recipe.benchmark.model_dump(), fingerprint())
+            cached = cache / f"{artifact.name}.{backend}.json"
+            if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
+                rows.append(json.loads(cached.read_text())["row"])
+                continue
+            ctx.log.info("benchmark %s on %s", artifact.name, backend)
+            row = benchmark_artifact(artifact, backend, recipe.benchmark, ctx.data, recipe.data.max_length)
+            if row["status"] != "measured":
+                ctx.log.info("  %s on %s: not measured: %s", artifact.name, backend, row["reason"])
+            write_json_atomic(cached, {"key": key, "row": row})
+            rows.append(row)
+    return rows
+
+
+def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
+    run_dir = out_root / recipe.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(recipe, run_dir, setup_logging(run_dir / "run.log"))
+    ctx.log.info("run %s -> %s", recipe.name, run_dir)
+    data = ctx.data  # load and split before any stage folder exists: bad data fails first
+    ctx.log.info("data %s: %d train / %d dev / %d test, labels %s", data.source, len(data.train), len(data.dev),
+                 len(data.test), data.labels)
+    source = source_artifact(recipe)
+    for index, step in enumerate(recipe.steps):
+        ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
+    rows = benchmark_rows(recipe, ctx)
+    baseline = (recipe.gate.baseline if recipe.gate else None) or recipe.steps[0].name
+    report = build_report(recipe.name, baseline, [a.to_json() for a in ctx.artifacts.values()], rows, describe())
+    write_report(report, run_dir)
+    ctx.log.info("report: %s", run_dir / "report.md")
+    if recipe.gate:
+        found = violations(report, recipe.gate.max_accuracy_drop, recipe.gate.artifacts)
+        for line in found:
+            ctx.log.error("GATE FAILED: %s", line)
+        if found:
+            return 1
+        ctx.log.info("gate passed (max drop %s points)", recipe.gate.max_accuracy_drop)
+    return 0

@@ -1,0 +1,48 @@
+"""python -m compress.run RECIPE [--out DIR] [--dry-run] [--force]
+
+Exit codes: 0 done (and the gate passed), 1 a stage failed or the gate failed, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Nothing is ever downloaded: models and data come from local folders and installed packages.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m compress.run", description="Run a compression recipe end to end.")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run folder (default: runs)")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the stages, run nothing")
+    p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
+    args = p.parse_args(argv)
+
+    from compress.errors import CompressError, StageFailed
+    from compress.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+        if args.dry_run:
+            from compress.pipeline import plan
+
+            print("\n".join(plan(recipe)))
+            return 0
+        from compress.pipeline import run_pipeline
+
+        return run_pipeline(recipe, args.out, args.force)
+    except CompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"stage failed: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The training loop shared by fine-tuning and distillation.
+
+AdamW with linear warm-up and decay, evaluation on dev after every epoch, the best
+epoch's weights kept, early stopping. It runs under Hugging Face Accelerate so the same
+loop works on one CPU, several GPUs or several nodes (`accelerate launch`).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from benchmarks.accuracy import evaluate
+from compress.data import Dataset, Example, encode
+from compress.progress import progress
+from compress.stage import Context, StepConfig
+from runtimes.torch_runtime import TorchRuntime
+
+# loss(model, inputs, labels) -> scalar; distillation swaps in its own.
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+
+
+class TrainingConfig(StepConfig):
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a dev gain.")
+
+
+def cross_entropy(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(model(**inputs).logits, labels)
+
+
+def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig, ctx: Context,
+          loss_fn: LossFn = cross_entropy, train_examples: list[Example] | None = None) -> dict:
+    """Train in place; on return `model` holds the best dev epoch's weights. Returns the history."""
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    seed, max_length = ctx.recipe.seed, ctx.recipe.data.max_length
+    torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    examples = train_examples or data.train
+
+    def collate(chunk: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        enc = encode(tokenizer, chunk, max_length)
+        return {k: torch.from_numpy(v) for k, v in enc.items()}, torch.tensor([e.label for e in chunk])
+
+    loader = torch.utils.data.DataLoader(
+        examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.learning_rate,
+    )
+    steps = cfg.epochs * len(loader)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
+    wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    history, best_acc, best_state, since_best = [], -1.0, None, 0
+    for epoch in range(cfg.epochs):
+        wrapped.train()
+        start, losses = time.perf_counter(), []
+        for inputs, labels in progress(loader, f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}"):
+            loss = loss_fn(wrapped, inputs, labels)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        model.eval()
+        dev = evaluate(TorchRuntime(model, str(accelerator.device)).run, tokenizer, data.dev, data.labels,
+                       max_length, ctx.recipe.benchmark.eval_batch_size, desc=f"{cfg.name} dev")
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_accuracy": dev["accuracy"],
+                        "seconds": round(time.perf_counter() - start, 1)})
+        ctx.log.info("%s epoch %d: loss %.4f, dev accuracy %.4f", cfg.name, epoch + 1, history[-1]["train_loss"],
+                     dev["accuracy"])
+        if dev["accuracy"] > best_acc:
+            best_acc, since_best = dev["accuracy"], 0
+            best_state = copy.deepcopy(accelerator.unwrap_model(wrapped).state_dict())
+        else:
+            since_best += 1
+            if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
+                ctx.log.info("%s: early stop, no dev gain for %d epochs", cfg.name, since_best)
+                break
+    model.load_state_dict(best_state)
+    model.to("cpu").eval()
+    return {"history": history, "best_dev_accuracy": best_acc}

@@ -1,0 +1,1 @@
+"""Artifact -> deployable: ONNX, TensorRT engines, ONNX Runtime mobile, edge bundles."""

@@ -1,0 +1,86 @@
+"""export: Hugging Face checkpoint -> ONNX with dynamic axes, parity-checked, transformer-fused.
+
+The artifact holds `model.onnx` (what runtimes load: fused when `optimize`), the plain
+export `model.raw.onnx` (what quantizers and TensorRT, which cannot parse ONNX Runtime's
+contrib ops, start from), the tokenizer and config.json.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from compress.artifact import Artifact
+from compress.errors import StageFailed
+from compress.stage import Context, StageResult, StepConfig, register
+from export.parity import compare_logits
+from runtimes.ort_runtime import OrtRuntime
+from runtimes.torch_runtime import TorchRuntime
+
+
+class ExportConfig(StepConfig):
+    type: Literal["export"] = "export"
+    opset: int = Field(17, ge=14, le=21)
+    optimize: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (Attention, LayerNorm, Gelu).")
+    parity_tolerance: float = Field(1e-3, gt=0, description="Max |logit difference| vs PyTorch on dev batches.")
+    parity_examples: int = Field(256, ge=1)
+
+
+def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> None:
+    """Legacy TorchScript exporter: the dynamo exporter (torch's default) does not keep both dynamic axes here."""
+    names = list(sample)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    wrapped = _LogitsOnly(model, names)
+    with torch.no_grad():
+        torch.onnx.export(wrapped, tuple(torch.from_numpy(sample[n]) for n in names), str(path), input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+def fuse(raw: Path, fused: Path, config) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer; returns fused-operator counts (zeros say a fusion did not apply)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    uniform = not getattr(config, "pruned_heads", None)
+    opt = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads if uniform else 0,
+                         hidden_size=config.hidden_size if uniform else 0)
+    opt.save_model_to_file(str(fused))
+    return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
+@register(ExportConfig, accepts=("hf-checkpoint",), produces="onnx")
+def export_onnx(cfg: ExportConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from compress.data import encode
+
+    model = AutoModelForSequenceClassification.from_pretrained(parent.path, use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(parent.path)
+    max_length = ctx.recipe.data.max_length
+    raw, final = out / "model.raw.onnx", out / "model.onnx"
+    to_onnx(model, encode(tokenizer, ctx.data.dev[:2], max_length), raw, cfg.opset)
+    fused_ops = fuse(raw, final, model.config) if cfg.optimize else {}
+    if not cfg.optimize:
+        os.link(raw, final)
+    parity = compare_logits(TorchRuntime(model).run, OrtRuntime(final).run, tokenizer,
+                            ctx.data.dev[: cfg.parity_examples], max_length)
+    ctx.log.info("%s: parity max |diff| %.2e over %d dev examples; fused %s", cfg.name,
+                 parity["max_abs_logit_diff"], parity["examples"], fused_ops)
+    if parity["max_abs_logit_diff"] > cfg.parity_tolerance:
+        raise StageFailed(f"{cfg.name}: ONNX logits differ from PyTorch by {parity['max_abs_logit_diff']:.2e} "
+                          f"> parity_tolerance {cfg.parity_tolerance}")
+    tokenizer.save_pretrained(out)
+    model.config.save_pretrained(out)
+    return StageResult("onnx", {"model": "model.onnx", "raw": "model.raw.onnx"},
+                       {"parity": parity, "fused_operators": fused_ops, "precision": "fp32", "opset": cfg.opset})

@@ -1,0 +1,34 @@
+"""PyTorch eager, CPU or CUDA."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtimes.base import Unavailable
+
+
+class TorchRuntime:
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", precision: str = "fp32"):
+        self.model = model.eval()
+        self.device = device
+        self.precision = precision
+        self.name = f"torch-{device.split(':')[0]}" + ("-fp16" if precision == "fp16" else "")
+
+    @classmethod
+    def open(cls, folder: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> TorchRuntime:
+        from transformers import AutoModelForSequenceClassification
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise Unavailable("no CUDA device visible to PyTorch")
+        if threads:
+            torch.set_num_threads(threads)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        model = model.to(device, dtype=torch.float16 if precision == "fp16" else torch.float32)
+        return cls(model, device, precision)
+
+    @torch.inference_mode()
+    def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        feed = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
+        return self.model(**feed).logits.float().cpu().numpy()

