@@ -97,9 +97,9 @@ class Recipe(Strict):
         previous: str | None = None
         for i, step in enumerate(self.steps):
             where = f"steps[{i}] ({step.name})"
-            if step.name in kinds:
-                raise ValueError(f"{where}: duplicate step name {step.name!r}")
-            parent = step.from_ or previous
+            if step.name in kinds or step.name == "source":
+                raise ValueError(f"{where}: step name {step.name!r} is taken (duplicate, or the reserved 'source')")
+            parent = None if step.from_ == "source" else step.from_ or previous
             spec = STAGES[step.type]
             parent_kind = "hf-checkpoint" if parent is None else kinds.get(parent)
             if parent is not None and parent_kind is None:
@@ -115,7 +115,10 @@ class Recipe(Strict):
         return self
 
     def parent_of(self, index: int) -> str | None:
+        """The input step's name; None means the model source (`from: source`, or the first step)."""
         step = self.steps[index]
+        if step.from_ == "source":
+            return None
         return step.from_ or (self.steps[index - 1].name if index else None)
 
 

@@ -28,7 +28,7 @@ class Strict(BaseModel):
 
 class StepConfig(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Folder and report name of the artifact.")
-    from_: str | None = Field(None, alias="from", description="Input step; default: the previous step.")
+    from_: str | None = Field(None, alias="from", description="Input step, or 'source' for the recipe's model; default: the previous step.")
 
 
 @dataclass

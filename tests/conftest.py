@@ -1,0 +1,98 @@
+"""Tiny models and data built in the test session: no downloads, seconds to train."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = "good great fine superb lovely brilliant moving funny charming smart".split()
+NEGATIVE = "bad awful dull boring weak tired clumsy lazy bland messy".split()
+FILLER = "the a movie film story plot actor scene this that is was very quite and but".split()
+WORDS = POSITIVE + NEGATIVE + FILLER
+
+
+def write_tokenizer(folder: Path) -> None:
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ly"]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+
+
+def tiny_config(arch: str = "bert", **overrides):
+    from transformers import AlbertConfig, BertConfig
+
+    common = dict(vocab_size=len(WORDS) + 7, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=128, num_labels=2,
+                  id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    if arch == "albert":
+        return AlbertConfig(**common | {"embedding_size": 16, "hidden_act": "gelu"} | overrides)
+    return BertConfig(**common | overrides)
+
+
+def save_tiny_model(folder: Path, arch: str = "bert", seed: int = 0, **overrides) -> Path:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(arch, **overrides))
+    model.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A random 2-layer BERT classifier (hidden 32, 4 heads) with a matching WordPiece tokenizer."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_albert(tmp_path_factory) -> Path:
+    """A random 2-layer ALBERT classifier (E=16, H=32, one shared layer group)."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-albert"), "albert")
+
+
+def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
+    """Labelled sentences whose label follows from their words, grouped by a fake movie id."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.choice(["pos", "neg"])
+        cue = POSITIVE if label == "pos" else NEGATIVE
+        words = rng.sample(FILLER, 4) + rng.sample(cue, 2)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label, "movie": f"m{i % 40}"})
+    return rows
+
+
+@pytest.fixture
+def tiny_csv(tmp_path) -> Path:
+    import pandas as pd
+
+    path = tmp_path / "reviews.csv"
+    pd.DataFrame(sentiment_rows(240)).to_csv(path, index=False)
+    return path
+
+
+def write_recipe(folder: Path, model: Path | str, data: Path, steps: list[dict], **sections) -> Path:
+    """A recipe file for the tiny model and data; `sections` override or add top-level keys."""
+    recipe = {
+        "name": "tiny",
+        "seed": 0,
+        "model": {"source": str(model)},
+        "data": {"source": str(data), "max_length": 16, "split": {"group_column": "movie"}},
+        "steps": steps,
+        "benchmark": {"backends": ["torch-cpu", "ort-cpu"], "sequence_lengths": [16], "warmup": 1,
+                      "min_repeats": 5, "max_seconds": 0.5, "threads": 1},
+    } | sections
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path

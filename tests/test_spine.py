@@ -1,0 +1,81 @@
+"""The spine on tiny models: a recipe runs end to end, resumes, and refuses bad input cleanly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compress.artifact import Artifact
+from compress.run import main
+from tests.conftest import write_recipe
+
+STEPS = [
+    {"name": "teacher", "type": "finetune", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3},
+    {"name": "onnx", "type": "export"},
+    {"name": "int8", "type": "quantize", "method": "dynamic"},
+]
+
+
+def test_recipe_runs_end_to_end_then_resumes_without_work(tmp_path, tiny_bert, tiny_csv):
+    recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, STEPS)
+    out = tmp_path / "runs"
+    assert main([str(recipe), "--out", str(out)]) == 0
+    run = out / "tiny"
+    report = json.loads((run / "report.json").read_text())
+    rows = {(r["artifact"], r["backend"]): r for r in report["rows"]}
+    assert rows[("onnx", "ort-cpu")]["accuracy"] == pytest.approx(rows[("teacher", "torch-cpu")]["accuracy"])
+    assert rows[("int8", "ort-cpu")]["size_bytes"] < rows[("onnx", "ort-cpu")]["size_bytes"]
+    assert Artifact.load(run / "01-onnx").metrics["parity"]["max_abs_logit_diff"] < 1e-3
+    assert "| int8 | ort-cpu | int8 |" in (run / "report.md").read_text()
+
+    stamps = {p.name: (p / "manifest.json").stat().st_mtime_ns for p in run.glob("0*")}
+    assert main([str(recipe), "--out", str(out)]) == 0
+    assert {p.name: (p / "manifest.json").stat().st_mtime_ns for p in run.glob("0*")} == stamps
+    assert json.loads((run / "report.json").read_text())["rows"] == report["rows"]
+
+
+def test_changed_step_reruns_it_and_its_descendants_only(tmp_path, tiny_bert, tiny_csv):
+    out = tmp_path / "runs"
+    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, STEPS)), "--out", str(out)]) == 0
+    before = {p.name: Artifact.load(p).hash for p in (out / "tiny").glob("0*")}
+    changed = STEPS[:2] + [{**STEPS[2], "per_channel": False}]
+    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, changed)), "--out", str(out)]) == 0
+    after = {p.name: Artifact.load(p).hash for p in (out / "tiny").glob("0*")}
+    assert after["00-teacher"] == before["00-teacher"] and after["01-onnx"] == before["01-onnx"]
+    assert after["02-int8"] != before["02-int8"]
+
+
+def test_interrupted_stage_leaves_no_complete_folder_and_resumes(tmp_path, tiny_bert, tiny_csv, monkeypatch):
+    from compress import stage
+
+    recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, STEPS)
+    out = tmp_path / "runs"
+    real = stage.STAGES["export"]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(stage.STAGES, "export", stage.StageSpec(real.config, interrupted, real.accepts, real.produces))
+    with pytest.raises(KeyboardInterrupt):
+        main([str(recipe), "--out", str(out)])
+    run = out / "tiny"
+    assert Artifact.load(run / "00-teacher") is not None
+    assert not (run / "01-onnx").exists() and not (run / "01-onnx.partial").exists()
+    teacher_stamp = (run / "00-teacher" / "manifest.json").stat().st_mtime_ns
+
+    monkeypatch.setitem(stage.STAGES, "export", real)
+    assert main([str(recipe), "--out", str(out)]) == 0
+    assert (run / "00-teacher" / "manifest.json").stat().st_mtime_ns == teacher_stamp
+    assert Artifact.load(run / "02-int8") is not None
+
+
+def test_gate_failure_exits_nonzero_naming_artifact(tmp_path, tiny_bert, tiny_csv, capsys):
+    # An untrained copy of the model as a second "teacher" branch: its accuracy must fall below a 0-point budget.
+    steps = [STEPS[0], {"name": "onnx", "type": "export"},
+             {"name": "untrained", "type": "finetune", "from": "source", "epochs": 1, "learning_rate": 1e-9}]
+    recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, steps,
+                          gate={"baseline": "teacher", "max_accuracy_drop": 0.0})
+    code = main([str(recipe), "--out", str(tmp_path / "runs")])
+    log = (tmp_path / "runs" / "tiny" / "run.log").read_text()
+    assert code == 1
+    assert "GATE FAILED: untrained on torch-cpu" in log
