@@ -7,10 +7,10 @@ import pytest
 
 from compress.artifact import Artifact
 from compress.run import main
-from tests.conftest import write_recipe
+from tests.conftest import TINY_TRAINING, write_recipe
 
 STEPS = [
-    {"name": "teacher", "type": "finetune", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3},
+    {"name": "teacher", "type": "finetune", **TINY_TRAINING},
     {"name": "onnx", "type": "export"},
     {"name": "int8", "type": "quantize", "method": "dynamic"},
 ]
@@ -23,6 +23,7 @@ def test_recipe_runs_end_to_end_then_resumes_without_work(tmp_path, tiny_bert, t
     run = out / "tiny"
     report = json.loads((run / "report.json").read_text())
     rows = {(r["artifact"], r["backend"]): r for r in report["rows"]}
+    assert rows[("teacher", "torch-cpu")]["accuracy"] >= 0.8  # the cue words make this easy: training happened
     assert rows[("onnx", "ort-cpu")]["accuracy"] == pytest.approx(rows[("teacher", "torch-cpu")]["accuracy"])
     assert rows[("int8", "ort-cpu")]["size_bytes"] < rows[("onnx", "ort-cpu")]["size_bytes"]
     assert Artifact.load(run / "01-onnx").metrics["parity"]["max_abs_logit_diff"] < 1e-3
@@ -72,7 +73,8 @@ def test_interrupted_stage_leaves_no_complete_folder_and_resumes(tmp_path, tiny_
 def test_gate_failure_exits_nonzero_naming_artifact(tmp_path, tiny_bert, tiny_csv, capsys):
     # An untrained copy of the model as a second "teacher" branch: its accuracy must fall below a 0-point budget.
     steps = [STEPS[0], {"name": "onnx", "type": "export"},
-             {"name": "untrained", "type": "finetune", "from": "source", "epochs": 1, "learning_rate": 1e-9}]
+             {"name": "untrained", "type": "finetune", "from": "source", "epochs": 1, "learning_rate": 1e-9,
+              "force": True}]
     recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, steps,
                           gate={"baseline": "teacher", "max_accuracy_drop": 0.0})
     code = main([str(recipe), "--out", str(tmp_path / "runs")])
