@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from compress.errors import CompressError
 from compress.models import BUILTIN_MODELS, check_checkpoint_folder
@@ -41,14 +41,15 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    source: str = Field("minilm", description=f"Built-in {sorted(BUILTIN_MODELS)} or a local checkpoint folder.")
     allow_pickle: bool = Field(False, description="Allow pytorch_model.bin (pickle) weights. Off: safetensors only.")
+    source: str = Field("minilm", description=f"Built-in {sorted(BUILTIN_MODELS)} or a local checkpoint folder.")
 
-    @model_validator(mode="after")
-    def _checkpoint_usable(self) -> ModelConfig:
-        if self.source not in BUILTIN_MODELS:
-            check_checkpoint_folder(Path(self.source), self.allow_pickle)
-        return self
+    @field_validator("source")
+    @classmethod
+    def _checkpoint_usable(cls, v: str, info: ValidationInfo) -> str:
+        if v not in BUILTIN_MODELS:
+            check_checkpoint_folder(Path(v), info.data.get("allow_pickle", False))
+        return v
 
 
 class BenchmarkConfig(Strict):
@@ -125,7 +126,6 @@ class Recipe(Strict):
 def _describe(err: dict[str, Any]) -> str:
     loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
     # Discriminated unions put the tag in the path (steps[0].finetune.epochs); drop it.
-    loc = loc.replace(".function-after[_checkpoint_usable, ModelConfig]", "")
     for t in STAGES:
         loc = loc.replace(f".{t}.", ".").replace(f".{t}", "")
     value = err.get("input")

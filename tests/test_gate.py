@@ -1,0 +1,44 @@
+"""The gate fails on a drop beyond the limit and on any missing figure; it never passes by default."""
+from __future__ import annotations
+
+import json
+
+from compress.gate import main, violations
+
+
+def report(rows, base=0.85):
+    return {"baseline": {"artifact": "teacher", "accuracy": base}, "rows": rows}
+
+
+def row(name, acc, backend="ort-cpu", status="measured"):
+    return {"artifact": name, "backend": backend, "status": status, "accuracy": acc}
+
+
+def test_within_limit_passes_and_beyond_fails_naming_artifact_drop_and_limit():
+    r = report([row("teacher", 0.85, "torch-cpu"), row("int8", 0.845), row("tiny", 0.80)])
+    found = violations(r, max_drop=1.0)
+    assert len(found) == 1
+    assert "tiny on ort-cpu" in found[0] and "5.00 points" in found[0] and "limit is 1.0" in found[0]
+    assert violations(r, max_drop=1.0, artifacts=["int8"]) == []
+
+
+def test_missing_figures_fail():
+    assert violations(report([row("int8", None)]), 1.0) == ["int8 on ort-cpu: accuracy missing"]
+    assert "no measured accuracy" in violations(report([row("int8", 0.9, status="not measured")]), 1.0)[0]
+    assert "no measured accuracy" in violations(report([], base=None), 1.0)[0]
+    assert violations(report([row("teacher", 0.85)]), 1.0, artifacts=["ghost"]) == [
+        "ghost: no measured accuracy in the report"]
+
+
+def test_unmeasured_gpu_rows_do_not_fail_when_another_row_is_measured():
+    r = report([row("int8", 0.85), row("int8", None, "ort-cuda", "not measured")])
+    assert violations(r, 1.0) == []
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report([row("int8", 0.80)])))
+    assert main([str(path), "--max-drop", "1.0"]) == 1
+    assert "GATE FAILED: int8 on ort-cpu" in capsys.readouterr().err
+    assert main([str(path), "--max-drop", "6.0"]) == 0
+    assert main([str(tmp_path / "missing.json"), "--max-drop", "1"]) == 2
