@@ -71,6 +71,8 @@ class PruneConfig(StepConfig):
     @classmethod
     def _heads_ratio(cls, v: float | dict[int, float]) -> float | dict[int, float]:
         for layer, ratio in (v.items() if isinstance(v, dict) else [("all", v)]):
+            if isinstance(layer, int) and layer < 0:
+                raise ValueError(f"heads: layer index {layer} < 0")
             if not 0 <= ratio < 1:
                 raise ValueError(f"heads[{layer}] = {ratio}: a fraction in [0, 1); 1 would remove every head of "
                                  "a layer (drop the layer with drop_layers instead)")

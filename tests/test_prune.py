@@ -157,6 +157,8 @@ def test_stage_prunes_iteratively_with_recovery_then_exports_with_parity(tmp_pat
     ({}, "nothing to prune"),
     ({"drop_layers": [0, 1]}, "at least one layer must stay"),
     ({"heads": {0: 0.9}}, "removes all 4 heads of layer 0"),
+    ({"heads": {-1: 0.5}}, "layer index -1 < 0"),
+    ({"heads": {0: 0.5}, "drop_layers": [0]}, "heads names layers [0], which drop_layers removes"),
 ])
 def test_impossible_ratios_exit_2_saying_why(tmp_path, tiny_bert, tiny_csv, capsys, step, message):
     recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, [{"name": "pruned", "type": "prune", **step}])
