@@ -35,6 +35,14 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _millions(n: int | None) -> str:
+    return f"{n / 1e6:.2f} M" if n is not None else ""
+
+
+def _giga(n: int | None) -> str:
+    return f"{n / 1e9:.3f}" if n is not None else ""
+
+
 def to_markdown(report: dict) -> str:
     hw = report["hardware"]
     isa = ", ".join(k for k, v in hw["isa"].items() if v) or "none of " + ", ".join(hw["isa"])
@@ -46,8 +54,8 @@ def to_markdown(report: dict) -> str:
         "Drop is in accuracy points, size× and speed-up× are baseline ÷ row at the first latency point.",
         "",
         "| artifact | back end | precision | accuracy | macro-F1 | drop (pts) | size | size× | params | "
-        "p50 ms | p95 ms | p99 ms | speed-up× |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "encoder params | GMACs @128 | p50 ms | p95 ms | p99 ms | speed-up× |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         if r["status"] != "measured":
@@ -56,13 +64,19 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {r['artifact']} | {r['backend']} | {r['precision']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
             f"{r.get('accuracy_drop_points', '')} | {_mb(r['size_bytes'])} | {r.get('size_ratio', '')} | "
-            f"{(r['parameters'] or 0) / 1e6:.2f} M | {lat.get('p50_ms', '')} | {lat.get('p95_ms', '')} | "
+            f"{(r['parameters'] or 0) / 1e6:.2f} M | {_millions(r.get('encoder_parameters'))} | "
+            f"{_giga(r.get('macs_seq128'))} | {lat.get('p50_ms', '')} | {lat.get('p95_ms', '')} | "
             f"{lat.get('p99_ms', '')} | {r.get('speedup', '')} |"
         )
     skipped = [r for r in report["rows"] if r["status"] != "measured"]
     if skipped:
         lines += ["", "## Not measured here", ""]
         lines += [f"- {r['artifact']} on {r['backend']}: not measured: {r['reason']}" for r in skipped]
+    missing = [a for a in report["artifacts"] if a["metrics"].get("fusions_missing")]
+    if missing:
+        lines += ["", "## ONNX Runtime fusions not applied", ""]
+        lines += [f"- {a['name']}: {a['metrics']['fusions_missing']} (applied: {a['metrics']['fused_operators']})"
+                  for a in missing]
     lines += ["", "## Latency sweep", "", "| artifact | back end | batch | sequence | p50 ms | p95 ms | p99 ms | "
               "per second | repeats |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:

@@ -5,7 +5,7 @@ import time
 
 from benchmarks.accuracy import evaluate
 from benchmarks.latency import measure_latency
-from benchmarks.size import model_bytes, parameter_count
+from benchmarks.size import architecture_cost, model_bytes, parameter_count
 from compress.artifact import Artifact
 from compress.data import Dataset, encode
 from runtimes import Unavailable, open_runtime
@@ -44,6 +44,7 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max
         "test_examples": test["examples"],
         "size_bytes": model_bytes(artifact),
         "parameters": parameter_count(artifact),
+        **(architecture_cost(artifact.path) or {}),  # encoder_parameters, macs_seq128
         "load_seconds": round(load_seconds, 3),
         "latency": latency,
     }

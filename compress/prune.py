@@ -1,0 +1,306 @@
+"""prune: structured pruning of BERT / ALBERT encoders into a smaller plain Hugging Face checkpoint.
+
+Three granularities: attention heads (per-layer counts may differ), FFN intermediate neurons, whole
+encoder layers. The output must load with stock `transformers` and nothing of ours, so every cut is
+one the config can express:
+
+- heads: HF's own `model.prune_heads({layer: [heads]})`. It shrinks query/key/value and the attention
+  output projection, updates each attention module's head count, and records `config.pruned_heads`,
+  which `from_pretrained` re-applies before loading the weights. Torch-Pruning's `MetaPruner` can cut
+  the same channels, but it leaves `num_attention_heads`/`all_head_size` and the config stale (a
+  checkpoint that does not reload) and, on ALBERT, traces one shared layer many times; patching that
+  after the fact would be more code than HF's native path, so heads go through HF.
+- FFN neurons: Torch-Pruning's `prune_linear_out_channels` / `prune_linear_in_channels` on the two FFN
+  linears, then `config.intermediate_size`. That number is global, so every layer keeps the same width
+  (per-layer FFN ratios are refused: they would save a checkpoint `from_pretrained` cannot rebuild).
+- layers: BERT layers are dropped from the `ModuleList` (`num_hidden_layers`, `pruned_heads` renumbered);
+  ALBERT, whose layers all share one weight group, runs that group fewer times.
+
+Importance is scored per structure (a head = its rows of Q/K/V plus its columns of the output
+projection; a neuron = its FFN row and column): L1/L2 weight magnitude, first-order Taylor
+(|w * dL/dw| accumulated over `batches` training batches), or the gradient of a per-head gate
+(Michel et al., 2019), applied on the input of the attention output projection, which equals masking
+that head's attention probabilities and works under SDPA (transformers 4.57's ALBERT SDPA attention
+silently ignores `head_mask`). On ALBERT the shared layer's parameters and gate appear in every
+application, so autograd sums their gradients over all applications: one decision, scored once for all.
+The embeddings (ALBERT's factorized E -> H projection included) are never touched.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from compress.artifact import Artifact
+from compress.data import batches
+from compress.errors import CompressError, StageFailed
+from compress.models import load_classifier, save_checkpoint
+from compress.stage import Context, StageResult, StepConfig, register
+from compress.train import TrainingConfig, cross_entropy, train
+
+Importance = Literal["l1", "l2", "taylor", "head-mask"]
+
+
+class RecoveryConfig(TrainingConfig):
+    """A brief fine-tune between the iterations of an iterative schedule (the `finetune` keys)."""
+
+    name: str = "recovery"
+    epochs: int = Field(1, ge=1, le=100)
+
+
+class PruneConfig(StepConfig):
+    type: Literal["prune"] = "prune"
+    importance: Importance = Field("l2", description="l1 | l2 (weight magnitude), taylor (|w*grad|), head-mask "
+                                   "(Michel et al. 2019; neurons then use taylor from the same batches).")
+    heads: float | dict[int, float] = Field(0.0, description="Fraction of attention heads removed. One number: the "
+                                            "least important heads of the whole encoder (counts per layer may "
+                                            "differ, each keeps >= 1); {layer: fraction}: per layer.")
+    ffn: float | dict[int, float] = Field(0.0, description="Fraction of FFN intermediate neurons removed, the same "
+                                          "in every layer (config.intermediate_size is one number).")
+    drop_layers: list[int] = Field([], description="Encoder layer indices removed (ALBERT: shared-layer applications).")
+    batches: int = Field(16, ge=1, description="Training batches scored by taylor / head-mask importance.")
+    batch_size: int = Field(32, ge=1)
+    iterations: int = Field(1, ge=1, le=20, description="Reach the ratios in this many equal prune rounds.")
+    recovery: RecoveryConfig | None = Field(None, description="Fine-tune between rounds (not after the last).")
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_ratio(cls, v: float | dict[int, float]) -> float | dict[int, float]:
+        for layer, ratio in (v.items() if isinstance(v, dict) else [("all", v)]):
+            if isinstance(layer, int) and layer < 0:
+                raise ValueError(f"heads: layer index {layer} < 0")
+            if not 0 <= ratio < 1:
+                raise ValueError(f"heads[{layer}] = {ratio}: a fraction in [0, 1); 1 would remove every head of "
+                                 "a layer (drop the layer with drop_layers instead)")
+        return v
+
+    @field_validator("ffn")
+    @classmethod
+    def _ffn_uniform(cls, v: float | dict[int, float]) -> float:
+        if isinstance(v, dict):
+            raise ValueError("per-layer FFN ratios cannot be saved: config.intermediate_size is one number, so "
+                             "from_pretrained would rebuild every layer at one width; give one fraction")
+        if not 0 <= v < 1:
+            raise ValueError(f"ffn = {v}: a fraction in [0, 1); 1 would remove every FFN neuron")
+        return v
+
+    @model_validator(mode="after")
+    def _does_something(self) -> PruneConfig:
+        if not (self.heads or self.ffn or self.drop_layers):
+            raise ValueError("nothing to prune: set heads, ffn or drop_layers")
+        if len(set(self.drop_layers)) != len(self.drop_layers) or any(i < 0 for i in self.drop_layers):
+            raise ValueError(f"drop_layers {self.drop_layers}: distinct indices >= 0")
+        return self
+
+
+@dataclass
+class Block:
+    """The prunable linears of one transformer layer (ALBERT: the shared layer, applied many times)."""
+
+    index: int  # key in config.pruned_heads
+    qkv: tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]
+    attn_out: torch.nn.Linear
+    ffn_in: torch.nn.Linear
+    ffn_out: torch.nn.Linear
+
+    def heads(self, head_size: int) -> int:
+        return self.attn_out.in_features // head_size
+
+
+def blocks(model: torch.nn.Module) -> list[Block]:
+    cfg = model.config
+    if cfg.model_type == "bert":
+        return [Block(i, (l.attention.self.query, l.attention.self.key, l.attention.self.value),
+                      l.attention.output.dense, l.intermediate.dense, l.output.dense)
+                for i, l in enumerate(model.bert.encoder.layer)]
+    if cfg.model_type == "albert":
+        if cfg.num_hidden_groups != 1 or cfg.inner_group_num != 1:
+            raise CompressError(f"prune: ALBERT with num_hidden_groups={cfg.num_hidden_groups}, inner_group_num="
+                                f"{cfg.inner_group_num} is not supported (only one shared layer)")
+        a = model.albert.encoder.albert_layer_groups[0].albert_layers[0]
+        return [Block(0, (a.attention.query, a.attention.key, a.attention.value), a.attention.dense, a.ffn, a.ffn_output)]
+    raise CompressError(f"prune: model_type {cfg.model_type!r} is not supported (bert, albert)")
+
+
+def head_size(model: torch.nn.Module) -> int:
+    return model.config.hidden_size // model.config.num_attention_heads
+
+
+def encoder_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.base_model.encoder.parameters())
+
+
+def group_scores(block: Block, score: Callable[[torch.Tensor], torch.Tensor], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head and per-neuron sums of an element-wise score over each structure's weights and biases."""
+    h = block.heads(d)
+    heads = sum(score(m.weight).view(h, -1).sum(1) + score(m.bias).view(h, -1).sum(1) for m in block.qkv)
+    heads = heads + score(block.attn_out.weight).view(-1, h, d).sum((0, 2))
+    neurons = score(block.ffn_in.weight).sum(1) + score(block.ffn_in.bias) + score(block.ffn_out.weight).sum(0)
+    return heads, neurons
+
+
+def magnitude_scores(model, p: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    d = head_size(model)
+    with torch.no_grad():
+        return [tuple(s.pow(1 / p) for s in group_scores(b, lambda w: w.abs().pow(p), d)) for b in blocks(model)]
+
+
+def gradient_scores(model, tokenizer, cfg: PruneConfig, ctx: Context) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Taylor (|w * grad| per batch, summed) for heads and neurons; with head-mask, heads get Michel's |dL/dgate|,
+    normalised per layer as in the paper."""
+    d, bs = head_size(model), blocks(model)
+    params = [p for b in bs for m in (*b.qkv, b.attn_out, b.ffn_in, b.ffn_out) for p in (m.weight, m.bias)]
+    taylor = {p: torch.zeros_like(p) for p in params}
+    gates = [torch.ones(b.heads(d), requires_grad=True) for b in bs]
+    gate_grads = [torch.zeros_like(g) for g in gates]
+    hooks = [b.attn_out.register_forward_pre_hook(lambda m, args, g=g: (args[0] * g.repeat_interleave(d),))
+             for b, g in zip(bs, gates)]
+    order = torch.randperm(len(ctx.data.train), generator=torch.Generator().manual_seed(ctx.recipe.seed)).tolist()
+    examples = [ctx.data.train[i] for i in order[: cfg.batches * cfg.batch_size]]
+    model.eval()  # no dropout: scores measure the model as it will run
+    try:
+        for enc, labels in batches(tokenizer, examples, ctx.recipe.data.max_length, cfg.batch_size):
+            model.zero_grad()
+            for g in gates:
+                g.grad = None
+            cross_entropy(model, {k: torch.from_numpy(v) for k, v in enc.items()}, torch.from_numpy(labels)).backward()
+            with torch.no_grad():
+                for p in params:
+                    taylor[p] += (p * p.grad).abs()
+                for acc, g in zip(gate_grads, gates):
+                    acc += g.grad.abs()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    scores = [group_scores(b, taylor.__getitem__, d) for b in bs]
+    if cfg.importance == "head-mask":
+        scores = [(g / g.norm().clamp_min(1e-12), n) for g, (_, n) in zip(gate_grads, scores)]
+    return scores
+
+
+def original_heads(model, block: Block) -> list[int]:
+    """Original indices of the heads still present (prune_heads takes original indices)."""
+    gone = set(model.config.pruned_heads.get(block.index, []))
+    return [h for h in range(model.config.num_attention_heads) if h not in gone]
+
+
+def heads_to_prune(model, scores: list[torch.Tensor], ratio: float | dict[int, float], frac: float) -> dict[int, list[int]]:
+    """Heads to cut this round so that `frac` of the round's way to `ratio` (of the original heads) is reached."""
+    n_orig, bs = model.config.num_attention_heads, blocks(model)
+    alive = [original_heads(model, b) for b in bs]
+    chosen: dict[int, list[int]] = {}
+    if isinstance(ratio, dict):
+        for i, r in ratio.items():
+            if i >= len(bs):
+                raise CompressError(f"prune: heads has layer {i}, but the model has {len(bs)} prunable layers")
+            cut = round(r * frac * n_orig) - (n_orig - len(alive[i]))
+            if cut >= len(alive[i]):
+                raise CompressError(f"prune: heads[{i}] = {r} removes all {n_orig} heads of layer {i}")
+            if cut > 0:
+                chosen[i] = [alive[i][j] for j in scores[i].argsort()[:cut].tolist()]
+        return chosen
+    cut = round(ratio * frac * n_orig * len(bs)) - sum(n_orig - len(a) for a in alive)
+    ranked = sorted((s, i, j) for i, sc in enumerate(scores) for j, s in enumerate(sc.tolist()))
+    left = [len(a) for a in alive]
+    for _, i, j in ranked:
+        if cut <= 0:
+            break
+        if left[i] > 1:  # every layer keeps a head
+            chosen.setdefault(i, []).append(alive[i][j])
+            left[i], cut = left[i] - 1, cut - 1
+    return chosen
+
+
+def prune_ffn(model, scores: list[torch.Tensor], width: int) -> None:
+    import torch_pruning as tp
+
+    for b, s in zip(blocks(model), scores):
+        cut = s.argsort()[: b.ffn_in.out_features - width].tolist()
+        tp.prune_linear_out_channels(b.ffn_in, cut)
+        tp.prune_linear_in_channels(b.ffn_out, cut)
+    model.config.intermediate_size = width
+
+
+def drop_layers(model, drop: list[int]) -> dict[int, int]:
+    """Remove encoder layers; returns old -> new index of the prunable blocks (ALBERT: its one shared layer)."""
+    cfg = model.config
+    if any(i >= cfg.num_hidden_layers for i in drop) or len(drop) >= cfg.num_hidden_layers:
+        raise CompressError(f"prune: drop_layers {drop} with {cfg.num_hidden_layers} layers: indices must exist "
+                            "and at least one layer must stay")
+    keep = [i for i in range(cfg.num_hidden_layers) if i not in drop]
+    if cfg.model_type == "bert":
+        model.bert.encoder.layer = torch.nn.ModuleList(model.bert.encoder.layer[i] for i in keep)
+        cfg.pruned_heads = {keep.index(i): h for i, h in cfg.pruned_heads.items() if i in keep}
+    cfg.num_hidden_layers = len(keep)  # ALBERT: the shared layer simply runs fewer times
+    return {old: new for new, old in enumerate(keep)} if cfg.model_type == "bert" else {0: 0}
+
+
+def check_reload(model, folder: Path, tokenizer, ctx: Context) -> float:
+    """Max |logit difference| between the model in memory and `from_pretrained` of what was saved."""
+    from transformers import AutoModelForSequenceClassification
+
+    enc = next(batches(tokenizer, ctx.data.dev[:16], ctx.recipe.data.max_length, 16))[0]
+    feed = {k: torch.from_numpy(v) for k, v in enc.items()}
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+    with torch.no_grad():
+        return float((model.eval()(**feed).logits - reloaded(**feed).logits).abs().max())
+
+
+@register(PruneConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
+def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(parent.path)
+    model = load_classifier(parent.path, allow_pickle=ctx.recipe.model.allow_pickle)
+    blocks(model)  # unsupported architectures stop here, before any work
+    before, start, history = encoder_parameters(model), time.perf_counter(), []
+    heads = cfg.heads
+    if cfg.drop_layers:
+        renumber = drop_layers(model, cfg.drop_layers)
+        if isinstance(heads, dict):  # per-layer ratios name the input model's layers
+            gone = sorted(set(heads) - set(renumber))
+            if gone:
+                raise CompressError(f"prune: heads names layers {gone}, which drop_layers removes")
+            heads = {renumber[i]: r for i, r in heads.items()}
+    width_orig = model.config.intermediate_size
+    for round_ in range(1, cfg.iterations + 1):
+        frac = round_ / cfg.iterations
+        scores = (magnitude_scores(model, int(cfg.importance[1])) if cfg.importance in ("l1", "l2")
+                  else gradient_scores(model, tokenizer, cfg, ctx))
+        if heads:
+            chosen = heads_to_prune(model, [h for h, _ in scores], heads, frac)
+            if chosen:
+                model.prune_heads(chosen)
+        if cfg.ffn:
+            width = round(width_orig * (1 - cfg.ffn * frac))
+            if width < 1:
+                raise CompressError(f"prune: ffn = {cfg.ffn} leaves no neuron of {width_orig}")
+            prune_ffn(model, [n for _, n in scores], width)
+        ctx.log.info("%s: round %d/%d, heads per layer %s, FFN width %d, encoder parameters %d", cfg.name, round_,
+                     cfg.iterations, [b.heads(head_size(model)) for b in blocks(model)],
+                     model.config.intermediate_size, encoder_parameters(model))
+        if cfg.recovery and round_ < cfg.iterations:
+            history.append(train(model, tokenizer, ctx.data, cfg.recovery, ctx))
+    save_checkpoint(model, tokenizer, out)
+    reload_diff = check_reload(model, out, tokenizer, ctx)
+    if reload_diff > 1e-4:
+        raise StageFailed(f"{cfg.name}: the saved checkpoint reloads with logits off by {reload_diff:.2e}")
+    after = encoder_parameters(model)
+    return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
+        "importance": cfg.importance,
+        "heads_per_layer": [b.heads(head_size(model)) for b in blocks(model)],
+        "pruned_heads": {str(k): sorted(v) for k, v in model.config.pruned_heads.items()},
+        "intermediate_size": model.config.intermediate_size,
+        "num_hidden_layers": model.config.num_hidden_layers,
+        "encoder_parameters_before": before,
+        "encoder_parameters_after": after,
+        "encoder_parameter_reduction": round(1 - after / before, 4),
+        "reload_max_abs_logit_diff": reload_diff,
+        "recovery": history,
+        "prune_seconds": round(time.perf_counter() - start, 1),
+    })
