@@ -110,6 +110,12 @@ def test_model_and_tokenizer_that_do_not_match_are_an_error(tmp_path, tiny_bert)
         load_tokenizer(folder)
 
 
+def test_missing_extra_corpus_is_a_recipe_error(tmp_path, tiny_bert, tiny_csv):
+    steps = [{"name": "v", "type": "vocab_prune", "extra_corpus": str(tmp_path / "nope.txt")}]
+    with pytest.raises(CompressError, match=r"steps\[0\]\.extra_corpus.*nope\.txt"):
+        load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps))
+
+
 STEPS = [
     {"name": "teacher", "type": "finetune", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3},
     {"name": "small-vocab", "type": "vocab_prune"},
@@ -134,9 +140,11 @@ def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, ar
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     source = {"bert": tiny_bert, "albert": tiny_albert}[arch]
+    (tmp_path / "extra.txt").write_text("superb films\n")
     recipe = write_recipe(tmp_path, source, tiny_csv, STEPS)
     raw = yaml.safe_load(recipe.read_text())
     raw["data"]["limit_train"] = 12  # a small training corpus leaves some test words out of the vocabulary
+    raw["steps"][1]["extra_corpus"] = str(tmp_path / "extra.txt")
     recipe.write_text(yaml.safe_dump(raw))
     assert main([str(recipe), "--out", str(tmp_path / "runs")]) == 0
     run = tmp_path / "runs" / "tiny"
@@ -154,6 +162,7 @@ def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, ar
     kept = {old_tok.convert_tokens_to_ids(t) for t in AutoTokenizer.from_pretrained(pruned.path).get_vocab()}
     covered = [e.text for e in data.test if set(old_tok(e.text)["input_ids"]) <= kept]
     assert 0 < len(covered) < len(data.test)
+    assert {"superb", "##s"} <= set(AutoTokenizer.from_pretrained(pruned.path).get_vocab())  # from extra_corpus
     teacher = AutoModelForSequenceClassification.from_pretrained(run / "00-teacher").eval()
     with torch.no_grad():
         expected = teacher(**old_tok(covered, padding=True, return_tensors="pt")).logits.numpy()
