@@ -92,7 +92,8 @@ def _size_split_lines(rows: list[dict]) -> list[str]:
         return []
     lines = ["", "## Size split", "", "| artifact | embeddings | encoder | head |", "|---|---|---|---|"]
     for name, split in splits.items():
-        cells = [f"{_mb(split[p]['bytes'])}, {split[p]['parameters'] / 1e6:.2f} M" for p in ("embeddings", "encoder", "head")]
+        cells = [f"{_mb(split[p]['bytes'])}, {split[p]['parameters'] / 1e6:.2f} M"
+                 for p in ("embeddings", "encoder", "head")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 

@@ -178,7 +178,8 @@ def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, ar
               ("int8-fp32-embeddings", "ort-cpu")]}
     assert split["small-vocab"]["embeddings"]["bytes"] < split["teacher"]["embeddings"]["bytes"]
     assert split["small-vocab"]["encoder"] == split["teacher"]["encoder"]
-    assert sum(p["parameters"] for p in split["small-vocab"].values()) == rows[("small-vocab", "torch-cpu")]["parameters"]
+    parameters = rows[("small-vocab", "torch-cpu")]["parameters"]
+    assert sum(p["parameters"] for p in split["small-vocab"].values()) == parameters
     int8, fp32 = split["int8"]["embeddings"], split["int8-fp32-embeddings"]["embeddings"]
     assert int8["bytes"] < 1.1 * int8["parameters"] and fp32["bytes"] == 4 * fp32["parameters"]
     assert "## Size split" in (run / "report.md").read_text()
