@@ -77,6 +77,7 @@ def to_markdown(report: dict) -> str:
         lines += ["", "## ONNX Runtime fusions not applied", ""]
         lines += [f"- {a['name']}: {a['metrics']['fusions_missing']} (applied: {a['metrics']['fused_operators']})"
                   for a in missing]
+    lines += _size_split_lines(report["rows"])
     lines += ["", "## Latency sweep", "", "| artifact | back end | batch | sequence | p50 ms | p95 ms | p99 ms | "
               "per second | repeats |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["rows"]:
@@ -96,6 +97,19 @@ def to_markdown(report: dict) -> str:
         "- " + ", ".join(f"{k} {v}" for k, v in hw["versions"].items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _size_split_lines(rows: list[dict]) -> list[str]:
+    """Where each artifact's bytes are: embeddings vs encoder vs head (tensor data, once per artifact)."""
+    splits = {r["artifact"]: r["size_split"] for r in rows if r.get("size_split")}
+    if not splits:
+        return []
+    lines = ["", "## Size split", "", "| artifact | embeddings | encoder | head |", "|---|---|---|---|"]
+    for name, split in splits.items():
+        cells = [f"{_mb(split[p]['bytes'])}, {split[p]['parameters'] / 1e6:.2f} M"
+                 for p in ("embeddings", "encoder", "head")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(report: dict, run_dir: Path) -> None:

@@ -14,27 +14,52 @@ def model_bytes(artifact: Artifact) -> int:
     return artifact.file("model").stat().st_size
 
 
-def _safetensors_parameters(path: Path) -> int:
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return sum(int(np.prod(t["shape"])) for k, t in header.items() if k != "__metadata__")
-
-
-def _onnx_parameters(path: Path) -> int:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return sum(int(np.prod(t.dims)) for t in model.graph.initializer if len(t.dims) > 0 and np.prod(t.dims) > 1)
-
-
 def parameter_count(artifact: Artifact) -> int | None:
     path = artifact.file("model")
+    if path.suffix not in (".safetensors", ".onnx"):
+        return None
+    return sum(elements for _, _, elements in _tensor_sizes(path) if elements > 1)  # not scales or zero points
+
+
+def part_of(name: str) -> str:
+    """Which part of the model a weight belongs to, by its name. Checkpoints name every tensor
+    (`bert.embeddings.*`, `bert.encoder.*`, `bert.pooler.*`, `classifier.*`); the ONNX exporter keeps those names
+    for embedding tables and the 2-D head layers (Gemm) but calls encoder MatMul weights `onnx::MatMul_N` or
+    `Attention_N_qkv_weight`, so whatever is neither embeddings nor head is the encoder."""
+    if "embeddings." in name:
+        return "embeddings"
+    if "pooler" in name or "classifier" in name:
+        return "head"
+    return "encoder"
+
+
+def _tensor_sizes(path: Path) -> list[tuple[str, int, int]]:
+    """(name, bytes, elements) of every stored tensor."""
     if path.suffix == ".safetensors":
-        return _safetensors_parameters(path)
-    if path.suffix == ".onnx":
-        return _onnx_parameters(path)
-    return None
+        with path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        return [(k, t["data_offsets"][1] - t["data_offsets"][0], int(np.prod(t["shape"])))
+                for k, t in header.items() if k != "__metadata__"]
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    model = onnx.load(str(path), load_external_data=False)
+    return [(t.name, int(np.prod(t.dims)) * tensor_dtype_to_np_dtype(t.data_type).itemsize, int(np.prod(t.dims)))
+            for t in model.graph.initializer]
+
+
+def size_split(artifact: Artifact) -> dict[str, dict[str, int]] | None:
+    """Bytes and parameters of embeddings vs encoder vs head (tensor data only: file headers are not counted)."""
+    path = artifact.file("model")
+    if path.suffix not in (".safetensors", ".onnx"):
+        return None
+    split = {p: {"bytes": 0, "parameters": 0} for p in ("embeddings", "encoder", "head")}
+    for name, nbytes, elements in _tensor_sizes(path):
+        part = split[part_of(name)]
+        part["bytes"] += nbytes
+        part["parameters"] += elements if elements > 1 else 0
+    return split
 
 
 def architecture_cost(folder: Path, sequence_length: int = 128) -> dict | None:

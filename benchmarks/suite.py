@@ -5,16 +5,15 @@ import time
 
 from benchmarks.accuracy import evaluate
 from benchmarks.latency import measure_latency
-from benchmarks.size import architecture_cost, model_bytes, parameter_count
+from benchmarks.size import architecture_cost, model_bytes, parameter_count, size_split
 from compress.artifact import Artifact
 from compress.data import Dataset, encode
+from compress.models import load_tokenizer
 from runtimes import Unavailable, open_runtime
 
 
 def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max_length: int) -> dict:
     """`cfg` is a BenchmarkConfig. A back end that cannot run here gives a row that says why, never a number."""
-    from transformers import AutoTokenizer
-
     row = {"artifact": artifact.name, "backend": backend, "kind": artifact.kind}
     start = time.perf_counter()
     try:
@@ -22,7 +21,7 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max
     except Unavailable as e:
         return row | {"status": "not measured", "reason": str(e)}
     load_seconds = time.perf_counter() - start
-    tokenizer = AutoTokenizer.from_pretrained(artifact.path)
+    tokenizer = load_tokenizer(artifact.path)
     test = evaluate(runtime.run, tokenizer, data.test, data.labels, max_length, cfg.eval_batch_size,
                     desc=f"{artifact.name} on {backend}: test")
     latency = []
@@ -45,6 +44,7 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max
         "size_bytes": model_bytes(artifact),
         "parameters": parameter_count(artifact),
         **(architecture_cost(artifact.path) or {}),  # encoder_parameters, macs_seq128
+        "size_split": size_split(artifact),
         "load_seconds": round(load_seconds, 3),
         "latency": latency,
     }

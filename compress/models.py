@@ -76,3 +76,24 @@ def save_checkpoint(model, tokenizer, folder: Path) -> None:
     """A plain `save_pretrained` folder: stock transformers loads it with nothing of ours installed."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def check_tokenizer_fits(vocab_size: int, tokenizer, model_where: str, tokenizer_where: str) -> None:
+    """A tokenizer feeding ids the model was not trained on is wrong silently, so it is an error here.
+
+    Ids past the embedding table are always wrong. A longer table is fine only as the usual padding to a multiple
+    of 8 (fewer than 128 spare rows); anything else (e.g. a pruned tokenizer beside an unpruned model) is a mismatch."""
+    n = len(tokenizer)
+    if not (vocab_size == n or (vocab_size % 8 == 0 and 0 < vocab_size - n < 128)):
+        raise CompressError(f"model {model_where} has vocab_size {vocab_size} but tokenizer {tokenizer_where} has "
+                            f"{n} tokens (ids 0..{n - 1}): they do not belong together")
+
+
+def load_tokenizer(folder: Path):
+    """The tokenizer an artifact carries, checked against the model config beside it (ONNX artifacts keep one too)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    check_tokenizer_fits(AutoConfig.from_pretrained(folder).vocab_size, tokenizer, str(folder / "config.json"),
+                         str(folder))
+    return tokenizer

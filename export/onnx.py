@@ -74,12 +74,13 @@ def fusions_missing(fused: dict[str, int], config) -> dict[str, int]:
 
 @register(ExportConfig, accepts=("hf-checkpoint",), produces="onnx")
 def export_onnx(cfg: ExportConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from compress.data import encode
+    from compress.models import load_tokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(parent.path, use_safetensors=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(parent.path)
+    tokenizer = load_tokenizer(parent.path)
     max_length = ctx.recipe.data.max_length
     raw, final = out / "model.raw.onnx", out / "model.onnx"
     to_onnx(model, encode(tokenizer, ctx.data.dev[:2], max_length), raw, cfg.opset)

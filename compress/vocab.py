@@ -1,0 +1,185 @@
+"""vocab_prune: keep only the vocabulary the task's text uses, and shrink the word embeddings with it.
+
+Why kept texts tokenize exactly as before. BERT's WordPiece first pre-tokenizes (lower-casing, accent stripping,
+splitting on spaces and punctuation), which never looks at the vocabulary; then it splits each word greedily,
+always taking the longest prefix of the rest of the word that is in the vocabulary. Take a word whose pieces
+p1..pn are all kept. At the position where pi starts, pi is still in the pruned vocabulary, and no longer
+candidate can be in it, because the pruned vocabulary is a subset of the old one, where pi already was the longest.
+So pi is taken again, and by induction the word splits into the same pieces; only the ids change. A word with a
+dropped piece is split differently, or becomes [UNK] when no split exists: the stage counts both on dev and test.
+
+New ids keep the old order (kept ids sorted), so [PAD] = 0 and the other special tokens keep their relative places.
+Only WordPiece tokenizers are handled: SentencePiece (ALBERT's usual Unigram) is refused with a CompressError.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from benchmarks.accuracy import predict_logits
+from compress.artifact import Artifact
+from compress.data import Example
+from compress.errors import CompressError, StageFailed
+from compress.models import load_classifier, load_tokenizer, save_checkpoint
+from compress.stage import Context, StageResult, StepConfig, register
+from runtimes.torch_runtime import TorchRuntime
+
+SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
+
+
+class VocabPruneConfig(StepConfig):
+    type: Literal["vocab_prune"] = "vocab_prune"
+    extra_corpus: str | None = Field(None, description="UTF-8 text file, one text per line, whose tokens are kept too.")
+    min_count: int = Field(1, ge=1, description="Keep a token only if the corpus uses it at least this often.")
+    parity_examples: int = Field(256, ge=1, description="Fully covered dev texts checked for unchanged logits.")
+
+    @field_validator("extra_corpus")
+    @classmethod
+    def _corpus_exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"extra corpus file not found: {v!r}")
+        return v
+
+
+def texts_of(examples: list[Example]) -> list[str]:
+    return [e.text for e in examples] + [e.text_pair for e in examples if e.text_pair is not None]
+
+
+def check_wordpiece(tokenizer, folder: Path) -> None:
+    model_type = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"] if tokenizer.is_fast else None
+    if model_type != "WordPiece":
+        raise CompressError(f"{folder}: vocab_prune handles WordPiece tokenizers (BERT vocab.txt); this one is "
+                            f"{model_type or type(tokenizer).__name__} (SentencePiece/Unigram is not supported)")
+
+
+def kept_ids(tokenizer, config, texts: list[str], min_count: int) -> list[int]:
+    """Ids the corpus uses at least `min_count` times, plus every special or added token, sorted."""
+    counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
+    always = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    always |= {getattr(config, f) for f in SPECIAL_ID_FIELDS if getattr(config, f, None) is not None}
+    return sorted({i for i, c in counts.items() if c >= min_count} | always)
+
+
+def prune_embeddings(model, keep: list[int]) -> None:
+    """Move the kept rows to the front in order, then let transformers truncate: `resize_token_embeddings` also
+    shrinks an untied LM head, the output bias, re-ties tied weights and sets config.vocab_size."""
+    import torch
+
+    old_size = model.get_input_embeddings().weight.shape[0]
+    order = torch.tensor(keep + sorted(set(range(old_size)) - set(keep)))
+    with torch.no_grad():
+        inputs = model.get_input_embeddings()
+        inputs.weight.copy_(inputs.weight[order])
+        head = model.get_output_embeddings()
+        if head is not None:
+            if head.weight is not inputs.weight:
+                head.weight.copy_(head.weight[order])
+            if getattr(head, "bias", None) is not None:
+                head.bias.copy_(head.bias[order])
+    model.resize_token_embeddings(len(keep), mean_resizing=False)
+    new_id = {old: new for new, old in enumerate(keep)}
+    for f in SPECIAL_ID_FIELDS:
+        if getattr(model.config, f, None) is not None:
+            setattr(model.config, f, new_id[getattr(model.config, f)])
+
+
+def write_pruned_tokenizer(tokenizer, keep: list[int], folder: Path):
+    """Same class and settings over the kept tokens: vocab.txt in the new id order, the added-token table
+    renumbered, then the fast tokenizer rebuilt from these slow files; saved fast (tokenizer.json) and slow."""
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(folder)
+    token_of = {i: t for t, i in tokenizer.get_vocab().items()}
+    (folder / "vocab.txt").write_text("".join(token_of[i] + "\n" for i in keep), encoding="utf-8")
+    (folder / "tokenizer.json").unlink()
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    new_id = {old: new for new, old in enumerate(keep)}
+    config["added_tokens_decoder"] = {str(new_id[int(k)]): v for k, v in config.get("added_tokens_decoder", {}).items()}
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    pruned = AutoTokenizer.from_pretrained(folder, use_fast=True)  # converts the slow files into a fast tokenizer
+    pruned.save_pretrained(folder)
+    return pruned
+
+
+def coverage(old_tok, new_tok, keep: set[int], texts: list[str]) -> dict:
+    """Token occurrences the pruned vocabulary no longer has, and what became of the words that held them.
+
+    Words are the pre-tokenizer's words, the same for both tokenizers, so they line up by index."""
+    old, new = old_tok(texts, add_special_tokens=False), new_tok(texts, add_special_tokens=False)
+    n = {"token_occurrences": 0, "uncovered_occurrences": 0, "tokens_after": 0, "texts_fully_covered": 0,
+         "words_affected": 0, "words_now_unk": 0, "words_now_split_differently": 0}
+    for b in range(len(texts)):
+        before, after = _words(old.word_ids(b), old["input_ids"][b]), _words(new.word_ids(b), new["input_ids"][b])
+        missing = [w for w, ids in before.items() if any(i not in keep for i in ids)]
+        n["token_occurrences"] += len(old["input_ids"][b])
+        n["tokens_after"] += len(new["input_ids"][b])
+        n["uncovered_occurrences"] += sum(i not in keep for i in old["input_ids"][b])
+        n["texts_fully_covered"] += not missing
+        n["words_affected"] += len(missing)
+        n["words_now_unk"] += sum(after.get(w) == [new_tok.unk_token_id] for w in missing)
+    n["words_now_split_differently"] = n["words_affected"] - n["words_now_unk"]
+    n["uncovered_share"] = round(n["uncovered_occurrences"] / max(n["token_occurrences"], 1), 5)
+    n["texts_fully_covered_share"] = round(n["texts_fully_covered"] / max(len(texts), 1), 5)
+    return n
+
+
+def _words(word_ids: list[int | None], ids: list[int]) -> dict[int, list[int]]:
+    words: dict[int, list[int]] = {}
+    for w, i in zip(word_ids, ids):
+        words.setdefault(w, []).append(i)
+    return words
+
+
+def check_same_pieces(old_tok, new_tok, keep: list[int], texts: list[str], step: str) -> None:
+    """The docstring's argument, checked on the corpus: every fully kept text gets the same pieces, renumbered."""
+    new_id = np.full(len(old_tok), -1)
+    new_id[keep] = np.arange(len(keep))
+    old, new = old_tok(texts)["input_ids"], new_tok(texts)["input_ids"]
+    for text, o, n in zip(texts, old, new):
+        if (new_id[o] >= 0).all() and new_id[o].tolist() != n:
+            raise StageFailed(f"{step}: the pruned tokenizer splits {text[:80]!r} differently from the original")
+
+
+def fully_covered(tokenizer, examples: list[Example], keep: set[int]) -> list[Example]:
+    return [e for e in examples if all(i in keep for i in tokenizer(e.text, e.text_pair)["input_ids"])]
+
+
+@register(VocabPruneConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
+def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
+    tokenizer = load_tokenizer(parent.path)
+    check_wordpiece(tokenizer, parent.path)
+    model = load_classifier(parent.path, allow_pickle=ctx.recipe.model.allow_pickle).eval()
+    corpus = texts_of(ctx.data.train)
+    if cfg.extra_corpus:
+        corpus += [t for t in Path(cfg.extra_corpus).read_text(encoding="utf-8").splitlines() if t.strip()]
+    keep = kept_ids(tokenizer, model.config, corpus, cfg.min_count)
+    kept = set(keep)
+    max_length = ctx.recipe.data.max_length
+    check = fully_covered(tokenizer, ctx.data.dev, kept)[: cfg.parity_examples]
+    before = predict_logits(TorchRuntime(model).run, tokenizer, check, max_length, 32, "before") if check else None
+    vocab_before = model.get_input_embeddings().weight.shape[0]
+
+    pruned_tok = write_pruned_tokenizer(tokenizer, keep, out)
+    check_same_pieces(tokenizer, pruned_tok, keep, corpus, cfg.name)
+    prune_embeddings(model, keep)
+    after = predict_logits(TorchRuntime(model).run, pruned_tok, check, max_length, 32, "after") if check else None
+    diff = float(np.abs(before - after).max()) if check else 0.0
+    if diff > 1e-4:
+        raise StageFailed(f"{cfg.name}: logits on fully covered dev texts changed by {diff:.2e} after pruning")
+    save_checkpoint(model, pruned_tok, out)
+    cover = {s: coverage(tokenizer, pruned_tok, kept, texts_of(ctx.data.split(s))) for s in ("dev", "test")}
+    ctx.log.info("%s: vocabulary %d -> %d (%.1f%% kept); uncovered token occurrences: dev %.2f%%, test %.2f%%",
+                 cfg.name, vocab_before, len(keep), 100 * len(keep) / vocab_before,
+                 100 * cover["dev"]["uncovered_share"], 100 * cover["test"]["uncovered_share"])
+    return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
+        "vocab_size_before": vocab_before, "vocab_size_after": len(keep),
+        "vocab_pruned_share": round(1 - len(keep) / vocab_before, 4), "min_count": cfg.min_count,
+        "corpus_texts": len(corpus), "coverage": cover,
+        "parity_on_covered_dev": {"examples": len(check), "max_abs_logit_diff": diff},
+    })

@@ -1,0 +1,185 @@
+"""Vocabulary pruning, the tokenizer/model match check, INT8 embeddings and the size split, on tiny models."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from compress.artifact import Artifact
+from compress.data import load_dataset
+from compress.errors import CompressError
+from compress.models import load_tokenizer
+from compress.recipe import load_recipe
+from compress.run import main
+from compress.vocab import check_wordpiece, coverage, kept_ids, prune_embeddings, write_pruned_tokenizer
+from tests.conftest import tiny_config, write_recipe
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def wordpiece(folder, words: list[str]):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(SPECIALS + words) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def test_kept_texts_keep_their_pieces_and_the_rest_is_counted(tmp_path):
+    from transformers import AutoTokenizer
+
+    old = wordpiece(tmp_path / "old", ["play", "plays", "film", "films", "##s", "bad", "good", "the"])
+    corpus = ["the film plays", "play films", "good play"]
+    keep = kept_ids(old, tiny_config(), corpus, min_count=1)
+    assert [old.convert_ids_to_tokens(i) for i in keep] == SPECIALS + ["play", "plays", "film", "films", "good", "the"]
+    new = write_pruned_tokenizer(old, keep, tmp_path / "new")
+    slow = AutoTokenizer.from_pretrained(tmp_path / "new", use_fast=False)
+    assert not slow.is_fast and len(new) == len(slow) == len(keep)
+    for text in corpus:  # same pieces, ids renumbered in the old order
+        pieces = old.tokenize(text)
+        assert new.tokenize(text) == slow.tokenize(text) == pieces
+        assert new(text)["input_ids"] == slow(text)["input_ids"] == [keep.index(i) for i in old(text)["input_ids"]]
+    # "bad" is gone and has no pieces left -> [UNK]; "##s" is gone, so "goods" (good ##s) cannot be split -> [UNK];
+    # "the plays" stays covered.
+    report = coverage(old, new, set(keep), ["bad film", "goods", "the plays"])
+    assert new.tokenize("bad film goods") == ["[UNK]", "film", "[UNK]"]
+    assert report["token_occurrences"] == 2 + 2 + 2
+    assert report["uncovered_occurrences"] == 2 and report["words_affected"] == 2 and report["words_now_unk"] == 2
+    assert report["words_now_split_differently"] == 0 and report["texts_fully_covered"] == 1
+    assert report["tokens_after"] == 2 + 1 + 2
+
+
+def test_a_word_with_a_dropped_piece_is_split_differently(tmp_path):
+    old = wordpiece(tmp_path / "old", ["play", "plays", "##s", "film"])
+    keep = kept_ids(old, tiny_config(), ["play films"], min_count=1)  # keeps play, film, ##s; drops "plays"
+    new = write_pruned_tokenizer(old, keep, tmp_path / "new")
+    assert old.tokenize("plays") == ["plays"] and new.tokenize("plays") == ["play", "##s"]
+    report = coverage(old, new, set(keep), ["plays"])
+    assert report["words_now_split_differently"] == 1 and report["words_now_unk"] == 0
+    assert report["uncovered_share"] == 1.0
+
+
+def test_min_count_drops_rare_tokens_but_never_specials(tmp_path):
+    old = wordpiece(tmp_path / "old", ["good", "bad", "film"])
+    keep = kept_ids(old, tiny_config(), ["good film", "good"], min_count=2)
+    assert old.convert_ids_to_tokens(keep) == SPECIALS + ["good"]
+
+
+@pytest.mark.parametrize("arch", ["bert", "albert"])
+def test_pruned_embeddings_keep_tied_lm_head_and_bias_consistent(arch):
+    from transformers import AutoModelForMaskedLM
+
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(tiny_config(arch)).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().bias.normal_()  # a non-zero bias, so slicing it wrong shows
+    keep = [0, 1, 2, 3, 4, 7, 11, 20, 30, 41]
+    ids = torch.tensor([[2, 7, 11, 30, 3]])
+    before = model(input_ids=ids).logits[..., keep]
+    prune_embeddings(model, keep)
+    after = model(input_ids=torch.tensor([[keep.index(i) for i in ids[0].tolist()]])).logits
+    head = model.get_output_embeddings()
+    assert head.weight is model.get_input_embeddings().weight  # still tied
+    assert model.config.vocab_size == len(keep) == head.bias.shape[0] == after.shape[-1]
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_sentencepiece_tokenizer_is_refused_by_name(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(Unigram([("[UNK]", 0.0), ("a", -1.0)], unk_id=0)))
+    with pytest.raises(CompressError, match="Unigram"):
+        check_wordpiece(tok, tmp_path)
+
+
+def test_model_and_tokenizer_that_do_not_match_are_an_error(tmp_path, tiny_bert):
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_bert, folder)
+    old = load_tokenizer(folder)
+    write_pruned_tokenizer(old, list(range(20)), folder)  # 20-token tokenizer beside a 43-row embedding table
+    with pytest.raises(CompressError, match=r"vocab_size 43 .* has 20 tokens"):
+        load_tokenizer(folder)
+
+
+def test_missing_extra_corpus_is_a_recipe_error(tmp_path, tiny_bert, tiny_csv):
+    steps = [{"name": "v", "type": "vocab_prune", "extra_corpus": str(tmp_path / "nope.txt")}]
+    with pytest.raises(CompressError, match=r"steps\[0\]\.extra_corpus.*nope\.txt"):
+        load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps))
+
+
+STEPS = [
+    {"name": "teacher", "type": "finetune", "epochs": 2, "batch_size": 16, "learning_rate": 1e-3},
+    {"name": "small-vocab", "type": "vocab_prune"},
+    {"name": "onnx", "type": "export"},
+    {"name": "int8", "type": "quantize"},
+    {"name": "int8-fp32-embeddings", "type": "quantize", "from": "onnx", "quantize_embeddings": False},
+]
+
+FRESH = """
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+tok = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+with torch.no_grad():
+    print(json.dumps(model(**tok(texts, padding=True, return_tensors="pt")).logits.tolist()))
+"""
+
+
+@pytest.mark.parametrize("arch", ["bert", "albert"])
+def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, arch, tiny_bert, tiny_albert, tiny_csv):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = {"bert": tiny_bert, "albert": tiny_albert}[arch]
+    (tmp_path / "extra.txt").write_text("superb films\n")
+    recipe = write_recipe(tmp_path, source, tiny_csv, STEPS)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["data"]["limit_train"] = 12  # a small training corpus leaves some test words out of the vocabulary
+    raw["steps"][1]["extra_corpus"] = str(tmp_path / "extra.txt")
+    recipe.write_text(yaml.safe_dump(raw))
+    assert main([str(recipe), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny"
+    pruned = Artifact.load(run / "01-small-vocab")
+    m = pruned.metrics
+    assert m["vocab_size_after"] < m["vocab_size_before"] == 43
+    assert 0 < m["coverage"]["test"]["uncovered_share"] < 1
+    assert m["coverage"]["test"]["words_affected"] == (m["coverage"]["test"]["words_now_unk"]
+                                                       + m["coverage"]["test"]["words_now_split_differently"])
+
+    # Test texts whose tokens are all kept: the pruned model, loaded by stock transformers in a fresh process,
+    # gives the teacher's logits.
+    data = load_dataset(load_recipe(recipe).data, seed=0)
+    old_tok = AutoTokenizer.from_pretrained(run / "00-teacher")
+    kept = {old_tok.convert_tokens_to_ids(t) for t in AutoTokenizer.from_pretrained(pruned.path).get_vocab()}
+    covered = [e.text for e in data.test if set(old_tok(e.text)["input_ids"]) <= kept]
+    assert 0 < len(covered) < len(data.test)
+    assert {"superb", "##s"} <= set(AutoTokenizer.from_pretrained(pruned.path).get_vocab())  # from extra_corpus
+    teacher = AutoModelForSequenceClassification.from_pretrained(run / "00-teacher").eval()
+    with torch.no_grad():
+        expected = teacher(**old_tok(covered, padding=True, return_tensors="pt")).logits.numpy()
+    fresh = subprocess.run([sys.executable, "-c", FRESH, str(pruned.path), json.dumps(covered)],
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
+    got = np.array(json.loads(fresh.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+    rows = {(r["artifact"], r["backend"]): r for r in json.loads((run / "report.json").read_text())["rows"]}
+    split = {name: rows[(name, backend)]["size_split"] for name, backend in
+             [("teacher", "torch-cpu"), ("small-vocab", "torch-cpu"), ("int8", "ort-cpu"),
+              ("int8-fp32-embeddings", "ort-cpu")]}
+    assert split["small-vocab"]["embeddings"]["bytes"] < split["teacher"]["embeddings"]["bytes"]
+    assert split["small-vocab"]["encoder"] == split["teacher"]["encoder"]
+    parameters = rows[("small-vocab", "torch-cpu")]["parameters"]
+    assert sum(p["parameters"] for p in split["small-vocab"].values()) == parameters
+    int8, fp32 = split["int8"]["embeddings"], split["int8-fp32-embeddings"]["embeddings"]
+    assert int8["bytes"] < 1.1 * int8["parameters"] and fp32["bytes"] == 4 * fp32["parameters"]
+    assert "## Size split" in (run / "report.md").read_text()
