@@ -96,3 +96,58 @@ def test_bad_quantize_settings_are_refused_before_running(tmp_path, trained, cap
     assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory, trained) -> tuple:
+    """(checkpoint, csv): the trained tiny BERT rewritten to compute the same function with one huge activation
+    channel (value channel 0 of layer 0 times 1000, the matching input column of the attention output
+    projection divided by 1000). The per-tensor activation scale it stretches rounds every other channel to
+    zero, so full static INT8 breaks while FP32 is unchanged: the case accuracy-aware mode exists for."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(trained[0])
+    layer = model.bert.encoder.layer[0].attention
+    with torch.no_grad():
+        layer.self.value.weight[0] *= 1000
+        layer.self.value.bias[0] *= 1000
+        layer.output.dense.weight[:, 0] /= 1000
+    folder = tmp_path_factory.mktemp("fragile")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(trained[0]).save_pretrained(folder)
+    return folder, trained[1]
+
+
+def aware_step(**settings) -> dict:
+    return {"name": "aware", "type": "quantize", "method": "accuracy-aware", "max_accuracy_drop": 0.0,
+            "sensitivity_examples": 16, **settings}
+
+
+def test_accuracy_aware_returns_sensitive_nodes_to_fp32_until_goal_holds(tmp_path, fragile):
+    # On 24 easy dev examples accuracy barely moves, so the goal that bites is the logit tolerance, which
+    # the search treats as part of the goal (drop within budget AND parity within tolerance).
+    steps = [TEACHER, ONNX, aware_step(parity_max_logit_diff=0.05)]
+    assert main([str(write_recipe(tmp_path, *fragile, steps)), "--out", str(tmp_path / "runs")]) == 0
+    art = Artifact.load(tmp_path / "runs" / "tiny" / "02-aware")
+    m = art.metrics
+    assert m["attempts"][0]["fp32_nodes"] == 0 and m["attempts"][0]["parity_failures"]  # full INT8 misses
+    assert m["budget_met"] and m["dev_accuracy_drop_points"] <= 0.0 and m["fp32_nodes"]
+    assert m["parity_vs_fp32"]["max_abs_logit_diff"] <= 0.05
+    assert m["fp32_nodes"] == [r["node"] for r in m["sensitivity"][: len(m["fp32_nodes"])]]  # most sensitive first
+    assert "layer.0/attention" in m["fp32_nodes"][0]  # the node fed by the planted outlier channel
+    graph = onnx.load(str(art.file("model"))).graph
+    dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    kept = [n for n in graph.node if n.name in m["fp32_nodes"]]
+    assert len(kept) == len(m["fp32_nodes"]) and not any(dq & set(n.input) for n in kept)  # really left in FP32
+    assert m["quantized_nodes"] > 0
+
+
+def test_accuracy_aware_keeps_the_closest_model_when_the_goal_is_out_of_reach(tmp_path, fragile):
+    steps = [TEACHER, ONNX, aware_step(parity_max_logit_diff=1e-9, max_fp32_nodes=1)]
+    assert main([str(write_recipe(tmp_path, *fragile, steps)), "--out", str(tmp_path / "runs")]) == 0
+    art = Artifact.load(tmp_path / "runs" / "tiny" / "02-aware")
+    m = art.metrics
+    assert not m["budget_met"] and len(m["attempts"]) == 2 and len(m["fp32_nodes"]) <= 1
+    OrtRuntime(art.file("model"))  # a usable model was saved all the same
+    assert "parity_max_logit_diff" in (tmp_path / "runs" / "tiny" / "run.log").read_text()
