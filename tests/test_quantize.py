@@ -151,3 +151,15 @@ def test_accuracy_aware_keeps_the_closest_model_when_the_goal_is_out_of_reach(tm
     assert not m["budget_met"] and len(m["attempts"]) == 2 and len(m["fp32_nodes"]) <= 1
     OrtRuntime(art.file("model"))  # a usable model was saved all the same
     assert "parity_max_logit_diff" in (tmp_path / "runs" / "tiny" / "run.log").read_text()
+
+
+def test_optimum_reference_is_marked_and_matches_our_dynamic_int8(tmp_path, trained):
+    steps = [TEACHER, ONNX, {"name": "ours", "type": "quantize", "method": "dynamic"},
+             {"name": "optimum", "type": "quantize", "from": "onnx", "method": "optimum-dynamic"}]
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny"
+    ref = Artifact.load(run / "03-optimum")
+    assert ref.metrics["reference"] == "optimum ORTQuantizer avx512_vnni dynamic"
+    assert ref.metrics["parity_vs_fp32"]["prediction_agreement"] >= 0.9
+    assert op_counts(ref.file("model")).get("DynamicQuantizeLinear", 0) > 0
+    assert sorted(p.name for p in ref.path.glob("*.onnx")) == ["model.onnx"]
