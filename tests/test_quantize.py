@@ -1,6 +1,8 @@
 """INT8 methods on a tiny BERT: static QDQ calibrations, accuracy-aware fallback, the Optimum reference, QAT."""
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 
@@ -37,7 +39,8 @@ def op_counts(path) -> dict[str, int]:
 
 
 def int8_initializers(path) -> int:
-    return sum(t.data_type == onnx.TensorProto.INT8 for t in onnx.load(str(path)).graph.initializer)
+    """INT8 matrices stored in the file (weights; zero points are INT8 too, but not matrices)."""
+    return sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in onnx.load(str(path)).graph.initializer)
 
 
 def test_static_calibrations_give_qdq_models_within_parity(tmp_path, trained):
@@ -163,3 +166,20 @@ def test_optimum_reference_is_marked_and_matches_our_dynamic_int8(tmp_path, trai
     assert ref.metrics["parity_vs_fp32"]["prediction_agreement"] >= 0.9
     assert op_counts(ref.file("model")).get("DynamicQuantizeLinear", 0) > 0
     assert sorted(p.name for p in ref.path.glob("*.onnx")) == ["model.onnx"]
+
+
+def test_qat_trains_through_fake_quant_and_exports_int8_qdq_onnx(tmp_path, trained):
+    steps = [TEACHER, {"name": "qat", "type": "qat", "epochs": 1, "batch_size": 16, "learning_rate": 1e-4,
+                       "calibration_samples": 32}]
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny"
+    art = Artifact.load(run / "01-qat")
+    m = art.metrics
+    assert art.kind == "onnx" and m["precision"] == "int8" and m["fake_quantized_linears"] == 2 * 6 + 2
+    assert m["parity_vs_fake_quant"]["prediction_agreement"] >= 0.98
+    ops = op_counts(art.file("model"))
+    assert ops["DequantizeLinear"] >= 2 * m["fake_quantized_linears"]  # input and weight of each Linear
+    assert int8_initializers(art.file("model")) == m["folded_weights"] == m["fake_quantized_linears"]
+    assert m["history"][0]["dev_accuracy"] >= 0.9
+    row = next(r for r in json.loads((run / "report.json").read_text())["rows"] if r["artifact"] == "qat")
+    assert row["status"] == "measured" and row["accuracy"] >= 0.9  # ONNX Runtime runs it, and it still classifies
