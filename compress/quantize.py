@@ -171,9 +171,9 @@ def quantize_qdq(cfg: QuantizeConfig, source: Path, target: Path, cache: Path, r
 
 
 def static_settings(cfg: QuantizeConfig) -> dict:
-    return cfg.model_dump(include={"per_channel", "calibration", "calibration_samples", "activation_type",
-                                   "symmetric_activations", "reduce_range", "op_types", "start_from", "preprocess"}
-                          | ({"percentile"} if cfg.calibration == "percentile" else set()))
+    """The settings a static model was made with, for its metrics."""
+    return cfg.model_dump(include=(STATIC_FIELDS | {"per_channel"})
+                          - (set() if cfg.calibration == "percentile" else {"percentile"}))
 
 
 def quantized_nodes(path: Path) -> int:
@@ -189,6 +189,7 @@ def static_int8(cfg: QuantizeConfig, parent: Artifact, ctx: Context, out: Path) 
     """Weights and activations INT8 with ranges fixed ahead of time: no run-time range computation."""
     work = out / "work"
     source = static_source(cfg, parent, work)
+    work.mkdir(exist_ok=True)
     quantize_qdq(cfg, source, out / "model.onnx", work / "calibration.json", static_reader(cfg, parent, source, ctx))
     shutil.rmtree(work, ignore_errors=True)
     return {**static_settings(cfg), "quantized_nodes": quantized_nodes(out / "model.onnx")}
