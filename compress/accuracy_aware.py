@@ -1,0 +1,116 @@
+"""Accuracy-aware static INT8: meet a dev-accuracy budget by returning the most sensitive nodes to FP32.
+
+1. Quantize everything (static QDQ, calibrated once; later attempts reuse the cached ranges).
+2. If the dev-accuracy drop exceeds `max_accuracy_drop`, rank the quantized nodes by sensitivity:
+   how much closer to the FP32 logits (mean squared error, `sensitivity_examples` dev examples) the model
+   gets when only that node is left in FP32 (leave-one-out).
+3. Bisect on k, the number of top-ranked nodes kept in FP32, for the smallest k that meets the budget.
+An attempt meets the goal when its drop is within budget and it is within the recipe's parity tolerance.
+Every attempt is scored on the full dev split; the best one is saved whether or not the goal was met
+(met with the fewest FP32 nodes, else the smallest drop), so the stage never ends empty-handed.
+neural-compressor 3.10 is not used: it has no ONNX Runtime back end (see README, "Quantization").
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.accuracy import predict_logits
+from compress.artifact import Artifact
+from compress.stage import Context
+from runtimes.ort_runtime import OrtRuntime
+
+
+def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in op_types]
+
+
+def search(cfg, parent: Artifact, ctx: Context, out: Path) -> dict:
+    """`cfg` is a QuantizeConfig with method 'accuracy-aware'. Writes out/model.onnx; returns the search record."""
+    from transformers import AutoTokenizer
+
+    from compress.quantize import (parity_failures, quantize_qdq, quantized_nodes, static_reader, static_settings,
+                                   static_source)
+
+    work = out / "work"
+    source = static_source(cfg, parent, work)
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "calibration.json"
+    tokenizer = AutoTokenizer.from_pretrained(parent.path)
+    data, max_length, batch = ctx.data, ctx.recipe.data.max_length, ctx.recipe.benchmark.eval_batch_size
+
+    def dev_logits(path: Path) -> np.ndarray:
+        return predict_logits(OrtRuntime(path).run, tokenizer, data.dev, max_length, batch, desc=f"{cfg.name} dev")
+
+    labels = np.array([e.label for e in data.dev])
+    fp32_logits = dev_logits(source)
+    fp32_accuracy = float((fp32_logits.argmax(-1) == labels).mean())
+    attempts: list[dict] = []
+
+    def attempt(fp32_nodes: list[str]) -> dict:
+        """Quantize with `fp32_nodes` left in FP32; it meets the goal when both the budget and parity hold."""
+        path = work / f"fp32-{len(fp32_nodes)}.onnx"
+        quantize_qdq(cfg, source, path, cache, None if cache.is_file() else static_reader(cfg, parent, source, ctx),
+                     fp32_nodes)
+        logits = dev_logits(path)
+        drop = round(100 * (fp32_accuracy - float((logits.argmax(-1) == labels).mean())), 3)
+        ref, got = fp32_logits[: cfg.parity_examples], logits[: cfg.parity_examples]
+        parity = parity_failures(cfg, {"prediction_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
+                                       "max_abs_logit_diff": float(np.abs(ref - got).max())})
+        record = {"fp32_nodes": list(fp32_nodes), "dev_accuracy_drop_points": drop, "parity_failures": parity,
+                  "meets": drop <= cfg.max_accuracy_drop and not parity, "path": path}
+        attempts.append(record)
+        ctx.log.info("%s: %d nodes in FP32 -> dev drop %.2f points (budget %.2f)%s", cfg.name, len(fp32_nodes), drop,
+                     cfg.max_accuracy_drop, "; " + "; ".join(parity) if parity else "")
+        return record
+
+    ranking: list[dict] = []
+    if not attempt([])["meets"]:
+        ranking = rank_by_sensitivity(cfg, source, work, cache, tokenizer, data.dev[: cfg.sensitivity_examples],
+                                      max_length)
+        ranked = [r["node"] for r in ranking]
+        lo, hi = 0, min(len(ranked), cfg.max_fp32_nodes or len(ranked))
+        if attempt(ranked[:hi])["meets"]:
+            while hi - lo > 1:  # invariant: lo misses the budget, hi meets it
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if attempt(ranked[:mid])["meets"] else (mid, hi)
+    # Met: the fewest FP32 nodes. Missed: parity held if possible, then the smallest drop.
+    best = min(attempts, key=lambda a: (0, len(a["fp32_nodes"])) if a["meets"]
+               else (1, len(a["parity_failures"]), a["dev_accuracy_drop_points"]))
+    shutil.move(best["path"], out / "model.onnx")
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        **static_settings(cfg),
+        "max_accuracy_drop": cfg.max_accuracy_drop,
+        "budget_met": best["meets"],  # drop within max_accuracy_drop and parity within tolerance
+        "fp32_nodes": best["fp32_nodes"],
+        "dev_accuracy_fp32": fp32_accuracy,
+        "dev_accuracy_drop_points": best["dev_accuracy_drop_points"],
+        "quantized_nodes": quantized_nodes(out / "model.onnx"),
+        "attempts": [{"fp32_nodes": len(a["fp32_nodes"]), "dev_accuracy_drop_points": a["dev_accuracy_drop_points"],
+                      "parity_failures": a["parity_failures"]} for a in attempts],
+        "sensitivity": ranking[:20],
+    }
+
+
+def rank_by_sensitivity(cfg, source: Path, work: Path, cache: Path, tokenizer, examples, max_length: int) -> list[dict]:
+    """Leave-one-out: the fall in logit MSE vs FP32 when a node alone stays FP32; biggest fall first."""
+    from compress.quantize import quantize_qdq
+
+    def logit_mse(path: Path) -> float:
+        got = predict_logits(OrtRuntime(path).run, tokenizer, examples, max_length, 64, desc="sensitivity")
+        return float(np.mean((got - reference) ** 2))
+
+    reference = predict_logits(OrtRuntime(source).run, tokenizer, examples, max_length, 64, desc="sensitivity")
+    probe = work / "probe.onnx"
+    quantize_qdq(cfg, source, probe, cache)
+    base = logit_mse(probe)
+    ranking = []
+    for node in quantizable_nodes(source, cfg.op_types):
+        quantize_qdq(cfg, source, probe, cache, fp32_nodes=[node])
+        ranking.append({"node": node, "mse_gain": base - logit_mse(probe)})
+    return sorted(ranking, key=lambda r: -r["mse_gain"])

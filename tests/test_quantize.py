@@ -1,0 +1,185 @@
+"""INT8 methods on a tiny BERT: static QDQ calibrations, accuracy-aware fallback, the Optimum reference, QAT."""
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+from compress.artifact import Artifact
+from compress.run import main
+from runtimes.ort_runtime import OrtRuntime
+from tests.conftest import sentiment_rows, write_recipe
+
+# The source below is already trained for the labels, so this step keeps it as is.
+TEACHER = {"name": "teacher", "type": "finetune"}
+ONNX = {"name": "onnx", "type": "export"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert) -> tuple:
+    """(checkpoint, csv): the tiny BERT trained once on the tiny sentiment data, so INT8 has predictions to keep."""
+    import pandas as pd
+
+    folder = tmp_path_factory.mktemp("trained")
+    csv = folder / "reviews.csv"
+    pd.DataFrame(sentiment_rows(240)).to_csv(csv, index=False)
+    steps = [{"name": "teacher", "type": "finetune", "epochs": 4, "batch_size": 16, "learning_rate": 3e-3,
+              "force": True}]
+    assert main([str(write_recipe(folder, tiny_bert, csv, steps, benchmark={"backends": ["torch-cpu"]})),
+                 "--out", str(folder / "runs")]) == 0
+    return folder / "runs" / "tiny" / "00-teacher", csv
+
+
+def op_counts(path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def int8_initializers(path) -> int:
+    """INT8 matrices stored in the file (weights; zero points are INT8 too, but not matrices)."""
+    return sum(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2 for t in onnx.load(str(path)).graph.initializer)
+
+
+def test_static_calibrations_give_qdq_models_within_parity(tmp_path, trained):
+    steps = [TEACHER, ONNX,
+             {"name": "minmax", "type": "quantize", "from": "onnx", "method": "static", "calibration": "minmax",
+              "calibration_samples": 64, "parity_min_agreement": 0.9},
+             {"name": "entropy", "type": "quantize", "from": "onnx", "method": "static", "calibration": "entropy",
+              "activation_type": "int8", "symmetric_activations": True, "parity_min_agreement": 0.9},
+             {"name": "percentile", "type": "quantize", "from": "onnx", "method": "static",
+              "calibration": "percentile", "percentile": 99.99, "start_from": "fused", "per_channel": False,
+              "parity_min_agreement": 0.9},
+             {"name": "matmul-only", "type": "quantize", "from": "onnx", "method": "static", "op_types": ["MatMul"],
+              "preprocess": False}]
+    out = tmp_path / "runs"
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(out)]) == 0
+    run = out / "tiny"
+    for folder in ("02-minmax", "03-entropy", "04-percentile", "05-matmul-only"):
+        art = Artifact.load(run / folder)
+        ops = op_counts(art.file("model"))
+        assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0, folder
+        assert art.metrics["quantized_nodes"] > 0
+        assert art.metrics["parity_vs_fp32"]["prediction_agreement"] >= 0.9
+        assert int8_initializers(art.file("model")) > 0  # weights stored as INT8, not FP32 behind a Q/DQ pair
+        OrtRuntime(art.file("model"))  # loads in ONNX Runtime
+    assert Artifact.load(run / "03-entropy").metrics["calibration"] == "entropy"
+    assert Artifact.load(run / "04-percentile").metrics["percentile"] == 99.99
+    # op_types: only MatMul nodes consume dequantized tensors when only MatMul is asked for
+    assert "Gemm" not in {n.op_type for n in _consumers_of_dq(Artifact.load(run / "05-matmul-only").file("model"))}
+    assert "Gemm" in {n.op_type for n in _consumers_of_dq(Artifact.load(run / "02-minmax").file("model"))}
+
+
+def _consumers_of_dq(path) -> list:
+    graph = onnx.load(str(path)).graph
+    dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return [n for n in graph.node if n.op_type != "QuantizeLinear" and dq & set(n.input)]
+
+
+def test_parity_tolerance_is_enforced(tmp_path, trained, capsys):
+    steps = [TEACHER, ONNX, {"name": "int8", "type": "quantize", "method": "static", "parity_max_logit_diff": 1e-9}]
+    code = main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")])
+    assert code == 1
+    assert "> parity_max_logit_diff 1e-09" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tiny" / "02-int8").exists()
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"method": "dynamic", "calibration": "entropy"}, "['calibration'] do not apply to method 'dynamic'"),
+    ({"method": "static", "max_accuracy_drop": 0.5}, "['max_accuracy_drop'] do not apply to method 'static'"),
+    ({"method": "accuracy-aware"}, "needs max_accuracy_drop"),
+    ({"method": "static", "op_types": ["MatMul", "Tokenize"]}, "cannot quantize op types ['Tokenize']"),
+    ({"method": "static", "percentile": 99.9}, "percentile applies to calibration 'percentile'"),
+    ({"method": "static", "calibration": "kl"}, "steps[2].calibration"),
+])
+def test_bad_quantize_settings_are_refused_before_running(tmp_path, trained, capsys, step, message):
+    steps = [TEACHER, ONNX, {"name": "int8", "type": "quantize", **step}]
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory, trained) -> tuple:
+    """(checkpoint, csv): the trained tiny BERT rewritten to compute the same function with one huge activation
+    channel (value channel 0 of layer 0 times 1000, the matching input column of the attention output
+    projection divided by 1000). The per-tensor activation scale it stretches rounds every other channel to
+    zero, so full static INT8 breaks while FP32 is unchanged: the case accuracy-aware mode exists for."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(trained[0])
+    layer = model.bert.encoder.layer[0].attention
+    with torch.no_grad():
+        layer.self.value.weight[0] *= 1000
+        layer.self.value.bias[0] *= 1000
+        layer.output.dense.weight[:, 0] /= 1000
+    folder = tmp_path_factory.mktemp("fragile")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(trained[0]).save_pretrained(folder)
+    return folder, trained[1]
+
+
+def aware_step(**settings) -> dict:
+    return {"name": "aware", "type": "quantize", "method": "accuracy-aware", "max_accuracy_drop": 0.0,
+            "sensitivity_examples": 16, **settings}
+
+
+def test_accuracy_aware_returns_sensitive_nodes_to_fp32_until_goal_holds(tmp_path, fragile):
+    # On 24 easy dev examples accuracy barely moves, so the goal that bites is the logit tolerance, which
+    # the search treats as part of the goal (drop within budget AND parity within tolerance).
+    steps = [TEACHER, ONNX, aware_step(parity_max_logit_diff=0.05)]
+    assert main([str(write_recipe(tmp_path, *fragile, steps)), "--out", str(tmp_path / "runs")]) == 0
+    art = Artifact.load(tmp_path / "runs" / "tiny" / "02-aware")
+    m = art.metrics
+    assert m["attempts"][0]["fp32_nodes"] == 0 and m["attempts"][0]["parity_failures"]  # full INT8 misses
+    assert m["budget_met"] and m["dev_accuracy_drop_points"] <= 0.0 and m["fp32_nodes"]
+    assert m["parity_vs_fp32"]["max_abs_logit_diff"] <= 0.05
+    assert m["fp32_nodes"] == [r["node"] for r in m["sensitivity"][: len(m["fp32_nodes"])]]  # most sensitive first
+    assert "layer.0/attention" in m["fp32_nodes"][0]  # the node fed by the planted outlier channel
+    graph = onnx.load(str(art.file("model"))).graph
+    dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    kept = [n for n in graph.node if n.name in m["fp32_nodes"]]
+    assert len(kept) == len(m["fp32_nodes"]) and not any(dq & set(n.input) for n in kept)  # really left in FP32
+    assert m["quantized_nodes"] > 0
+
+
+def test_accuracy_aware_keeps_the_closest_model_when_the_goal_is_out_of_reach(tmp_path, fragile):
+    steps = [TEACHER, ONNX, aware_step(parity_max_logit_diff=1e-9, max_fp32_nodes=1)]
+    assert main([str(write_recipe(tmp_path, *fragile, steps)), "--out", str(tmp_path / "runs")]) == 0
+    art = Artifact.load(tmp_path / "runs" / "tiny" / "02-aware")
+    m = art.metrics
+    assert not m["budget_met"] and len(m["attempts"]) == 2 and len(m["fp32_nodes"]) <= 1
+    OrtRuntime(art.file("model"))  # a usable model was saved all the same
+    assert "parity_max_logit_diff" in (tmp_path / "runs" / "tiny" / "run.log").read_text()
+
+
+def test_optimum_reference_is_marked_and_matches_our_dynamic_int8(tmp_path, trained):
+    steps = [TEACHER, ONNX, {"name": "ours", "type": "quantize", "method": "dynamic"},
+             {"name": "optimum", "type": "quantize", "from": "onnx", "method": "optimum-dynamic"}]
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny"
+    ref = Artifact.load(run / "03-optimum")
+    assert ref.metrics["reference"] == "optimum ORTQuantizer avx512_vnni dynamic"
+    assert ref.metrics["parity_vs_fp32"]["prediction_agreement"] >= 0.9
+    assert op_counts(ref.file("model")).get("DynamicQuantizeLinear", 0) > 0
+    assert sorted(p.name for p in ref.path.glob("*.onnx")) == ["model.onnx"]
+
+
+def test_qat_trains_through_fake_quant_and_exports_int8_qdq_onnx(tmp_path, trained):
+    steps = [TEACHER, {"name": "qat", "type": "qat", "epochs": 1, "batch_size": 16, "learning_rate": 1e-4,
+                       "calibration_samples": 32}]
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny"
+    art = Artifact.load(run / "01-qat")
+    m = art.metrics
+    assert art.kind == "onnx" and m["precision"] == "int8" and m["fake_quantized_linears"] == 2 * 6 + 2
+    assert m["parity_vs_fake_quant"]["prediction_agreement"] >= 0.98
+    ops = op_counts(art.file("model"))
+    assert ops["DequantizeLinear"] >= 2 * m["fake_quantized_linears"]  # input and weight of each Linear
+    assert int8_initializers(art.file("model")) == m["folded_weights"] == m["fake_quantized_linears"]
+    assert m["history"][0]["dev_accuracy"] >= 0.9
+    row = next(r for r in json.loads((run / "report.json").read_text())["rows"] if r["artifact"] == "qat")
+    assert row["status"] == "measured" and row["accuracy"] >= 0.9  # ONNX Runtime runs it, and it still classifies
