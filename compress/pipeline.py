@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from compress.gate import violations
 from compress.models import resolve_source
 from compress.recipe import Recipe
 from compress.stage import STAGES, Context
+from compress.train import process_state
 from runtimes import BACKENDS
 
 
@@ -29,13 +31,13 @@ def digest(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def setup_logging(log_file: Path) -> logging.Logger:
+def setup_logging(log_file: Path, main_process: bool = True) -> logging.Logger:
     log = logging.getLogger("compress")
     log.setLevel(logging.INFO)
     log.handlers.clear()
     log.propagate = False  # some libraries configure the root logger; do not print twice
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(log_file)):
+    for handler in (logging.StreamHandler(sys.stderr), *([logging.FileHandler(log_file)] if main_process else [])):
         handler.setFormatter(fmt)
         log.addHandler(handler)
     return log
@@ -62,12 +64,19 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
     step = recipe.steps[index]
     parent_name = recipe.parent_of(index)
     parent = ctx.artifacts[parent_name] if parent_name else source
-    h = digest(step.model_dump(by_alias=True), parent.hash)
+    h = digest(step.model_dump(by_alias=True), parent.hash, *(ctx.artifacts[r].hash for r in step.references().values()))
     folder = ctx.run_dir / f"{index:02d}-{step.name}"
+    state = process_state()
+    state.wait_for_everyone()  # every rank sees the same folders, so all skip or all run
     done = Artifact.load(folder)
     if done and done.hash == h and not force:
         ctx.log.info("%s: up to date, skipped", folder.name)
         return done
+    if not state.is_main_process:  # take part in the stage (DDP training), write nothing; use rank 0's artifact
+        with tempfile.TemporaryDirectory() as scratch:
+            STAGES[step.type].run(step, parent, ctx, Path(scratch))
+        state.wait_for_everyone()
+        return Artifact.load(folder)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -80,7 +89,9 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
         raise
     metrics = result.metrics | {"stage_seconds": round(time.perf_counter() - start, 1)}
     artifact = Artifact(step.name, result.kind, partial, h, parent.name, step.type, result.files, metrics)
-    return commit(partial, folder, artifact)
+    committed = commit(partial, folder, artifact)
+    state.wait_for_everyone()
+    return committed
 
 
 def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
@@ -109,7 +120,7 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
 def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     run_dir = out_root / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(recipe, run_dir, setup_logging(run_dir / "run.log"))
+    ctx = Context(recipe, run_dir, setup_logging(run_dir / "run.log", process_state().is_main_process))
     ctx.log.info("run %s -> %s", recipe.name, run_dir)
     data = ctx.data  # load and split before any stage folder exists: bad data fails first
     ctx.log.info("data %s: %d train / %d dev / %d test, labels %s", data.source, len(data.train), len(data.dev),
@@ -117,6 +128,8 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     source = source_artifact(recipe)
     for index, step in enumerate(recipe.steps):
         ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
+    if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports
+        return 0
     rows = benchmark_rows(recipe, ctx)
     baseline = (recipe.gate.baseline if recipe.gate else None) or recipe.steps[0].name
     report = build_report(recipe.name, baseline, [a.to_json() for a in ctx.artifacts.values()], rows, describe())

@@ -107,6 +107,9 @@ class Recipe(Strict):
                 raise ValueError(f"{where}.from: {parent!r} is not an earlier step")
             if parent_kind not in spec.accepts:
                 raise ValueError(f"{where}: a {step.type} step takes {spec.accepts}, but {parent!r} gives {parent_kind}")
+            for field, ref in step.references().items():
+                if kinds.get(ref) != "hf-checkpoint":
+                    raise ValueError(f"{where}.{field}: {ref!r} is not an earlier hf-checkpoint step")
             kinds[step.name] = spec.produces
             previous = step.name
         if self.gate:

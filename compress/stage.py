@@ -30,6 +30,10 @@ class StepConfig(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Folder and report name of the artifact.")
     from_: str | None = Field(None, alias="from", description="Input step, or 'source' for the recipe's model; default: the previous step.")
 
+    def references(self) -> dict[str, str]:
+        """Earlier hf-checkpoint steps this step reads besides its input, by field (e.g. a distillation teacher)."""
+        return {}
+
 
 @dataclass
 class StageResult:

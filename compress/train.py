@@ -16,6 +16,7 @@ from pydantic import Field
 
 from benchmarks.accuracy import evaluate
 from compress.data import Dataset, Example, encode
+from compress.errors import CompressError
 from compress.progress import progress
 from compress.stage import Context, StepConfig
 from runtimes.torch_runtime import TorchRuntime
@@ -33,20 +34,50 @@ class TrainingConfig(StepConfig):
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a dev gain.")
 
 
+def process_state():
+    """Accelerate's per-process state (rank, world size), made once: under torchrun without a GPU it starts
+    CPU DDP over gloo, which it only does when asked for the CPU before anything else creates it."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def cross_entropy(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(model(**inputs).logits, labels)
 
 
+class _WithExtra(torch.nn.Module):
+    """The model plus modules trained beside it (distillation projections): one unit for AdamW and DDP."""
+
+    def __init__(self, model: torch.nn.Module, extra: torch.nn.Module):
+        super().__init__()
+        self.model, self.extra = model, extra
+
+    def forward(self, **inputs):
+        return self.model(**inputs)
+
+
 def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig, ctx: Context,
-          loss_fn: LossFn = cross_entropy, train_examples: list[Example] | None = None) -> dict:
-    """Train in place; on return `model` holds the best dev epoch's weights. Returns the history."""
-    from accelerate import Accelerator
+          loss_fn: LossFn = cross_entropy, train_examples: list[Example] | None = None,
+          extra: torch.nn.Module | None = None) -> dict:
+    """Train in place; on return `model` holds the best dev epoch's weights. Returns the history.
+
+    `extra` modules are optimised with the model but not kept. `batch_size` is the global batch: under DDP each
+    of N processes takes batch_size / N examples, so N processes follow the same trajectory as one.
+    """
+    from accelerate import Accelerator, DataLoaderConfiguration
     from transformers import get_linear_schedule_with_warmup
 
     seed, max_length = ctx.recipe.seed, ctx.recipe.data.max_length
     torch.manual_seed(seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    process_state()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    if cfg.batch_size % accelerator.num_processes:
+        raise CompressError(f"{cfg.name}.batch_size: {cfg.batch_size} is not divisible by the "
+                            f"{accelerator.num_processes} processes")
     examples = train_examples or data.train
+    ctx.log.info("%s: training on %s, world size %d", cfg.name, accelerator.device, accelerator.num_processes)
 
     def collate(chunk: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         enc = encode(tokenizer, chunk, max_length)
@@ -56,15 +87,16 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
         examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
     )
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    unit = model if extra is None else _WithExtra(model, extra)
+    decay = [p for p in unit.parameters() if p.ndim > 1]
+    no_decay = [p for p in unit.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate,
     )
     steps = cfg.epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
-    wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    wrapped, optimizer, loader, scheduler = accelerator.prepare(unit, optimizer, loader, scheduler)
 
     history, best_acc, best_state, since_best = [], -1.0, None, 0
     for epoch in range(cfg.epochs):
@@ -86,7 +118,7 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
                      dev["accuracy"])
         if dev["accuracy"] > best_acc:
             best_acc, since_best = dev["accuracy"], 0
-            best_state = copy.deepcopy(accelerator.unwrap_model(wrapped).state_dict())
+            best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
             if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:

@@ -1,0 +1,187 @@
+"""distill: train a student (the input, a layer-dropped copy, an ALBERT conversion or a fresh model) on a teacher.
+
+The loss is a weighted sum of small objects sharing one signature, chosen by name from the
+recipe (`loss: {kl: 1, ce: 0.5, hidden: 1}`); the loop is compress.train's, under Accelerate.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from compress.artifact import Artifact
+from compress.data import Example
+from compress.errors import CompressError
+from compress.models import load_classifier, save_checkpoint
+from compress.stage import Context, StageResult, Strict, register
+from compress.students import StudentSpec, build_student, parameter_split
+from compress.train import TrainingConfig, train
+
+
+class LossConfig(Strict):
+    kl: float = Field(1.0, ge=0, description="Soft-label KL(teacher || student) at `temperature`, scaled by T^2.")
+    ce: float = Field(0.5, ge=0, description="alpha: hard-label cross-entropy (labelled examples only).")
+    hidden: float = Field(0.0, ge=0, description="Hidden-state MSE on mapped layers (projected if widths differ).")
+    attention: float = Field(0.0, ge=0, description="Attention-map MSE on mapped layers (head counts must match).")
+    temperature: float = Field(2.0, gt=0)
+    layer_map: dict[int, int] | None = Field(
+        None, description="Student hidden-state index -> teacher's (0 = embeddings); default: evenly spaced.")
+
+
+class DistillConfig(TrainingConfig):
+    type: Literal["distill"] = "distill"
+    teacher: str | None = Field(None, description="Earlier hf-checkpoint step that teaches; default: the input.")
+    student: StudentSpec = Field("parent", description="parent | {layer_drop: [..]} | {albertize: {..}} | {fresh: {..}}")
+    loss: LossConfig = LossConfig()
+    unlabeled: Path | None = Field(None, description="Text file, one example per line, used by the soft losses only.")
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+
+    @field_validator("unlabeled")
+    @classmethod
+    def _unlabeled_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"unlabeled text file not found: {str(v)!r}")
+        return v
+
+    def references(self) -> dict[str, str]:
+        return {"teacher": self.teacher} if self.teacher else {}
+
+
+UNLABELED = -100  # F.cross_entropy's ignore_index
+
+
+class Term:
+    """One loss term: (student outputs, teacher outputs, labels, attention mask) -> scalar."""
+
+    needs: set[str] = set()
+
+    def __init__(self, cfg: LossConfig, layer_map: dict[int, int], projections: torch.nn.ModuleDict):
+        self.cfg, self.layer_map, self.projections = cfg, layer_map, projections
+
+
+class SoftKL(Term):
+    def __call__(self, s, t, labels, mask):
+        T = self.cfg.temperature
+        return F.kl_div(F.log_softmax(s.logits / T, -1), F.log_softmax(t.logits / T, -1), reduction="batchmean",
+                        log_target=True) * T * T
+
+
+class HardCE(Term):
+    def __call__(self, s, t, labels, mask):
+        if (labels == UNLABELED).all():
+            return s.logits.sum() * 0.0
+        return F.cross_entropy(s.logits, labels, ignore_index=UNLABELED)
+
+
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over real tokens only: padding carries no signal to copy."""
+    m = mask.to(a.dtype).view(*mask.shape, *([1] * (a.dim() - mask.dim())))
+    return ((a - b) ** 2 * m).sum() / (m.sum() * a[0, 0].numel())
+
+
+class HiddenMSE(Term):
+    needs = {"output_hidden_states"}
+
+    def __call__(self, s, t, labels, mask):
+        terms = []
+        for si, ti in self.layer_map.items():
+            h = s.hidden_states[si]
+            if str(si) in self.projections:
+                h = self.projections[str(si)](h)
+            terms.append(_masked_mse(h, t.hidden_states[ti], mask))
+        return torch.stack(terms).mean()
+
+
+class AttentionMSE(Term):
+    needs = {"output_attentions"}
+
+    def __call__(self, s, t, labels, mask):
+        terms = []
+        for si, ti in self.layer_map.items():
+            if si == 0 or ti == 0:
+                continue  # embeddings have no attention
+            a, b = s.attentions[si - 1], t.attentions[ti - 1]
+            if a.shape != b.shape:
+                raise CompressError(f"loss.attention: student layer {si} has {a.shape[1]} heads, teacher layer {ti} "
+                                    f"{b.shape[1]}; attention-map loss needs equal head counts")
+            terms.append(_masked_mse(a.transpose(1, 2), b.transpose(1, 2), mask))  # (B, S, heads, S): mask queries
+        return torch.stack(terms).mean()
+
+
+LOSSES: dict[str, type[Term]] = {"kl": SoftKL, "ce": HardCE, "hidden": HiddenMSE, "attention": AttentionMSE}
+
+
+def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
+    """Student layer j <-> teacher layer round(j * Lt / Ls): the last layers meet, as the classifier reads them."""
+    return {j: round(j * teacher_layers / student_layers) for j in range(1, student_layers + 1)}
+
+
+class DistillLoss:
+    """The weighted sum of the recipe's loss terms, with the signature compress.train expects."""
+
+    def __init__(self, cfg: LossConfig, teacher, student):
+        ls, lt = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+        self.layer_map = cfg.layer_map or default_layer_map(ls, lt)
+        bad = {s: t for s, t in self.layer_map.items() if not (0 <= s <= ls and 0 <= t <= lt)}
+        if bad:
+            raise CompressError(f"loss.layer_map: {bad} out of range (student 0..{ls}, teacher 0..{lt})")
+        hs, ht = student.config.hidden_size, teacher.config.hidden_size
+        self.projections = torch.nn.ModuleDict(
+            {str(s): torch.nn.Linear(hs, ht) for s in self.layer_map} if cfg.hidden and hs != ht else {})
+        weights = {n: getattr(cfg, n) for n in LOSSES if getattr(cfg, n) > 0}
+        if not weights:
+            raise CompressError("loss: every weight is 0; set at least one of kl, ce, hidden, attention")
+        self.terms = {n: (w, LOSSES[n](cfg, self.layer_map, self.projections)) for n, w in weights.items()}
+        self.flags = {flag: True for _, term in self.terms.values() for flag in term.needs}
+        if "output_attentions" in self.flags:  # SDPA kernels do not return attention maps
+            for m in (teacher, student):
+                m.set_attn_implementation("eager")
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def __call__(self, student, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        s = student(**inputs, **self.flags)
+        with torch.no_grad():
+            t = self.teacher.to(s.logits.device)(**inputs, **self.flags)
+        mask = inputs["attention_mask"]
+        return sum(w * term(s, t, labels, mask) for w, term in self.terms.values())
+
+
+def read_unlabeled(path: Path) -> list[Example]:
+    lines = [l.strip() for l in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    return [Example(l, UNLABELED) for l in lines if l]
+
+
+@register(DistillConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
+def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
+    from transformers import AutoTokenizer
+
+    from benchmarks.accuracy import evaluate
+    from runtimes.torch_runtime import TorchRuntime
+
+    labels, allow_pickle = ctx.data.labels, ctx.recipe.model.allow_pickle
+    teacher_art = ctx.artifacts[cfg.teacher] if cfg.teacher else parent
+    tokenizer = AutoTokenizer.from_pretrained(parent.path)
+    if AutoTokenizer.from_pretrained(teacher_art.path).get_vocab() != tokenizer.get_vocab():
+        raise CompressError(f"{cfg.name}: teacher {teacher_art.name!r} and input {parent.name!r} use different "
+                            "vocabularies; distillation feeds both the same token ids")
+    teacher = load_classifier(teacher_art.path, labels, allow_pickle)
+    student, built = build_student(cfg.student, load_classifier(parent.path, labels, allow_pickle))
+    loss = DistillLoss(cfg.loss, teacher, student)
+    extra = [] if cfg.unlabeled is None else read_unlabeled(cfg.unlabeled)
+    before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.recipe.data.max_length,
+                      ctx.recipe.benchmark.eval_batch_size, desc=f"{cfg.name} dev")["accuracy"]
+    ctx.log.info("%s: student %s, %s parameters (teacher %s); dev accuracy before distillation %.4f", cfg.name,
+                 type(student).__name__, parameter_split(student), parameter_split(teacher)["total"], before)
+    start = time.perf_counter()
+    result = train(student, tokenizer, ctx.data, cfg, ctx, loss_fn=loss, extra=loss.projections or None,
+                   train_examples=ctx.data.train + extra if extra else None)
+    save_checkpoint(student, tokenizer, out)
+    return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
+        **result, "train_seconds": round(time.perf_counter() - start, 1), "teacher": teacher_art.name,
+        "dev_accuracy_before": before, "student_parameters": parameter_split(student),
+        "teacher_parameters": parameter_split(teacher), "unlabeled_examples": len(extra), **built,
+    })

@@ -1,0 +1,181 @@
+"""Students for distillation, built from a BERT-style classifier: fewer layers, ALBERT, or a fresh config.
+
+Each builder returns a stock `transformers` model, so the student saves with `save_pretrained`
+and loads anywhere without this package.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from compress.errors import CompressError
+from compress.stage import Strict
+
+
+class LayerDrop(Strict):
+    layer_drop: list[int] = Field(min_length=1, description="Teacher layers (0-based) the student keeps, in order.")
+
+
+class AlbertizeSpec(Strict):
+    embedding_size: int = Field(128, ge=2, description="E: word embeddings are factorized into V x E and E x H.")
+    num_groups: int = Field(1, ge=1, description="Shared layer groups; each takes a contiguous block of layers.")
+    init: Literal["average", "first", "middle", "last"] = Field(
+        "average", description="How a group's shared layer is initialised from the teacher layers it replaces.")
+
+
+class Albertize(Strict):
+    albertize: AlbertizeSpec
+
+
+class Fresh(Strict):
+    fresh: dict[str, int | float | str] = Field(description="Config overrides on the input's config; random weights.")
+
+
+StudentSpec = Literal["parent"] | LayerDrop | Albertize | Fresh
+
+
+def _encoder(model) -> torch.nn.Module:
+    encoder = getattr(getattr(model, model.base_model_prefix), "encoder", None)
+    if not isinstance(getattr(encoder, "layer", None), torch.nn.ModuleList):
+        raise CompressError(f"student: {model.config.model_type!r} has no encoder.layer list (BERT-style needed)")
+    return encoder
+
+
+def layer_drop(model, keep: list[int]):
+    """A copy keeping only the `keep` encoder layers, each initialised from the teacher layer of that index."""
+    layers = _encoder(model).layer
+    bad = [i for i in keep if not 0 <= i < len(layers)]
+    if bad or len(set(keep)) != len(keep):
+        raise CompressError(f"student.layer_drop: {keep} must be distinct layer indices in 0..{len(layers) - 1}")
+    student = copy.deepcopy(model)
+    kept = torch.nn.ModuleList([copy.deepcopy(layers[i]) for i in keep])
+    for new, layer in enumerate(kept):  # attention modules that know their index (KV caches) must be renumbered
+        if hasattr(layer.attention.self, "layer_idx"):
+            layer.attention.self.layer_idx = new
+    _encoder(student).layer = kept
+    student.config.num_hidden_layers = len(keep)
+    return student
+
+
+def fresh(model, overrides: dict):
+    """The input's architecture and vocabulary with `overrides` applied, randomly initialised."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = copy.deepcopy(model.config)
+    unknown = sorted(k for k in overrides if not hasattr(config, k))
+    if unknown:
+        raise CompressError(f"student.fresh: {unknown} are not {config.model_type} config keys")
+    for k, v in overrides.items():
+        setattr(config, k, v)
+    if config.hidden_size % config.num_attention_heads:
+        raise CompressError(f"student.fresh: hidden_size {config.hidden_size} is not a multiple of "
+                            f"num_attention_heads {config.num_attention_heads}")
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def factorize_embeddings(tables: list[torch.Tensor], gain: torch.Tensor, bias: torch.Tensor, e: int):
+    """BERT's H-wide embedding tables + LayerNorm -> E-wide tables and the E -> H mapping ALBERT applies after them.
+
+    BERT computes LN_H(w + p + t). LayerNorm first centres its input, which is linear, so we factorize the
+    centred, stacked tables [W; P; T]·C by truncated SVD (rank E-1) and rotate the E-dim codes into the
+    subspace orthogonal to the all-ones vector: then the codes have zero mean, ALBERT's LN_E (gain 1, bias 0)
+    only rescales them, and a mapping sqrt(H/E)·B·diag(gain) + bias reproduces LN_H up to truncation error.
+    """
+    h = tables[0].shape[1]
+    if not 2 <= e <= h:
+        raise CompressError(f"student.albertize.embedding_size: {e} must be between 2 and the hidden size {h}")
+    stacked = torch.cat(tables).double()
+    centred = stacked - stacked.mean(dim=1, keepdim=True)
+    u, s, vt = torch.linalg.svd(centred, full_matrices=False)
+    codes, basis = u[:, : e - 1] * s[: e - 1], vt[: e - 1]  # (N, E-1), (E-1, H)
+    q, _ = torch.linalg.qr(torch.cat([torch.ones(e, 1), torch.eye(e)[:, : e - 1]], dim=1).double())
+    rotate = q[:, 1:]  # (E, E-1): orthonormal columns, each orthogonal to the all-ones vector
+    codes, basis = codes @ rotate.T, rotate @ basis
+    mapping = math.sqrt(h / e) * basis.T * gain.double()[:, None]  # Linear weight (H, E)
+    split = torch.split(codes.float(), [t.shape[0] for t in tables])
+    kept = 1 - (s[e - 1:] ** 2).sum() / (s**2).sum()
+    return list(split), mapping.float(), bias.clone(), float(kept)
+
+
+def _shared_layer(teacher_layers: list, init: str) -> dict[str, torch.Tensor]:
+    """The ALBERT layer weights for one group from the BERT layers it stands in for."""
+    if init == "average":  # every layer of the block contributes; see README for why this is the default
+        states = [l.state_dict() for l in teacher_layers]
+        state = {k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}
+    else:
+        pick = {"first": 0, "middle": len(teacher_layers) // 2, "last": -1}[init]
+        state = teacher_layers[pick].state_dict()
+    names = {
+        "attention.self.query": "attention.query", "attention.self.key": "attention.key",
+        "attention.self.value": "attention.value", "attention.output.dense": "attention.dense",
+        "attention.output.LayerNorm": "attention.LayerNorm", "intermediate.dense": "ffn",
+        "output.dense": "ffn_output", "output.LayerNorm": "full_layer_layer_norm",
+    }
+    return {names[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v for k, v in state.items()}
+
+
+def albertize(teacher, spec: AlbertizeSpec) -> tuple[torch.nn.Module, dict]:
+    """An AlbertForSequenceClassification from a BERT classifier: factorized embeddings, shared layer groups."""
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    tc = teacher.config
+    if tc.model_type != "bert":
+        raise CompressError(f"student.albertize: needs a BERT teacher, got model_type {tc.model_type!r}")
+    if tc.num_hidden_layers % spec.num_groups:
+        raise CompressError(f"student.albertize.num_groups: {spec.num_groups} does not divide the teacher's "
+                            f"{tc.num_hidden_layers} layers")
+    config = AlbertConfig(
+        vocab_size=tc.vocab_size, embedding_size=spec.embedding_size, hidden_size=tc.hidden_size,
+        num_hidden_layers=tc.num_hidden_layers, num_hidden_groups=spec.num_groups, inner_group_num=1,
+        num_attention_heads=tc.num_attention_heads, intermediate_size=tc.intermediate_size,
+        hidden_act=tc.hidden_act, hidden_dropout_prob=tc.hidden_dropout_prob,
+        attention_probs_dropout_prob=tc.attention_probs_dropout_prob, classifier_dropout_prob=tc.hidden_dropout_prob,
+        max_position_embeddings=tc.max_position_embeddings, type_vocab_size=tc.type_vocab_size,
+        layer_norm_eps=tc.layer_norm_eps, pad_token_id=tc.pad_token_id, bos_token_id=None, eos_token_id=None,
+        num_labels=tc.num_labels, id2label=tc.id2label, label2id=tc.label2id,
+    )
+    student = AlbertForSequenceClassification(config).eval()
+    emb, a = teacher.bert.embeddings, student.albert
+    tables = [emb.word_embeddings.weight, emb.position_embeddings.weight, emb.token_type_embeddings.weight]
+    (w, p, t), mapping, bias, kept = factorize_embeddings([x.detach() for x in tables], emb.LayerNorm.weight.detach(),
+                                                          emb.LayerNorm.bias.detach(), spec.embedding_size)
+    with torch.no_grad():
+        a.embeddings.word_embeddings.weight.copy_(w)
+        a.embeddings.position_embeddings.weight.copy_(p)
+        a.embeddings.token_type_embeddings.weight.copy_(t)
+        a.embeddings.LayerNorm.weight.fill_(1.0)
+        a.embeddings.LayerNorm.bias.zero_()
+        a.encoder.embedding_hidden_mapping_in.weight.copy_(mapping)
+        a.encoder.embedding_hidden_mapping_in.bias.copy_(bias)
+    block = tc.num_hidden_layers // spec.num_groups
+    for g, group in enumerate(a.encoder.albert_layer_groups):
+        group.albert_layers[0].load_state_dict(
+            _shared_layer(list(teacher.bert.encoder.layer[g * block : (g + 1) * block]), spec.init))
+    a.pooler.load_state_dict(teacher.bert.pooler.dense.state_dict())
+    student.classifier.load_state_dict(teacher.classifier.state_dict())
+    return student, {"embedding_svd_energy_kept": round(kept, 4)}
+
+
+def build_student(spec: StudentSpec, parent_model) -> tuple[torch.nn.Module, dict]:
+    """The student a recipe asks for, built from the stage's input model, and facts about how it was built."""
+    if spec == "parent":
+        return parent_model, {}
+    if isinstance(spec, LayerDrop):
+        return layer_drop(parent_model, spec.layer_drop), {"kept_layers": spec.layer_drop}
+    if isinstance(spec, Albertize):
+        return albertize(parent_model, spec.albertize)
+    return fresh(parent_model, spec.fresh), {"fresh": spec.fresh}
+
+
+def parameter_split(model) -> dict[str, int]:
+    """Parameters by role: embeddings (ALBERT's E -> H mapping included), encoder layers, pooler + classifier."""
+    split = {"embeddings": 0, "encoder": 0, "head": 0}
+    for name, p in model.named_parameters():
+        role = ("embeddings" if ".embeddings." in name or "embedding_hidden_mapping" in name
+                else "encoder" if ".encoder." in name else "head")
+        split[role] += p.numel()
+    return split | {"total": sum(split.values())}

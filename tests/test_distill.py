@@ -1,0 +1,161 @@
+"""distill on tiny models: students are built faithfully, losses behave, recipes run, DDP matches one process."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.artifact import Artifact
+from compress.distill import AttentionMSE, DistillLoss, HiddenMSE, LossConfig, SoftKL
+from compress.errors import CompressError
+from compress.run import main
+from compress.students import AlbertizeSpec, albertize, layer_drop, parameter_split
+from tests.conftest import save_tiny_model, write_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+INPUTS = {"input_ids": torch.tensor([[2, 5, 9, 11, 3, 0], [2, 7, 8, 3, 0, 0]]),
+          "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]]),
+          "token_type_ids": torch.zeros(2, 6, dtype=torch.long)}
+
+
+def load(folder: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+
+
+def logits(model, **flags):
+    with torch.no_grad():
+        return model(**INPUTS, **flags).logits
+
+
+def test_albertize_at_full_rank_reproduces_a_one_layer_bert(tmp_path):
+    # With E = H the centred embedding tables fit exactly and one layer needs no sharing: the ALBERT must be the BERT.
+    teacher = load(save_tiny_model(tmp_path / "t", "bert", num_hidden_layers=1))
+    student, info = albertize(teacher, AlbertizeSpec(embedding_size=32))
+    assert type(student).__name__ == "AlbertForSequenceClassification"
+    assert info["embedding_svd_energy_kept"] == pytest.approx(1.0)
+    torch.testing.assert_close(logits(student.eval()), logits(teacher), atol=1e-5, rtol=1e-4)
+
+
+def test_albertize_shrinks_embeddings_and_shares_layers(tmp_path):
+    teacher = load(save_tiny_model(tmp_path / "t", "bert", num_hidden_layers=4))
+    student, info = albertize(teacher, AlbertizeSpec(embedding_size=8, num_groups=2, init="first"))
+    s, t = parameter_split(student), parameter_split(teacher)
+    assert s["encoder"] == t["encoder"] // 2 and s["embeddings"] < t["embeddings"] and 0 < info["embedding_svd_energy_kept"] < 1
+    groups = student.albert.encoder.albert_layer_groups
+    torch.testing.assert_close(groups[1].albert_layers[0].ffn.weight, teacher.bert.encoder.layer[2].intermediate.dense.weight)
+    averaged, _ = albertize(teacher, AlbertizeSpec(embedding_size=8))
+    mean = torch.stack([l.attention.self.query.weight for l in teacher.bert.encoder.layer]).mean(0)
+    torch.testing.assert_close(averaged.albert.encoder.albert_layer_groups[0].albert_layers[0].attention.query.weight, mean)
+    with pytest.raises(CompressError, match="num_groups"):
+        albertize(teacher, AlbertizeSpec(num_groups=3))
+
+
+def test_layer_drop_keeps_chosen_teacher_layers(tiny_bert):
+    teacher = load(tiny_bert)
+    student = layer_drop(teacher, [1])
+    assert student.config.num_hidden_layers == 1 and len(student.bert.encoder.layer) == 1
+    torch.testing.assert_close(student.bert.encoder.layer[0].output.dense.weight, teacher.bert.encoder.layer[1].output.dense.weight)
+    assert len(teacher.bert.encoder.layer) == 2  # the teacher is untouched
+    with pytest.raises(CompressError, match="layer_drop"):
+        layer_drop(teacher, [0, 2])
+
+
+def test_losses_vanish_on_a_perfect_copy_and_project_different_widths(tmp_path, tiny_bert):
+    teacher = load(tiny_bert)
+    out = teacher(**INPUTS, output_hidden_states=True, output_attentions=True)
+    cfg = LossConfig(hidden=1.0, attention=1.0)
+    assert SoftKL(cfg, {}, {})(out, out, None, INPUTS["attention_mask"]).item() == pytest.approx(0.0, abs=1e-7)
+    assert AttentionMSE(cfg, {1: 1, 2: 2}, {})(out, out, None, INPUTS["attention_mask"]).item() == 0.0
+    wide = load(save_tiny_model(tmp_path / "w", "bert", hidden_size=48, num_attention_heads=4))
+    loss = DistillLoss(cfg.model_copy(update={"attention": 0.0}), teacher, wide)
+    assert sorted(loss.projections) == ["1", "2"] and loss.projections["1"].in_features == 48
+    w = wide(**INPUTS, output_hidden_states=True)
+    assert HiddenMSE(cfg, loss.layer_map, loss.projections)(w, out, None, INPUTS["attention_mask"]).item() > 0
+    fewer_heads = load(save_tiny_model(tmp_path / "h", "bert", num_attention_heads=2))
+    with pytest.raises(CompressError, match="heads"):
+        DistillLoss(cfg, teacher, fewer_heads)(fewer_heads, INPUTS, torch.tensor([0, 1]))
+
+
+def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, tiny_bert, tiny_csv):
+    unlabeled = tmp_path / "unlabeled.txt"
+    unlabeled.write_text("a very good film\n\nthe plot was dull\n")
+    train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
+    steps = [
+        {"name": "teacher", "type": "finetune", "force": True, **train},
+        {"name": "albert", "type": "distill", "teacher": "teacher", "student": {"albertize": {"embedding_size": 8}},
+         "loss": {"hidden": 1.0, "attention": 1.0}, "unlabeled": str(unlabeled), **train},
+        {"name": "albert-onnx", "type": "export"},
+        {"name": "shallow", "type": "distill", "from": "teacher", "student": {"layer_drop": [1]},
+         "early_stopping_patience": 1, **train},
+        {"name": "wide", "type": "distill", "from": "teacher", "student": {"fresh": {"hidden_size": 48}},
+         "loss": {"hidden": 1.0, "ce": 0.0, "layer_map": {0: 0, 2: 2}}, **train},
+    ]
+    out = tmp_path / "runs"
+    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)), "--out", str(out)]) == 0
+    run = out / "tiny"
+    albert = Artifact.load(run / "01-albert")
+    assert albert.metrics["teacher"] == "teacher" and albert.metrics["unlabeled_examples"] == 2
+    assert albert.metrics["student_parameters"]["total"] < albert.metrics["teacher_parameters"]["total"]
+    assert Artifact.load(run / "02-albert-onnx").metrics["parity"]["max_abs_logit_diff"] < 1e-3
+    assert load(run / "04-wide").config.hidden_size == 48
+    rows = {(r["artifact"], r["backend"]): r for r in json.loads((run / "report.json").read_text())["rows"]}
+    assert rows[("shallow", "torch-cpu")]["status"] == "measured"
+
+    # Stock transformers, in a fresh process with nothing of ours imported, loads the ALBERT and its WordPiece tokenizer.
+    code = ("import sys; from transformers import AutoTokenizer, AlbertForSequenceClassification as A; "
+            f"t = AutoTokenizer.from_pretrained('{run / '01-albert'}'); m = A.from_pretrained('{run / '01-albert'}'); "
+            "print(type(t).__name__, m(**t(['a good film'], return_tensors='pt')).logits.shape)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env=os.environ | {"HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "BertTokenizerFast" and "torch.Size([1, 2])" in done.stdout
+
+
+def test_teacher_must_be_an_earlier_checkpoint_step(tmp_path, tiny_bert, tiny_csv, capsys):
+    steps = [{"name": "onnx", "type": "export"}, {"name": "s", "type": "distill", "from": "source", "teacher": "onnx"}]
+    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)), "--out", str(tmp_path / "runs")]) == 2
+    assert "steps[1] (s).teacher: 'onnx' is not an earlier hf-checkpoint step" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, tiny_csv):
+    """torchrun, two CPU processes, gloo on localhost: fine-tuning and distillation land where one process does."""
+    model = save_tiny_model(tmp_path / "model", "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
+    steps = [{"name": "teacher", "type": "finetune", "force": True, **train},
+             {"name": "student", "type": "distill", "student": {"layer_drop": [1]}, "loss": {"hidden": 1.0}, **train}]
+    recipe = write_recipe(tmp_path, model, tiny_csv, steps)
+    assert main([str(recipe), "--out", str(tmp_path / "one")]) == 0
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "compress.run", str(recipe), "--out", str(tmp_path / "two")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world size 2" in (tmp_path / "two" / "tiny" / "run.log").read_text()
+    start = load(tmp_path / "model")
+    for step in ("00-teacher", "01-student"):
+        one, two = (Artifact.load(tmp_path / d / "tiny" / step) for d in ("one", "two"))
+        assert one.hash == two.hash
+        assert [h["dev_accuracy"] for h in one.metrics["history"]] == [h["dev_accuracy"] for h in two.metrics["history"]]
+        a, b = load(one.path), load(two.path)
+        torch.testing.assert_close(logits(a), logits(b), atol=5e-3, rtol=1e-2)
+        # Rounding differs (half batches, all-reduce) and Adam amplifies it on near-zero gradients, so the test
+        # bounds the disagreement by the training movement: a wrong global batch or data order moves far more.
+        apart = max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
+        moved = max((p - q).abs().max().item() for p, q in zip(a.parameters(), start.parameters()) if p.shape == q.shape)
+        assert apart < 0.1 * moved, (step, apart, moved)
+        start = a
