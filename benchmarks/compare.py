@@ -13,7 +13,7 @@ from pathlib import Path
 
 from benchmarks.report import first_latency, mb
 from compress.errors import CompressError
-from compress.gate import drop_violation, read_report
+from compress.gate import drop_violation, read_report, verdict
 
 
 def _rows(report: dict) -> dict[tuple[str, str], dict]:
@@ -77,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print("\n".join(describe_changes(old, new)))
     found = regressions(old, new, args.max_drop)
-    for line in found:
-        print(f"REGRESSION: {line}", file=sys.stderr)
-    if not found:
-        print(f"no accuracy drop beyond {args.max_drop} points")
-    return 1 if found else 0
+    return verdict(found, "REGRESSION", f"no accuracy drop beyond {args.max_drop} points")
 
 
 if __name__ == "__main__":

@@ -22,16 +22,16 @@ def pareto_png(report: dict, axis: str) -> bytes:
 
     rows = [r for r in measured(report) if _cost(r, axis) is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for r in rows:
+    for i, r in enumerate(rows):
         ref = bool(r.get("reference"))
         ax.scatter(_cost(r, axis), 100 * r["accuracy"], s=110 if ref else 60, marker="*" if ref else "o",
                    color="#d62728" if ref else ("#1f77b4" if r["pareto"][axis] else "#9e9e9e"), zorder=3)
         ax.annotate(f"{r['artifact']} / {r['backend']}" + (" (reference)" if ref else ""),
-                    (_cost(r, axis), 100 * r["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+                    (_cost(r, axis), 100 * r["accuracy"]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)), fontsize=8)  # near points: stagger
     front = sorted((r for r in rows if r["pareto"][axis]), key=lambda r: _cost(r, axis))
     if front:
-        ax.step([_cost(r, axis) for r in front], [100 * r["accuracy"] for r in front], where="post",
-                color="#1f77b4", linewidth=1.5, label="Pareto front", zorder=2)
+        ax.step([_cost(r, axis) for r in front], [100 * r["accuracy"] for r in front], where="post", color="#1f77b4",
+                linewidth=1.5, marker="o", markersize=13, markerfacecolor="none", label="Pareto front", zorder=2)
         ax.legend(loc="lower right", fontsize=8)
     first = first_latency(rows[0]) if rows and axis == "latency" else None
     where = f" (batch {first['batch_size']}, sequence {first['sequence_length']})" if first else ""

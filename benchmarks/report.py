@@ -105,7 +105,7 @@ def _s(value) -> str:
 
 def summary_table(report: dict) -> Table:
     head = ["artifact", "back end", "precision", "threads", "accuracy", "macro-F1", "drop (pts)", "size", "size×",
-            "params", "load s", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×", "Pareto"]
+            "params", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×", "Pareto"]
     body = []
     for r in measured(report):
         lat = first_latency(r) or {}
@@ -113,7 +113,7 @@ def summary_table(report: dict) -> Table:
         body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{r['accuracy']:.4f}",
                      f"{r['macro_f1']:.4f}", _s(r.get("accuracy_drop_points")), mb(r["size_bytes"]),
                      _s(r.get("size_ratio")), f"{(r['parameters'] or 0) / 1e6:.2f} M", _s(r.get("load_seconds")),
-                     _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")), _s(lat.get("p95_ms")), _s(lat.get("p99_ms")),
+                     _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")), _s(lat.get("p95_ms")), _s(lat.get("p99_ms")),
                      _s(r.get("speedup")), ", ".join(front)])
     return head, body
 
@@ -160,7 +160,7 @@ def skipped_lines(report: dict) -> list[str]:
 
 
 def lineage_lines(report: dict) -> list[str]:
-    """Each artifact's chain back to the model source, e.g. `int8 (quantize, onnx) ← onnx (export, onnx) ← source`."""
+    """Each artifact's chain back to the model source: `int8 (quantize, onnx) ← onnx (export, onnx) ← source`."""
     by_name = {a["name"]: a for a in report["artifacts"]}
     lines = []
     for a in report["artifacts"]:
@@ -192,7 +192,15 @@ def hardware_lines(report: dict) -> list[str]:
 
 INTRO = ("Drop is in accuracy points, size× and speed-up× are baseline ÷ row at the first latency point. "
          "Model latency is on pre-tokenized inputs; '+tokenize' is text in, logits out. "
-         "Peak RSS is the peak resident memory of the process that measured the row.")
+         "Peak RSS is the peak resident memory of the process that measured the row (libraries included; "
+         "'before load' is that process before the model was opened).")
+
+PLOTS = {"latency": ("pareto-latency.png", "Accuracy vs p50 latency"),
+         "size": ("pareto-size.png", "Accuracy vs size on disk")}
+
+# One block of the report: ("h1" | "h2" | "h3", title), ("p", text), ("ul", lines), ("table", (css class, Table)),
+# ("note", lines) or ("plots", PLOTS keys). Add a section here and it appears in report.md and report.html alike.
+Block = tuple[str, object]
 
 
 def baseline_line(report: dict) -> str:
@@ -201,30 +209,37 @@ def baseline_line(report: dict) -> str:
     return f"Baseline: {base['artifact']} on {base['backend']} (test accuracy {acc})."
 
 
-PLOTS = {"latency": ("pareto-latency.png", "Accuracy vs p50 latency"),
-         "size": ("pareto-size.png", "Accuracy vs size on disk")}
+def sections(report: dict) -> list[Block]:
+    blocks: list[Block] = [("h1", f"compress report: {report['recipe']}"), ("p", f"{baseline_line(report)} {INTRO}"),
+                           ("table", ("summary", summary_table(report)))]
+    if reference_lines(report):
+        blocks += [("h2", "Against the reference"), ("note", reference_lines(report))]
+    blocks += [("h2", "Pareto plots"), ("plots", list(PLOTS))]
+    if skipped_lines(report):
+        blocks += [("h2", "Not measured here"), ("ul", skipped_lines(report))]
+    blocks += [("h2", "Latency sweep"), ("table", ("sweep", sweep_table(report))),
+               ("h2", "Per-class precision, recall and F1 (test split)")]
+    for r in measured(report):
+        blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r)))]
+    blocks += [("h2", "Lineage"), ("ul", lineage_lines(report)), ("h2", "Hardware"), ("ul", hardware_lines(report))]
+    return blocks
 
 
-def _md_table(table: Table) -> list[str]:
-    head, body = table
+def _md_block(kind: str, payload) -> list[str]:
+    if kind in ("h1", "h2", "h3"):
+        return ["#" * int(kind[1]) + " " + payload]
+    if kind == "p":
+        return [payload]
+    if kind in ("ul", "note"):
+        return [f"- {s}" for s in payload]
+    if kind == "plots":
+        return [f"![{PLOTS[axis][1]}]({PLOTS[axis][0]})" for axis in payload]
+    head, body = payload[1]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
 
 
 def to_markdown(report: dict) -> str:
-    lines = [f"# compress report: {report['recipe']}", "", baseline_line(report), INTRO, ""]
-    lines += _md_table(summary_table(report))
-    if report.get("reference_note"):
-        lines += ["", "## Against the reference", ""] + [f"- {s}" for s in reference_lines(report)]
-    lines += ["", "## Pareto plots", ""] + [f"![{title}]({file})" for file, title in PLOTS.values()]
-    if skipped_lines(report):
-        lines += ["", "## Not measured here", ""] + [f"- {s}" for s in skipped_lines(report)]
-    lines += ["", "## Latency sweep", ""] + _md_table(sweep_table(report))
-    lines += ["", "## Per-class precision, recall and F1 (test split)"]
-    for r in measured(report):
-        lines += ["", f"### {label(r)} on {r['backend']}", ""] + _md_table(per_class_table(r))
-    lines += ["", "## Lineage", ""] + [f"- {s}" for s in lineage_lines(report)]
-    lines += ["", "## Hardware", ""] + [f"- {s}" for s in hardware_lines(report)]
-    return "\n".join(lines) + "\n"
+    return "\n\n".join("\n".join(_md_block(kind, payload)) for kind, payload in sections(report)) + "\n"
 
 
 def write_report(report: dict, run_dir: Path) -> None:

@@ -59,10 +59,8 @@ def _latency_sweep(runtime, tokenizer, data: Dataset, cfg) -> list[dict]:
 def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max_length: int) -> dict:
     """`cfg` is a BenchmarkConfig. A back end that cannot run here gives a row that says why, never a number.
     Latency points are model-only (pre-tokenized inputs) with the end-to-end figure (text in, logits out) beside."""
-    import torch
     from transformers import AutoTokenizer
 
-    torch.set_num_threads(cfg.threads)  # also bounds any torch work the tokenizer or metrics do
     row = {"artifact": artifact.name, "backend": backend, "kind": artifact.kind}
     tokenizer = AutoTokenizer.from_pretrained(artifact.path)
     rss_before = _rss_mb("VmRSS")

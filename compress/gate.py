@@ -66,10 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     found = violations(report, args.max_drop, args.artifact)
+    return verdict(found, "GATE FAILED", f"gate passed: no artifact lost more than {args.max_drop} points")
+
+
+def verdict(found: list[str], failure: str, success: str) -> int:
+    """Print the problems (stderr) or the all-clear (stdout); the exit code for a CI step."""
     for line in found:
-        print(f"GATE FAILED: {line}", file=sys.stderr)
+        print(f"{failure}: {line}", file=sys.stderr)
     if not found:
-        print(f"gate passed: no artifact lost more than {args.max_drop} points")
+        print(success)
     return 1 if found else 0
 
 

@@ -106,7 +106,8 @@ def test_json_md_and_html_agree_on_every_figure(run_dir):
     assert _md_table(md, "artifact") == [head, *body]
     assert dict(html.tables)["summary"] == [head, *body]
     for row, cells in zip(measured, body):
-        assert cells[4] == f"{row['accuracy']:.4f}" and cells[12] == str(row["latency"][0]["p50_ms"])
+        assert cells[head.index("accuracy")] == f"{row['accuracy']:.4f}"
+        assert cells[head.index("p50 ms")] == str(row["latency"][0]["p50_ms"])
         assert row["peak_rss_mb"] > 0 and row["load_seconds"] > 0
         point = row["latency"][0]
         assert point["with_tokenization"]["p50_ms"] > 0 and point["repeats"] >= 5
