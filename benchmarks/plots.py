@@ -26,8 +26,9 @@ def pareto_png(report: dict, axis: str) -> bytes:
         ref = bool(r.get("reference"))
         ax.scatter(_cost(r, axis), 100 * r["accuracy"], s=110 if ref else 60, marker="*" if ref else "o",
                    color="#d62728" if ref else ("#1f77b4" if r["pareto"][axis] else "#9e9e9e"), zorder=3)
-        ax.annotate(f"{r['artifact']} / {r['backend']}" + (" (reference)" if ref else ""),
-                    (_cost(r, axis), 100 * r["accuracy"]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)), fontsize=8)  # near points: stagger
+        ax.annotate(f"{r['artifact']} / {r['backend']}" + (" (reference)" if ref else ""),  # staggered: near points
+                    (_cost(r, axis), 100 * r["accuracy"]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)),
+                    fontsize=8)
     front = sorted((r for r in rows if r["pareto"][axis]), key=lambda r: _cost(r, axis))
     if front:
         ax.step([_cost(r, axis) for r in front], [100 * r["accuracy"] for r in front], where="post", color="#1f77b4",

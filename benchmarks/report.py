@@ -105,7 +105,8 @@ def _s(value) -> str:
 
 def summary_table(report: dict) -> Table:
     head = ["artifact", "back end", "precision", "threads", "accuracy", "macro-F1", "drop (pts)", "size", "size×",
-            "params", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×", "Pareto"]
+            "params", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×",
+            "Pareto"]
     body = []
     for r in measured(report):
         lat = first_latency(r) or {}
@@ -113,8 +114,8 @@ def summary_table(report: dict) -> Table:
         body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{r['accuracy']:.4f}",
                      f"{r['macro_f1']:.4f}", _s(r.get("accuracy_drop_points")), mb(r["size_bytes"]),
                      _s(r.get("size_ratio")), f"{(r['parameters'] or 0) / 1e6:.2f} M", _s(r.get("load_seconds")),
-                     _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")), _s(lat.get("p95_ms")), _s(lat.get("p99_ms")),
-                     _s(r.get("speedup")), ", ".join(front)])
+                     _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")),
+                     _s(lat.get("p95_ms")), _s(lat.get("p99_ms")), _s(r.get("speedup")), ", ".join(front)])
     return head, body
 
 
