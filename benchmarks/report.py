@@ -181,11 +181,15 @@ def hardware_lines(report: dict) -> list[str]:
     hw = report["hardware"]
     isa = ", ".join(k for k, v in hw["isa"].items() if v) or "none of " + ", ".join(hw["isa"])
     threads = sorted({str(r["threads"]) for r in measured(report) if r.get("threads")})
+    loads = [r["load_average_1min"] for r in measured(report) if r.get("load_average_1min") is not None]
+    busy = (f"; 1-minute load average when rows were measured: {min(loads)}–{max(loads)} on "
+            f"{hw['logical_cores']} logical cores" if loads else "")
     return [
         f"CPU: {hw['cpu']} ({hw['logical_cores']} logical / {hw['physical_cores']} physical cores, "
         f"{hw['memory_gib']} GiB); ISA: {isa}",
         f"GPU: {hw['gpu'] or 'none'}; ONNX Runtime providers: {', '.join(hw['onnxruntime_providers'])}",
-        f"Inference threads: {', '.join(threads) or 'n/a'} (fixed per row; each row measured in its own process)",
+        f"Inference threads: {', '.join(threads) or 'n/a'} (fixed per row; each row measured in its own process)"
+        + busy,
         f"Python {hw['python']} on {hw['os']}",
         ", ".join(f"{k} {v}" for k, v in hw["versions"].items()),
     ]

@@ -7,6 +7,7 @@ thread settings are then its own, not left over from the previous model or the p
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +22,7 @@ from compress.data import Dataset, encode
 from runtimes import Unavailable, open_runtime
 
 # Part of the pipeline's cache key: bump it when the figures a row holds change, so old rows are re-measured.
-METHOD_VERSION = 2
+METHOD_VERSION = 3
 
 
 def _rss_mb(field: str) -> float | None:
@@ -47,10 +48,10 @@ def _latency_sweep(runtime, tokenizer, data: Dataset, cfg) -> list[dict]:
         for seq in cfg.sequence_lengths:
             # Real test texts, padded/truncated to exactly `seq` tokens so every runtime sees the same shapes.
             inputs = encode(tokenizer, examples, seq, pad_to_max=True)
-            model_only = measure_latency(lambda: runtime.run(inputs), cfg.warmup, cfg.min_repeats, cfg.max_seconds,
-                                         batch)
+            budget = (cfg.warmup, cfg.min_repeats, cfg.max_seconds, batch, cfg.min_seconds)
+            model_only = measure_latency(lambda: runtime.run(inputs), *budget)
             end_to_end = measure_latency(lambda: runtime.run(encode(tokenizer, examples, seq, pad_to_max=True)),
-                                         cfg.warmup, cfg.min_repeats, cfg.max_seconds, batch)
+                                         *budget)
             points.append({"batch_size": batch, "sequence_length": seq, **model_only,
                            "with_tokenization": end_to_end})
     return points
@@ -72,6 +73,7 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max
     load_seconds = time.perf_counter() - start
     test = evaluate(runtime.run, tokenizer, data.test, data.labels, max_length, cfg.eval_batch_size,
                     desc=f"{artifact.name} on {backend}: test")
+    load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # others' work skews timing
     latency = _latency_sweep(runtime, tokenizer, data, cfg)
     return row | {
         "status": "measured",
@@ -88,6 +90,7 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max
         "load_seconds": round(load_seconds, 3),
         "rss_before_load_mb": rss_before,
         "peak_rss_mb": _rss_mb("VmHWM"),
+        "load_average_1min": load_average,
         "latency": latency,
     }
 

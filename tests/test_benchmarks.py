@@ -145,3 +145,10 @@ def test_compare_fails_on_a_drop_beyond_the_threshold_or_a_missing_row(external_
     assert compare.main([str(external_report), str(_write(tmp_path / "b.json", missing))]) == 1
     assert "hf on torch-cpu: measured in the old report, missing from the new one" in capsys.readouterr().err
     assert compare.main([str(external_report), str(tmp_path / "absent.json")]) == 2
+
+
+def test_latency_measures_at_least_min_seconds():
+    start = time.perf_counter()
+    figures = measure_latency(lambda: time.sleep(0.001), warmup=0, min_repeats=5, max_seconds=5, batch_size=1,
+                              min_seconds=0.3)
+    assert time.perf_counter() - start >= 0.3 and figures["repeats"] > 5
