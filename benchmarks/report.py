@@ -1,26 +1,83 @@
-"""report.json (the source of truth) and report.md, derived from the benchmark rows."""
+"""report.json (the source of truth) and the views rendered from it: report.md, report.html and two Pareto plots.
+
+Every table is built once here as rows of strings and only *rendered* as Markdown or HTML, so the three files
+cannot disagree about a figure.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from compress.artifact import write_json_atomic
 
+# "Comparable accuracy" when picking our best model to set beside the reference: at most this many points lower.
+TIE_POINTS = 0.5
+Table = tuple[list[str], list[list[str]]]
 
-def _first_latency(row: dict) -> dict | None:
+
+def first_latency(row: dict) -> dict | None:
     return row["latency"][0] if row.get("latency") else None
 
 
-def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict) -> dict:
-    """Ratios are against the baseline artifact's first measured row (the fine-tuned FP32 model on PyTorch)."""
-    base = next((r for r in rows if r["artifact"] == baseline and r["status"] == "measured"), None)
+def measured(report: dict) -> list[dict]:
+    return [r for r in report["rows"] if r["status"] == "measured"]
+
+
+def _p50(row: dict) -> float | None:
+    point = first_latency(row)
+    return point["p50_ms"] if point else None
+
+
+def _dominated(row: dict, others: list[dict], cost) -> bool:
+    """Another row is at least as accurate and at most as costly, and strictly better in one of the two."""
+    return any(cost(o) <= cost(row) and o["accuracy"] >= row["accuracy"]
+               and (cost(o) < cost(row) or o["accuracy"] > row["accuracy"]) for o in others if o is not row)
+
+
+def _mark_pareto(rows: list[dict]) -> None:
+    timed = [r for r in rows if _p50(r) is not None]
     for row in rows:
+        row["pareto"] = {
+            "latency": row in timed and not _dominated(row, timed, _p50),
+            "size": not _dominated(row, rows, lambda r: r["size_bytes"]),
+        }
+
+
+def _reference_note(rows: list[dict]) -> dict | None:
+    """Our best model beside the reference: the fastest row within TIE_POINTS of the reference's accuracy on the
+    reference's back end, else the most accurate of ours there."""
+    ref = next((r for r in rows if r.get("reference") and _p50(r) is not None), None)
+    if ref is None:
+        return None
+    ours = [r for r in rows if not r.get("reference") and r["backend"] == ref["backend"] and _p50(r) is not None]
+    if not ours:
+        return None
+    close = [r for r in ours if 100 * (ref["accuracy"] - r["accuracy"]) <= TIE_POINTS]
+    best = min(close, key=_p50) if close else max(ours, key=lambda r: r["accuracy"])
+    pick = lambda r: {"artifact": r["artifact"], "backend": r["backend"], "accuracy": r["accuracy"],  # noqa: E731
+                      "size_bytes": r["size_bytes"], "p50_ms": _p50(r)}
+    return {"rule": f"fastest of ours on {ref['backend']} within {TIE_POINTS} points of the reference's accuracy"
+                    + ("" if close else " (none is: the most accurate of ours instead)"),
+            "reference": pick(ref), "best": pick(best)}
+
+
+def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict) -> dict:
+    """Ratios are against the baseline artifact's first measured row (the fine-tuned FP32 model on PyTorch).
+    Rows of artifacts whose manifest metrics carry "reference" are labelled as the reference."""
+    base = next((r for r in rows if r["artifact"] == baseline and r["status"] == "measured"), None)
+    references = {a["name"]: a["metrics"]["reference"] for a in artifacts if a.get("metrics", {}).get("reference")}
+    for row in rows:
+        if row["artifact"] in references:
+            ref = references[row["artifact"]]
+            row["reference"] = ref if isinstance(ref, str) else "reference"
         if row["status"] != "measured" or base is None:
             continue
         row["accuracy_drop_points"] = round(100 * (base["accuracy"] - row["accuracy"]), 2)
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
-        mine, theirs = _first_latency(row), _first_latency(base)
+        mine, theirs = first_latency(row), first_latency(base)
         if mine and theirs:
             row["speedup"] = round(theirs["p50_ms"] / mine["p50_ms"], 2)
+    done = [r for r in rows if r["status"] == "measured"]
+    _mark_pareto(done)
     return {
         "recipe": recipe_name,
         "baseline": {"artifact": baseline, "backend": base["backend"] if base else None,
@@ -28,90 +85,203 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
         "hardware": hardware,
         "artifacts": artifacts,
         "rows": rows,
+        "reference_note": _reference_note(done),
     }
 
 
-def _mb(n: int) -> str:
+# ---- shared views: rows of strings, rendered by to_markdown here and benchmarks.html ----
+
+def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _millions(n: int | None) -> str:
+def label(row: dict) -> str:
+    return f"{row['artifact']} (reference: {row['reference']})" if row.get("reference") else row["artifact"]
+
+
+def _s(value) -> str:
+    return "" if value is None else str(value)
+
+
+def millions(n: int | None) -> str:
     return f"{n / 1e6:.2f} M" if n is not None else ""
 
 
-def _giga(n: int | None) -> str:
+def giga(n: int | None) -> str:
     return f"{n / 1e9:.3f}" if n is not None else ""
 
 
-def to_markdown(report: dict) -> str:
-    hw = report["hardware"]
-    isa = ", ".join(k for k, v in hw["isa"].items() if v) or "none of " + ", ".join(hw["isa"])
-    base = report["baseline"]
-    lines = [
-        f"# compress report: {report['recipe']}",
-        "",
-        f"Baseline: **{base['artifact']}** on {base['backend']} (test accuracy {base['accuracy']}). "
-        "Drop is in accuracy points, size× and speed-up× are baseline ÷ row at the first latency point.",
-        "",
-        "| artifact | back end | precision | accuracy | macro-F1 | drop (pts) | size | size× | params | "
-        "encoder params | GMACs @128 | p50 ms | p95 ms | p99 ms | speed-up× |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
-        if r["status"] != "measured":
-            continue
-        lat = _first_latency(r) or {}
-        lines.append(
-            f"| {r['artifact']} | {r['backend']} | {r['precision']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-            f"{r.get('accuracy_drop_points', '')} | {_mb(r['size_bytes'])} | {r.get('size_ratio', '')} | "
-            f"{(r['parameters'] or 0) / 1e6:.2f} M | {_millions(r.get('encoder_parameters'))} | "
-            f"{_giga(r.get('macs_seq128'))} | {lat.get('p50_ms', '')} | {lat.get('p95_ms', '')} | "
-            f"{lat.get('p99_ms', '')} | {r.get('speedup', '')} |"
-        )
-    skipped = [r for r in report["rows"] if r["status"] != "measured"]
-    if skipped:
-        lines += ["", "## Not measured here", ""]
-        lines += [f"- {r['artifact']} on {r['backend']}: not measured: {r['reason']}" for r in skipped]
-    missing = [a for a in report["artifacts"] if a["metrics"].get("fusions_missing")]
-    if missing:
-        lines += ["", "## ONNX Runtime fusions not applied", ""]
-        lines += [f"- {a['name']}: {a['metrics']['fusions_missing']} (applied: {a['metrics']['fused_operators']})"
-                  for a in missing]
-    lines += _size_split_lines(report["rows"])
-    lines += ["", "## Latency sweep", "", "| artifact | back end | batch | sequence | p50 ms | p95 ms | p99 ms | "
-              "per second | repeats |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        for p in r.get("latency", []):
-            lines.append(f"| {r['artifact']} | {r['backend']} | {p['batch_size']} | {p['sequence_length']} | "
-                         f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['throughput_per_s']} | {p['repeats']} |")
-    lines += ["", "## Lineage", ""]
-    lines += [f"- {a['name']} ({a['kind']}, {a['stage']}) ← {a['parent']}" for a in report["artifacts"]]
-    lines += [
-        "",
-        "## Hardware",
-        "",
-        f"- CPU: {hw['cpu']} ({hw['logical_cores']} logical / {hw['physical_cores']} physical cores, "
-        f"{hw['memory_gib']} GiB); ISA: {isa}",
-        f"- GPU: {hw['gpu'] or 'none'}; ONNX Runtime providers: {', '.join(hw['onnxruntime_providers'])}",
-        f"- Python {hw['python']} on {hw['os']}",
-        "- " + ", ".join(f"{k} {v}" for k, v in hw["versions"].items()),
-    ]
-    return "\n".join(lines) + "\n"
+def fusion_lines(report: dict) -> list[str]:
+    """Exports where ONNX Runtime applied fewer fusions than an unpruned BERT of the same depth gets."""
+    return [f"{a['name']}: missing {a['metrics']['fusions_missing']} (applied: {a['metrics']['fused_operators']})"
+            for a in report["artifacts"] if a["metrics"].get("fusions_missing")]
 
 
-def _size_split_lines(rows: list[dict]) -> list[str]:
+def size_split_table(report: dict) -> Table:
     """Where each artifact's bytes are: embeddings vs encoder vs head (tensor data, once per artifact)."""
-    splits = {r["artifact"]: r["size_split"] for r in rows if r.get("size_split")}
-    if not splits:
+    splits = {r["artifact"]: r["size_split"] for r in measured(report) if r.get("size_split")}
+    body = [[name] + [f"{mb(split[p]['bytes'])}, {split[p]['parameters'] / 1e6:.2f} M"
+                      for p in ("embeddings", "encoder", "head")] for name, split in splits.items()]
+    return ["artifact", "embeddings", "encoder", "head"], body
+
+
+def summary_table(report: dict) -> Table:
+    head = ["artifact", "back end", "precision", "threads", "accuracy", "macro-F1", "drop (pts)", "size", "size×",
+            "params", "encoder params", "GMACs @128", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×",
+            "Pareto"]
+    body = []
+    for r in measured(report):
+        lat = first_latency(r) or {}
+        front = [k for k, on in r.get("pareto", {}).items() if on]
+        body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{r['accuracy']:.4f}",
+                     f"{r['macro_f1']:.4f}", _s(r.get("accuracy_drop_points")), mb(r["size_bytes"]),
+                     _s(r.get("size_ratio")), f"{(r['parameters'] or 0) / 1e6:.2f} M",
+                     millions(r.get("encoder_parameters")), giga(r.get("macs_seq128")), _s(r.get("load_seconds")),
+                     _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")),
+                     _s(lat.get("p95_ms")), _s(lat.get("p99_ms")), _s(r.get("speedup")), ", ".join(front)])
+    return head, body
+
+
+def sweep_table(report: dict) -> Table:
+    head = ["artifact", "back end", "batch", "sequence", "model p50 ms", "model p95 ms", "model p99 ms",
+            "model per s", "repeats", "stable", "+tokenize p50 ms", "+tokenize p95 ms", "+tokenize p99 ms",
+            "+tokenize per s"]
+    body = []
+    for r in measured(report):
+        for p in r.get("latency", []):
+            tok = p.get("with_tokenization", {})
+            body.append([label(r), r["backend"], str(p["batch_size"]), str(p["sequence_length"]), str(p["p50_ms"]),
+                         str(p["p95_ms"]), str(p["p99_ms"]), str(p["throughput_per_s"]), str(p["repeats"]),
+                         _s(p.get("stable")), _s(tok.get("p50_ms")), _s(tok.get("p95_ms")), _s(tok.get("p99_ms")),
+                         _s(tok.get("throughput_per_s"))])
+    return head, body
+
+
+def per_class_table(row: dict) -> Table:
+    body = [[name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"])]
+            for name, c in row["per_class"].items()]
+    return ["class", "precision", "recall", "F1", "support"], body
+
+
+def reference_lines(report: dict) -> list[str]:
+    note = report.get("reference_note")
+    if not note:
         return []
-    lines = ["", "## Size split", "", "| artifact | embeddings | encoder | head |", "|---|---|---|---|"]
-    for name, split in splits.items():
-        cells = [f"{_mb(split[p]['bytes'])}, {split[p]['parameters'] / 1e6:.2f} M"
-                 for p in ("embeddings", "encoder", "head")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ref, best = note["reference"], note["best"]
+    return [
+        f"Reference: {ref['artifact']} on {ref['backend']}: accuracy {ref['accuracy']:.4f}, {mb(ref['size_bytes'])}, "
+        f"p50 {ref['p50_ms']} ms.",
+        f"Our best ({note['rule']}): {best['artifact']}: accuracy {best['accuracy']:.4f} "
+        f"({100 * (best['accuracy'] - ref['accuracy']):+.2f} points), {mb(best['size_bytes'])} "
+        f"({best['size_bytes'] / ref['size_bytes']:.2f}× the reference's size), p50 {best['p50_ms']} ms "
+        f"({ref['p50_ms'] / best['p50_ms']:.2f}× the reference's speed).",
+    ]
+
+
+def skipped_lines(report: dict) -> list[str]:
+    return [f"{r['artifact']} on {r['backend']}: not measured: {r['reason']}"
+            for r in report["rows"] if r["status"] != "measured"]
+
+
+def lineage_lines(report: dict) -> list[str]:
+    """Each artifact's chain back to the model source: `int8 (quantize, onnx) ← onnx (export, onnx) ← source`."""
+    by_name = {a["name"]: a for a in report["artifacts"]}
+    lines = []
+    for a in report["artifacts"]:
+        chain, seen, cur = [], set(), a
+        while cur is not None and cur["name"] not in seen:
+            seen.add(cur["name"])
+            chain.append(f"{cur['name']} ({cur['stage']}, {cur['kind']})")
+            parent = cur.get("parent")
+            cur = by_name.get(parent) if parent else None
+            if parent and cur is None:
+                chain.append(parent)
+        lines.append(" ← ".join(chain))
     return lines
 
 
+def hardware_lines(report: dict) -> list[str]:
+    hw = report["hardware"]
+    isa = ", ".join(k for k, v in hw["isa"].items() if v) or "none of " + ", ".join(hw["isa"])
+    threads = sorted({str(r["threads"]) for r in measured(report) if r.get("threads")})
+    loads = [r["load_average_1min"] for r in measured(report) if r.get("load_average_1min") is not None]
+    busy = (f"; 1-minute load average when rows were measured: {min(loads)}–{max(loads)} on "
+            f"{hw['logical_cores']} logical cores" if loads else "")
+    return [
+        f"CPU: {hw['cpu']} ({hw['logical_cores']} logical / {hw['physical_cores']} physical cores, "
+        f"{hw['memory_gib']} GiB); ISA: {isa}",
+        f"GPU: {hw['gpu'] or 'none'}; ONNX Runtime providers: {', '.join(hw['onnxruntime_providers'])}",
+        f"Inference threads: {', '.join(threads) or 'n/a'} (fixed per row; each row measured in its own process)"
+        + busy,
+        f"Python {hw['python']} on {hw['os']}",
+        ", ".join(f"{k} {v}" for k, v in hw["versions"].items()),
+    ]
+
+
+INTRO = ("Drop is in accuracy points, size× and speed-up× are baseline ÷ row at the first latency point. "
+         "Model latency is on pre-tokenized inputs; '+tokenize' is text in, logits out. "
+         "Peak RSS is the peak resident memory of the process that measured the row (libraries included; "
+         "'before load' is that process before the model was opened).")
+
+PLOTS = {"latency": ("pareto-latency.png", "Accuracy vs p50 latency"),
+         "size": ("pareto-size.png", "Accuracy vs size on disk")}
+
+# One block of the report: ("h1" | "h2" | "h3", title), ("p", text), ("ul", lines), ("table", (css class, Table)),
+# ("note", lines) or ("plots", PLOTS keys). Add a section here and it appears in report.md and report.html alike.
+Block = tuple[str, object]
+
+
+def baseline_line(report: dict) -> str:
+    base = report["baseline"]
+    acc = "not measured" if base["accuracy"] is None else f"{base['accuracy']:.4f}"
+    return f"Baseline: {base['artifact']} on {base['backend']} (test accuracy {acc})."
+
+
+def sections(report: dict) -> list[Block]:
+    blocks: list[Block] = [("h1", f"compress report: {report['recipe']}"), ("p", f"{baseline_line(report)} {INTRO}"),
+                           ("table", ("summary", summary_table(report)))]
+    if reference_lines(report):
+        blocks += [("h2", "Against the reference"), ("note", reference_lines(report))]
+    blocks += [("h2", "Pareto plots"), ("plots", list(PLOTS))]
+    if skipped_lines(report):
+        blocks += [("h2", "Not measured here"), ("ul", skipped_lines(report))]
+    if fusion_lines(report):
+        blocks += [("h2", "ONNX Runtime fusions not applied"), ("ul", fusion_lines(report))]
+    if size_split_table(report)[1]:
+        blocks += [("h2", "Size split"), ("table", ("size-split", size_split_table(report)))]
+    blocks += [("h2", "Latency sweep"), ("table", ("sweep", sweep_table(report))),
+               ("h2", "Per-class precision, recall and F1 (test split)")]
+    for r in measured(report):
+        blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r)))]
+    blocks += [("h2", "Lineage"), ("ul", lineage_lines(report)), ("h2", "Hardware"), ("ul", hardware_lines(report))]
+    return blocks
+
+
+def _md_block(kind: str, payload) -> list[str]:
+    if kind in ("h1", "h2", "h3"):
+        return ["#" * int(kind[1]) + " " + payload]
+    if kind == "p":
+        return [payload]
+    if kind in ("ul", "note"):
+        return [f"- {s}" for s in payload]
+    if kind == "plots":
+        return [f"![{PLOTS[axis][1]}]({PLOTS[axis][0]})" for axis in payload]
+    head, body = payload[1]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def to_markdown(report: dict) -> str:
+    return "\n\n".join("\n".join(_md_block(kind, payload)) for kind, payload in sections(report)) + "\n"
+
+
 def write_report(report: dict, run_dir: Path) -> None:
+    """report.json first (the source), then the views rendered from it."""
+    from benchmarks.html import to_html
+    from benchmarks.plots import pareto_png
+
     write_json_atomic(run_dir / "report.json", report)
+    pngs = {axis: pareto_png(report, axis) for axis in PLOTS}
+    for axis, png in pngs.items():
+        (run_dir / PLOTS[axis][0]).write_bytes(png)
     (run_dir / "report.md").write_text(to_markdown(report))
+    (run_dir / "report.html").write_text(to_html(report, pngs))

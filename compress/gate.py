@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from compress.errors import CompressError
+
 
 def violations(report: dict, max_drop: float, artifacts: list[str] | None = None) -> list[str]:
     base = report.get("baseline", {}).get("accuracy")
@@ -23,15 +25,33 @@ def violations(report: dict, max_drop: float, artifacts: list[str] | None = None
         if not measured:
             found.append(f"{name}: no measured accuracy in the report")
         for row in measured:
-            acc = row.get("accuracy")
-            if not isinstance(acc, (int, float)):
-                found.append(f"{name} on {row['backend']}: accuracy missing")
-                continue
-            drop = 100 * (base - acc)
-            if drop > max_drop:
-                found.append(f"{name} on {row['backend']}: accuracy {acc:.4f} is {drop:.2f} points below the "
-                             f"baseline {base:.4f}; the limit is {max_drop}")
+            problem = drop_violation(row, base, "the baseline", max_drop)
+            if problem:
+                found.append(problem)
     return found
+
+
+def drop_violation(row: dict, reference: float, against: str, max_drop: float) -> str | None:
+    """Why `row` fails against a reference accuracy, or None. Shared with benchmarks.compare (run vs stored run)."""
+    acc = row.get("accuracy")
+    where = f"{row['artifact']} on {row['backend']}"
+    if not isinstance(acc, (int, float)):
+        return f"{where}: accuracy missing"
+    drop = 100 * (reference - acc)
+    if drop > max_drop:
+        return (f"{where}: accuracy {acc:.4f} is {drop:.2f} points below {against} {reference:.4f}; "
+                f"the limit is {max_drop}")
+    return None
+
+
+def read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CompressError(f"{path}: cannot read report: {e}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("rows"), list):
+        raise CompressError(f"{path}: not a compress report.json (no 'rows' list)")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,15 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--artifact", action="append", help="gate only these artifacts (repeatable); default: all")
     args = p.parse_args(argv)
     try:
-        report = json.loads(args.report.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        print(f"error: {args.report}: cannot read report: {e}", file=sys.stderr)
+        report = read_report(args.report)
+    except CompressError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     found = violations(report, args.max_drop, args.artifact)
+    return verdict(found, "GATE FAILED", f"gate passed: no artifact lost more than {args.max_drop} points")
+
+
+def verdict(found: list[str], failure: str, success: str) -> int:
+    """Print the problems (stderr) or the all-clear (stdout); the exit code for a CI step."""
     for line in found:
-        print(f"GATE FAILED: {line}", file=sys.stderr)
+        print(f"{failure}: {line}", file=sys.stderr)
     if not found:
-        print(f"gate passed: no artifact lost more than {args.max_drop} points")
+        print(success)
     return 1 if found else 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.hardware import describe, fingerprint
 from benchmarks.report import build_report, write_report
-from benchmarks.suite import benchmark_artifact
+from benchmarks.suite import METHOD_VERSION, benchmark_isolated
 from compress.artifact import Artifact, commit, write_json_atomic
 from compress.gate import violations
 from compress.models import resolve_source
@@ -103,13 +103,13 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
         for backend in recipe.benchmark.backends:
             if artifact.kind not in BACKENDS[backend][0]:
                 continue
-            key = digest(artifact.hash, backend, recipe.benchmark.model_dump(), fingerprint())
+            key = digest(artifact.hash, backend, recipe.benchmark.model_dump(), fingerprint(), METHOD_VERSION)
             cached = cache / f"{artifact.name}.{backend}.json"
             if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
                 rows.append(json.loads(cached.read_text())["row"])
                 continue
             ctx.log.info("benchmark %s on %s", artifact.name, backend)
-            row = benchmark_artifact(artifact, backend, recipe.benchmark, ctx.data, recipe.data.max_length)
+            row = benchmark_isolated(artifact, backend, recipe.benchmark, ctx.data, recipe.data.max_length)
             if row["status"] != "measured":
                 ctx.log.info("  %s on %s: not measured: %s", artifact.name, backend, row["reason"])
             write_json_atomic(cached, {"key": key, "row": row})

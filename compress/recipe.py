@@ -62,6 +62,8 @@ class BenchmarkConfig(Strict):
     threads: int = Field(2, ge=1)
     warmup: int = Field(10, ge=0)
     min_repeats: int = Field(30, ge=5)
+    min_seconds: float = Field(3.0, ge=0, description="Measure each latency point at least this long (capped by "
+                               "max_seconds): a shared machine's load swings over seconds.")
     max_seconds: float = Field(8.0, gt=0, description="Time budget per latency point.")
     eval_batch_size: int = Field(64, ge=1)
 

@@ -1,0 +1,84 @@
+"""Compare two runs: what changed in accuracy, size and latency for each artifact x back end, and fail when
+accuracy dropped more than allowed — the regression check a CI job runs against a stored baseline report.
+
+    python -m benchmarks.compare old/report.json new/report.json [--max-drop POINTS]
+
+Exit codes: 0 no accuracy drop beyond the limit, 1 a drop (or a row measured before and not now), 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.report import first_latency, mb
+from compress.errors import CompressError
+from compress.gate import drop_violation, read_report, verdict
+
+
+def _rows(report: dict) -> dict[tuple[str, str], dict]:
+    return {(r["artifact"], r["backend"]): r for r in report["rows"] if r.get("status") == "measured"}
+
+
+def _change(old: float, new: float, unit: str) -> str:
+    return f"{old}{unit} -> {new}{unit} ({100 * (new - old) / old:+.1f}%)" if old else f"{old}{unit} -> {new}{unit}"
+
+
+def describe_changes(old: dict, new: dict) -> list[str]:
+    """One line per artifact x back end present in either report."""
+    before, after = _rows(old), _rows(new)
+    lines = []
+    for key in list(dict.fromkeys([*before, *after])):
+        name = f"{key[0]} on {key[1]}"
+        if key not in after:
+            lines.append(f"{name}: measured before, not now")
+            continue
+        if key not in before:
+            lines.append(f"{name}: new (accuracy {after[key]['accuracy']:.4f}, {mb(after[key]['size_bytes'])})")
+            continue
+        o, n = before[key], after[key]
+        parts = [f"accuracy {o['accuracy']:.4f} -> {n['accuracy']:.4f} "
+                 f"({100 * (n['accuracy'] - o['accuracy']):+.2f} pts)",
+                 f"size {mb(o['size_bytes'])} -> {mb(n['size_bytes'])}"]
+        lo, ln = first_latency(o), first_latency(n)
+        if lo and ln:
+            parts.append("p50 " + _change(lo["p50_ms"], ln["p50_ms"], " ms"))
+        lines.append(f"{name}: " + ", ".join(parts))
+    return lines
+
+
+def regressions(old: dict, new: dict, max_drop: float) -> list[str]:
+    """Each row measured in `old` must still be measured in `new` and within `max_drop` points of its old accuracy."""
+    before, after = _rows(old), _rows(new)
+    found = []
+    for key, o in before.items():
+        if key not in after:
+            found.append(f"{key[0]} on {key[1]}: measured in the old report, missing from the new one")
+            continue
+        problem = drop_violation(after[key], o["accuracy"], "the old report's", max_drop)
+        if problem:
+            found.append(problem)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
+    p.add_argument("old", type=Path, help="the stored baseline report.json")
+    p.add_argument("new", type=Path, help="this run's report.json")
+    p.add_argument("--max-drop", type=float, default=1.0, help="allowed accuracy drop in points (default 1.0)")
+    args = p.parse_args(argv)
+    if args.max_drop < 0:
+        print(f"error: --max-drop must be >= 0 (got {args.max_drop})", file=sys.stderr)
+        return 2
+    try:
+        old, new = read_report(args.old), read_report(args.new)
+    except CompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(describe_changes(old, new)))
+    found = regressions(old, new, args.max_drop)
+    return verdict(found, "REGRESSION", f"no accuracy drop beyond {args.max_drop} points")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

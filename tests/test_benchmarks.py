@@ -1,0 +1,154 @@
+"""Measurement method, `benchmarks.run` on folders outside a recipe, and `benchmarks.compare` both ways."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import compare
+from benchmarks.latency import measure_latency
+from benchmarks.run import main as run_main
+from benchmarks.run import open_folder
+from tests.conftest import save_tiny_model
+
+
+def test_latency_stops_when_the_median_is_stable():
+    figures = measure_latency(lambda: time.sleep(0.002), warmup=1, min_repeats=6, max_seconds=5, batch_size=4)
+    assert figures["stable"] and figures["repeats"] >= 6
+    assert 2.0 <= figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
+    assert figures["throughput_per_s"] == pytest.approx(4 * 1000 / figures["p50_ms"], rel=1e-3)
+
+
+def test_latency_stops_at_the_time_budget_and_says_it_was_not_stable():
+    calls = []
+
+    def slower_each_time():
+        calls.append(1)
+        time.sleep(0.0005 * len(calls))
+
+    start = time.perf_counter()
+    figures = measure_latency(slower_each_time, warmup=0, min_repeats=5, max_seconds=0.2, batch_size=1)
+    assert not figures["stable"] and time.perf_counter() - start < 2
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """Folders as a user would bring them, none with a manifest: an HF checkpoint, its ONNX export and an INT8
+    copy quantized with ONNX Runtime directly."""
+    from onnxruntime.quantization import quantize_dynamic
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from compress.data import Example, encode
+    from export.onnx import to_onnx
+
+    root = tmp_path_factory.mktemp("external")
+    hf = save_tiny_model(root / "hf", "bert")
+    tokenizer = AutoTokenizer.from_pretrained(hf)
+    model = AutoModelForSequenceClassification.from_pretrained(hf).eval()
+    fp32, int8 = root / "fp32-onnx", root / "int8-onnx"
+    for folder in (fp32, int8):
+        shutil.copytree(hf, folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    to_onnx(model, encode(tokenizer, [Example("good film", 1)], 16), fp32 / "model.onnx", 17)
+    quantize_dynamic(fp32 / "model.onnx", int8 / "exported-int8.onnx")
+    return {"hf": hf, "fp32": fp32, "int8": int8}
+
+
+@pytest.fixture(scope="module")
+def external_report(folders, tmp_path_factory) -> Path:
+    from tests.conftest import sentiment_rows
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("external-report")
+    data = out / "reviews.csv"
+    pd.DataFrame(sentiment_rows(120)).to_csv(data, index=False)
+    code = run_main([str(folders["hf"]), str(folders["fp32"]), str(folders["int8"]), "--data", str(data),
+                     "--max-length", "16", "--threads", "1", "--batch-sizes", "1,2", "--sequence-lengths", "16",
+                     "--out", str(out / "report")])
+    assert code == 0
+    return out / "report" / "report.json"
+
+
+def test_folders_without_manifest_are_recognised(folders):
+    assert open_folder(folders["hf"]).kind == "hf-checkpoint"
+    fp32, int8 = open_folder(folders["fp32"]), open_folder(folders["int8"])
+    assert (fp32.kind, fp32.files["model"], fp32.metrics["precision"]) == ("onnx", "model.onnx", "fp32")
+    assert (int8.files["model"], int8.metrics["precision"]) == ("exported-int8.onnx", "int8")
+
+
+def test_run_measures_every_folder_with_the_pipeline_figures(external_report):
+    report = json.loads(external_report.read_text())
+    rows = {(r["artifact"], r["backend"]): r for r in report["rows"]}
+    assert set(rows) == {("hf", "torch-cpu"), ("fp32-onnx", "ort-cpu"), ("int8-onnx", "ort-cpu")}
+    assert report["baseline"]["artifact"] == "hf"
+    for row in rows.values():
+        assert row["status"] == "measured" and row["threads"] == 1
+        assert [(p["batch_size"], p["sequence_length"]) for p in row["latency"]] == [(1, 16), (2, 16)]
+        assert all(p["with_tokenization"]["p50_ms"] > 0 for p in row["latency"])
+        assert row["peak_rss_mb"] >= row["rss_before_load_mb"] > 0
+    assert rows[("int8-onnx", "ort-cpu")]["precision"] == "int8"
+    assert rows[("int8-onnx", "ort-cpu")]["size_bytes"] < rows[("fp32-onnx", "ort-cpu")]["size_bytes"]
+    assert {p.name for p in external_report.parent.iterdir()} >= {"report.md", "report.html", "pareto-size.png"}
+
+
+def test_each_row_has_its_own_peak_memory(folders, tmp_path):
+    """The parent holds 600 MB; a child's peak must not include it (it would if measured in-process)."""
+    from benchmarks.suite import benchmark_isolated
+    from compress.data import Dataset, Example
+    from compress.recipe import BenchmarkConfig
+
+    data = Dataset(["neg", "pos"], [], [], [Example("good film", 1), Example("dull plot", 0)], "inline")
+    cfg = BenchmarkConfig(backends=["ort-cpu"], sequence_lengths=[16], warmup=0, min_repeats=5, max_seconds=0.2,
+                          threads=1)
+    artifact = open_folder(folders["fp32"])
+    ballast = np.ones(600 * 2**20, dtype=np.uint8)
+    row = benchmark_isolated(artifact, "ort-cpu", cfg, data, 16)
+    assert ballast.sum() == ballast.size
+    assert row["status"] == "measured" and 0 < row["peak_rss_mb"] < 600
+
+
+def test_run_refuses_a_folder_without_a_tokenizer(tmp_path, capsys):
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "model.onnx").write_bytes(b"")
+    assert run_main([str(tmp_path / "bare")]) == 2
+    assert "bare: no tokenizer files" in capsys.readouterr().err
+
+
+def _write(path: Path, report: dict) -> Path:
+    path.write_text(json.dumps(report))
+    return path
+
+
+def test_compare_passes_within_the_threshold_and_prints_changes(external_report, tmp_path, capsys):
+    new = copy.deepcopy(json.loads(external_report.read_text()))
+    row = next(r for r in new["rows"] if r["artifact"] == "int8-onnx")
+    row["accuracy"] -= 0.005  # half a point
+    row["latency"][0]["p50_ms"] *= 2
+    code = compare.main([str(external_report), str(_write(tmp_path / "new.json", new)), "--max-drop", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "int8-onnx on ort-cpu: accuracy" in out and "(-0.50 pts)" in out and "(+100.0%)" in out
+
+
+def test_compare_fails_on_a_drop_beyond_the_threshold_or_a_missing_row(external_report, tmp_path, capsys):
+    old = json.loads(external_report.read_text())
+    dropped = copy.deepcopy(old)
+    next(r for r in dropped["rows"] if r["artifact"] == "fp32-onnx")["accuracy"] -= 0.03
+    assert compare.main([str(external_report), str(_write(tmp_path / "a.json", dropped)), "--max-drop", "1"]) == 1
+    assert "REGRESSION: fp32-onnx on ort-cpu: accuracy" in capsys.readouterr().err
+    missing = copy.deepcopy(old)
+    missing["rows"] = [r for r in missing["rows"] if r["artifact"] != "hf"]
+    assert compare.main([str(external_report), str(_write(tmp_path / "b.json", missing))]) == 1
+    assert "hf on torch-cpu: measured in the old report, missing from the new one" in capsys.readouterr().err
+    assert compare.main([str(external_report), str(tmp_path / "absent.json")]) == 2
+
+
+def test_latency_measures_at_least_min_seconds():
+    start = time.perf_counter()
+    figures = measure_latency(lambda: time.sleep(0.001), warmup=0, min_repeats=5, max_seconds=5, batch_size=1,
+                              min_seconds=0.3)
+    assert time.perf_counter() - start >= 0.3 and figures["repeats"] > 5

@@ -1,0 +1,166 @@
+"""The report of a real small run: three files that agree, Pareto fronts, the reference label, and an HTML page
+that renders in headless Chromium with its plots and tables."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.report import summary_table
+from compress.run import main
+from tests.conftest import write_recipe
+from tests.test_spine import STEPS
+
+REFERENCE = "stand-in for optimum-dynamic"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_bert) -> Path:
+    """teacher -> onnx -> int8 on the tiny model, then int8 marked as the reference in its manifest and the recipe
+    re-run: the second run must reuse every stage and benchmark row and only re-render the report."""
+    from tests.conftest import sentiment_rows
+    import pandas as pd
+
+    root = tmp_path_factory.mktemp("report")
+    data = root / "reviews.csv"
+    pd.DataFrame(sentiment_rows(240)).to_csv(data, index=False)
+    recipe = write_recipe(root, tiny_bert, data, STEPS)
+    assert main([str(recipe), "--out", str(root / "runs")]) == 0
+    run = root / "runs" / "tiny"
+    manifest = run / "02-int8" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["metrics"]["reference"] = REFERENCE
+    manifest.write_text(json.dumps(m))
+    cached = {p: p.stat().st_mtime_ns for p in (run / "benchmarks").glob("*.json")}
+    assert main([str(recipe), "--out", str(run.parent)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (run / "benchmarks").glob("*.json")} == cached, "rows were re-measured"
+    return run
+
+
+class _Cells(HTMLParser):
+    """Text of every cell of every <table>, plus the <img> sources."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[tuple[str, list[list[str]]]] = []
+        self.images: list[str] = []
+        self._cell: list[str] | None = None
+        self.reference_rows = 0
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self.tables.append((a.get("class", ""), []))
+        elif tag == "tr":
+            self.tables[-1][1].append([])
+            self.reference_rows += a.get("class") == "reference"
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append(a["src"])
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][1][-1].append("".join(self._cell))
+            self._cell = None
+
+
+def _parse(html: str) -> _Cells:
+    p = _Cells()
+    p.feed(html)
+    return p
+
+
+def _md_table(md: str, first_header: str) -> list[list[str]]:
+    start = md.index(f"| {first_header} |")
+    lines = [l for l in md[start:].split("\n\n")[0].splitlines() if not l.startswith("|---")]
+    return [[c.strip() for c in l.strip("|").split(" | ")] for l in lines]
+
+
+def _is_blank(png: bytes) -> bool:
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
+    return pixels.std() < 5
+
+
+def test_json_md_and_html_agree_on_every_figure(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    md = (run_dir / "report.md").read_text()
+    html = _parse((run_dir / "report.html").read_text())
+    head, body = summary_table(report)
+    measured = [r for r in report["rows"] if r["status"] == "measured"]
+    assert len(body) == len(measured) == 3  # teacher on torch-cpu, onnx and int8 on ort-cpu
+    assert _md_table(md, "artifact") == [head, *body]
+    assert dict(html.tables)["summary"] == [head, *body]
+    for row, cells in zip(measured, body):
+        assert cells[head.index("accuracy")] == f"{row['accuracy']:.4f}"
+        assert cells[head.index("p50 ms")] == str(row["latency"][0]["p50_ms"])
+        assert row["peak_rss_mb"] > 0 and row["load_seconds"] > 0
+        point = row["latency"][0]
+        assert point["with_tokenization"]["p50_ms"] > 0 and point["repeats"] >= 5
+
+
+def test_pareto_front_is_the_non_dominated_rows(run_dir):
+    rows = [r for r in json.loads((run_dir / "report.json").read_text())["rows"] if r["status"] == "measured"]
+    for axis, cost in (("latency", lambda r: r["latency"][0]["p50_ms"]), ("size", lambda r: r["size_bytes"])):
+        for r in rows:
+            beaten = any(cost(o) <= cost(r) and o["accuracy"] >= r["accuracy"] and
+                         (cost(o) < cost(r) or o["accuracy"] > r["accuracy"]) for o in rows)
+            assert r["pareto"][axis] is not beaten
+        # The most accurate among the cheapest is never dominated: a front always exists.
+        assert any(r["pareto"][axis] for r in rows)
+
+
+def test_reference_row_is_labelled_in_all_three_formats(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    assert [r["artifact"] for r in report["rows"] if r.get("reference") == REFERENCE] == ["int8"]
+    note = report["reference_note"]
+    assert note["reference"]["artifact"] == "int8" and note["best"]["artifact"] == "onnx"  # same back end only
+    label = f"int8 (reference: {REFERENCE})"
+    assert f"| {label} |" in (run_dir / "report.md").read_text()
+    html = (run_dir / "report.html").read_text()
+    assert _parse(html).reference_rows == 2  # summary and sweep tables
+    assert label in html and "Against the reference" in html
+
+
+def test_lineage_per_class_and_hardware_sections(run_dir):
+    md = (run_dir / "report.md").read_text()
+    assert "int8 (quantize, onnx) ← onnx (export, onnx) ← teacher (finetune, hf-checkpoint) ← source" in md
+    html = _parse((run_dir / "report.html").read_text())
+    per_class = [rows for cls, rows in html.tables if cls == "per-class"]
+    assert len(per_class) == 3 and all([r[0] for r in t[1:]] == ["neg", "pos"] for t in per_class)
+    assert "Inference threads: 1 (fixed per row; each row measured in its own process); 1-minute load" in md
+    assert "CPU: " in md
+
+
+def test_html_renders_in_headless_chromium_with_plots_and_tables(run_dir, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); the HTML render is unchecked")
+    page = (run_dir / "report.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    parsed = _parse(dom)
+    assert {"summary", "sweep", "per-class"} <= {cls for cls, _ in parsed.tables}
+    assert len(parsed.images) == 2
+    for src in parsed.images:
+        png = base64.b64decode(re.sub("^data:image/png;base64,", "", src))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and not _is_blank(png)
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,1800", page],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.is_file() and not _is_blank(shot.read_bytes())
