@@ -14,7 +14,7 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
     """Ratios are against the baseline artifact's first measured row (the fine-tuned FP32 model on PyTorch)."""
     base = next((r for r in rows if r["artifact"] == baseline and r["status"] == "measured"), None)
     for row in rows:
-        if row["status"] != "measured" or base is None:
+        if row["status"] != "measured" or base is None or "measured_on" in row:  # other hardware: no ratios
             continue
         row["accuracy_drop_points"] = round(100 * (base["accuracy"] - row["accuracy"]), 2)
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
@@ -69,6 +69,11 @@ def to_markdown(report: dict) -> str:
         for p in r.get("latency", []):
             lines.append(f"| {r['artifact']} | {r['backend']} | {p['batch_size']} | {p['sequence_length']} | "
                          f"{p['p50_ms']} | {p['p95_ms']} | {p['p99_ms']} | {p['throughput_per_s']} | {p['repeats']} |")
+    devices = [r for r in report["rows"] if "measured_on" in r]
+    if devices:
+        lines += ["", "## Measured on devices (benchmarks.ingest; a test-split sample, no ratios)", ""]
+        lines += [f"- {r['artifact']} on {r['backend']}: {r['split']}; "
+                  + ", ".join(f"{k} {v}" for k, v in r["measured_on"].items() if v) for r in devices]
     lines += ["", "## Lineage", ""]
     lines += [f"- {a['name']} ({a['kind']}, {a['stage']}) ← {a['parent']}" for a in report["artifacts"]]
     lines += [
