@@ -32,7 +32,7 @@ import numpy as np
 
 
 class Cuda:
-    """The five CUDA runtime calls a TensorRT engine needs from Python."""
+    """The four CUDA runtime calls a TensorRT engine needs from Python."""
 
     H2D, D2H = 1, 2
 
@@ -60,9 +60,6 @@ class Cuda:
         ptr = ctypes.c_void_p()
         self._check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cudaMalloc")
         return ptr.value
-
-    def free(self, ptr: int) -> None:
-        self.lib.cudaFree(ctypes.c_void_p(ptr))
 
     def copy(self, dst: int, src: int, nbytes: int, kind: int) -> None:
         self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes), kind),
@@ -125,45 +122,42 @@ def build_engine(onnx_path: Path, engine_path: Path, shapes: dict[str, tuple[tup
 
 
 class TrtEngine:
-    """A deserialized engine; `run` takes int64 id arrays and returns host logits after a stream sync."""
+    """A deserialized engine; `run` takes int64 id arrays and returns host logits after a stream sync.
+
+    Device buffers are allocated once, for the profile's largest shapes, so timings hold no cudaMalloc.
+    """
 
     def __init__(self, engine_path: Path) -> None:
         import tensorrt as trt
 
         self.trt, self.cuda = trt, Cuda()
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
+        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not load {engine_path} (built for another GPU or TensorRT version?)")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = trt.TensorIOMode.INPUT
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == mode]
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) != mode)
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output = next(n for n in names if n not in self.inputs)
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        for name in self.inputs:
+            self.context.set_input_shape(name, tuple(self.engine.get_tensor_profile_shape(name, 0)[2]))
+        self.buffers = {n: self.cuda.malloc(int(np.prod(tuple(self.context.get_tensor_shape(n)))) * self.dtypes[n].itemsize)
+                        for n in names}
+        for name, ptr in self.buffers.items():
+            self.context.set_tensor_address(name, ptr)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        trt, buffers = self.trt, []
-        try:
-            for name in self.inputs:
-                host = np.ascontiguousarray(inputs[name], dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-                ptr = self.cuda.malloc(host.nbytes)
-                buffers.append(ptr)
-                self.cuda.copy(ptr, host.ctypes.data, host.nbytes, Cuda.H2D)
-                self.context.set_input_shape(name, host.shape)
-                self.context.set_tensor_address(name, ptr)
-            out = np.empty(tuple(self.context.get_tensor_shape(self.output)),
-                           dtype=trt.nptype(self.engine.get_tensor_dtype(self.output)))
-            ptr = self.cuda.malloc(out.nbytes)
-            buffers.append(ptr)
-            self.context.set_tensor_address(self.output, ptr)
-            if not self.context.execute_async_v3(self.cuda.stream.value):
-                raise RuntimeError("TensorRT execution failed")
-            self.cuda.sync()
-            self.cuda.copy(out.ctypes.data, ptr, out.nbytes, Cuda.D2H)
-            return out.astype(np.float32)
-        finally:
-            for ptr in buffers:
-                self.cuda.free(ptr)
+        for name in self.inputs:
+            host = np.ascontiguousarray(inputs[name], dtype=self.dtypes[name])
+            self.cuda.copy(self.buffers[name], host.ctypes.data, host.nbytes, Cuda.H2D)
+            self.context.set_input_shape(name, host.shape)
+        out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.dtypes[self.output])
+        if not self.context.execute_async_v3(self.cuda.stream.value):
+            raise RuntimeError("TensorRT execution failed")
+        self.cuda.sync()
+        self.cuda.copy(out.ctypes.data, self.buffers[self.output], out.nbytes, Cuda.D2H)
+        return out.astype(np.float32)
 
 
 # ---------------------------------------------------------------- device description, metrics, CLI
