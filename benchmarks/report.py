@@ -31,6 +31,10 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
     }
 
 
+def _params(n: int | None) -> str:
+    return "" if n is None else f"{n / 1e6:.2f} M"
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -56,7 +60,7 @@ def to_markdown(report: dict) -> str:
         lines.append(
             f"| {r['artifact']} | {r['backend']} | {r['precision']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
             f"{r.get('accuracy_drop_points', '')} | {_mb(r['size_bytes'])} | {r.get('size_ratio', '')} | "
-            f"{(r['parameters'] or 0) / 1e6:.2f} M | {lat.get('p50_ms', '')} | {lat.get('p95_ms', '')} | "
+            f"{_params(r['parameters'])} | {lat.get('p50_ms', '')} | {lat.get('p95_ms', '')} | "
             f"{lat.get('p99_ms', '')} | {r.get('speedup', '')} |"
         )
     skipped = [r for r in report["rows"] if r["status"] != "measured"]
