@@ -69,7 +69,7 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
         if row["artifact"] in references:
             ref = references[row["artifact"]]
             row["reference"] = ref if isinstance(ref, str) else "reference"
-        if row["status"] != "measured" or base is None:
+        if row["status"] != "measured" or base is None or "measured_on" in row:  # other hardware: no ratios
             continue
         row["accuracy_drop_points"] = round(100 * (base["accuracy"] - row["accuracy"]), 2)
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
@@ -135,7 +135,7 @@ def summary_table(report: dict) -> Table:
         front = [k for k, on in r.get("pareto", {}).items() if on]
         body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{r['accuracy']:.4f}",
                      f"{r['macro_f1']:.4f}", _s(r.get("accuracy_drop_points")), mb(r["size_bytes"]),
-                     _s(r.get("size_ratio")), f"{(r['parameters'] or 0) / 1e6:.2f} M",
+                     _s(r.get("size_ratio")), millions(r["parameters"]),
                      millions(r.get("encoder_parameters")), giga(r.get("macs_seq128")), _s(r.get("load_seconds")),
                      _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")),
                      _s(lat.get("p95_ms")), _s(lat.get("p99_ms")), _s(r.get("speedup")), ", ".join(front)])
@@ -176,6 +176,12 @@ def reference_lines(report: dict) -> list[str]:
         f"({best['size_bytes'] / ref['size_bytes']:.2f}× the reference's size), p50 {best['p50_ms']} ms "
         f"({ref['p50_ms'] / best['p50_ms']:.2f}× the reference's speed).",
     ]
+
+
+def device_lines(report: dict) -> list[str]:
+    """Rows merged by benchmarks.ingest: measured on another device, on a sample of the test split."""
+    return [f"{r['artifact']} on {r['backend']}: {r['split']}; "
+            + ", ".join(f"{k} {v}" for k, v in r["measured_on"].items() if v) for r in report["rows"] if "measured_on" in r]
 
 
 def skipped_lines(report: dict) -> list[str]:
@@ -249,6 +255,9 @@ def sections(report: dict) -> list[Block]:
         blocks += [("h2", "ONNX Runtime fusions not applied"), ("ul", fusion_lines(report))]
     if size_split_table(report)[1]:
         blocks += [("h2", "Size split"), ("table", ("size-split", size_split_table(report)))]
+    if device_lines(report):
+        blocks += [("h2", "Measured on devices (benchmarks.ingest; a test-split sample, no ratios)"),
+                   ("ul", device_lines(report))]
     blocks += [("h2", "Latency sweep"), ("table", ("sweep", sweep_table(report))),
                ("h2", "Per-class precision, recall and F1 (test split)")]
     for r in measured(report):

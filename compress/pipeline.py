@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.hardware import describe, fingerprint
+from benchmarks.ingest import ingested_rows
 from benchmarks.report import build_report, write_report
 from benchmarks.suite import METHOD_VERSION, benchmark_isolated
 from compress.artifact import Artifact, commit, write_json_atomic
@@ -130,7 +131,7 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
         ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
     if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports
         return 0
-    rows = benchmark_rows(recipe, ctx)
+    rows = benchmark_rows(recipe, ctx) + ingested_rows(run_dir)
     baseline = (recipe.gate.baseline if recipe.gate else None) or recipe.steps[0].name
     report = build_report(recipe.name, baseline, [a.to_json() for a in ctx.artifacts.values()], rows, describe())
     write_report(report, run_dir)

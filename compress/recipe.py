@@ -54,7 +54,7 @@ class ModelConfig(Strict):
 
 class BenchmarkConfig(Strict):
     backends: list[str] = Field(
-        ["torch-cpu", "ort-cpu", "torch-cuda", "torch-cuda-fp16", "ort-cuda", "ort-trt"],
+        ["torch-cpu", "ort-cpu", "torch-cuda", "torch-cuda-fp16", "ort-cuda", "ort-trt", "tensorrt"],
         description="Runtimes to try; each artifact is measured on those that accept its kind.",
     )
     batch_sizes: list[Annotated[int, Field(ge=1)]] = [1]

@@ -25,6 +25,12 @@ def _ort(provider: str) -> Callable[[Artifact, int], Runtime]:
     return open_
 
 
+def _tensorrt(artifact: Artifact, threads: int) -> Runtime:
+    from runtimes.tensorrt_runtime import TensorRTRuntime
+
+    return TensorRTRuntime(artifact.file("model"), artifact.metrics.get("precision", "fp32"))
+
+
 # name -> (artifact kinds it runs, opener)
 BACKENDS: dict[str, tuple[tuple[str, ...], Callable[[Artifact, int], Runtime]]] = {
     "torch-cpu": (("hf-checkpoint",), _torch("cpu")),
@@ -33,6 +39,7 @@ BACKENDS: dict[str, tuple[tuple[str, ...], Callable[[Artifact, int], Runtime]]] 
     "ort-cpu": (("onnx",), _ort("cpu")),
     "ort-cuda": (("onnx",), _ort("cuda")),
     "ort-trt": (("onnx",), _ort("trt")),
+    "tensorrt": (("tensorrt-engine",), _tensorrt),
 }
 
 

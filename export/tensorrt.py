@@ -1,0 +1,133 @@
+"""tensorrt: ONNX -> TensorRT engine (FP32, FP16 or INT8) with one dynamic-shape profile and a timing cache.
+
+Built from the plain export `model.raw.onnx`: TensorRT cannot parse ONNX Runtime's fused
+contrib ops. Precision is put into the ONNX before TensorRT sees it, because TensorRT 11
+removed BuilderFlag.FP16/INT8 and IInt8 calibrators and builds only strongly typed networks:
+  fp16 - weights and activations converted with ONNX Runtime's float16 converter (I/O kept);
+  int8 - a Q/DQ model: taken as is when the input already has QuantizeLinear nodes, else made
+         by ONNX Runtime's static quantizer calibrated on the recipe's training examples,
+         with the tensor ranges saved as `calibration.json` (reused when present).
+The prepared ONNX is checked on ONNX Runtime (CPU) first, then the engine against ONNX Runtime.
+Without tensorrt or a GPU the recipe is refused at validation, before anything runs.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from compress.artifact import Artifact
+from compress.data import Example, encode
+from compress.errors import StageFailed
+from compress.stage import Context, StageResult, StepConfig, Strict, register
+from export.parity import compare_logits
+from runtimes.ort_runtime import OrtRuntime
+from runtimes.tensorrt_runtime import tensorrt_missing
+
+
+class ShapeRange(Strict):
+    min: int = Field(ge=1)
+    opt: int = Field(ge=1)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShapeRange:
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"need min <= opt <= max, got {self.min}, {self.opt}, {self.max}")
+        return self
+
+
+class TensorRTConfig(StepConfig):
+    type: Literal["tensorrt"] = "tensorrt"
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    batch: ShapeRange = ShapeRange(min=1, opt=1, max=32)
+    sequence: ShapeRange | None = Field(None, description="Token-length profile; default min 1, opt/max data.max_length.")
+    calibration_examples: int = Field(512, ge=1, description="Training examples that calibrate INT8 ranges.")
+    workspace_mib: int = Field(2048, ge=64)
+    parity_examples: int = Field(256, ge=1)
+    min_agreement: float = Field(0.98, ge=0, le=1, description="Share of dev predictions that must match ONNX Runtime.")
+
+    @model_validator(mode="after")
+    def _tensorrt_here(self) -> TensorRTConfig:
+        reason = tensorrt_missing()
+        if reason:
+            raise ValueError(f"a tensorrt step cannot run on this machine: {reason}")
+        return self
+
+
+def has_qdq(path: Path) -> bool:
+    import onnx
+
+    return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader protocol over encoded training batches."""
+
+    def __init__(self, tokenizer, examples: list[Example], max_length: int, batch_size: int = 16):
+        self.batches = iter([encode(tokenizer, examples[i : i + batch_size], max_length)
+                             for i in range(0, len(examples), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def prepare_onnx(precision: str, parent: Artifact, tokenizer, calibration: list[Example], max_length: int,
+                 out: Path) -> Path:
+    """The ONNX whose types say the precision TensorRT must build; runs on ONNX Runtime too."""
+    raw = parent.file("raw") if "raw" in parent.files else parent.file("model")
+    if precision == "fp32" or (precision == "int8" and has_qdq(raw)):
+        os.link(raw, out / "network.onnx")
+    elif precision == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(onnx.load(str(raw)), keep_io_types=True), str(out / "network.onnx"))
+    else:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        # Symmetric INT8 (zero point 0) on the matrix products: what TensorRT's explicit quantization accepts.
+        quantize_static(raw, out / "network.onnx", _Calibration(tokenizer, calibration, max_length),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=out / "calibration.json",
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+    return out / "network.onnx"
+
+
+@register(TensorRTConfig, accepts=("onnx",), produces="tensorrt-engine")
+def build_tensorrt(cfg: TensorRTConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from export.edge_runner import TrtEngine, build_engine
+
+    max_length = ctx.recipe.data.max_length
+    seq = cfg.sequence or ShapeRange(min=1, opt=max_length, max=max_length)
+    tokenizer = AutoTokenizer.from_pretrained(parent.path)
+    dev = ctx.data.dev[: cfg.parity_examples]
+    network = prepare_onnx(cfg.precision, parent, tokenizer, ctx.data.train[: cfg.calibration_examples], max_length, out)
+    reference = OrtRuntime(parent.file("model")).run
+    onnx_parity = compare_logits(reference, OrtRuntime(network).run, tokenizer, dev, max_length)
+    names = list(encode(tokenizer, dev[:1], max_length))
+    shapes = {n: ((cfg.batch.min, seq.min), (cfg.batch.opt, seq.opt), (cfg.batch.max, seq.max)) for n in names}
+    log = build_engine(network, out / "model.engine", shapes, out / "timing.cache", workspace_mib=cfg.workspace_mib)
+    (out / "build.log").write_text("\n".join(log) + "\n")
+    parity = compare_logits(reference, TrtEngine(out / "model.engine").run, tokenizer, dev, max_length,
+                            batch_size=min(32, cfg.batch.max))
+    ctx.log.info("%s: %s engine %.1f MB; agrees with ONNX Runtime on %.1f%% of %d dev predictions (max |diff| %.3g)",
+                 cfg.name, cfg.precision, (out / "model.engine").stat().st_size / 1e6,
+                 100 * parity["prediction_agreement"], parity["examples"], parity["max_abs_logit_diff"])
+    if parity["prediction_agreement"] < cfg.min_agreement:
+        raise StageFailed(f"{cfg.name}: TensorRT {cfg.precision} predictions agree with ONNX Runtime on "
+                          f"{parity['prediction_agreement']:.3f} < min_agreement {cfg.min_agreement}")
+    tokenizer.save_pretrained(out)
+    AutoConfig.from_pretrained(parent.path).save_pretrained(out)
+    files = {"model": "model.engine", "onnx": network.name, "timing_cache": "timing.cache", "build_log": "build.log"}
+    if (out / "calibration.json").is_file():
+        files["calibration_cache"] = "calibration.json"
+    return StageResult("tensorrt-engine", files, {
+        "precision": cfg.precision, "parity_vs_ort": parity, "prepared_onnx_parity": onnx_parity,
+        "profile": {"batch": cfg.batch.model_dump(), "sequence": seq.model_dump()}})
