@@ -261,7 +261,8 @@ def sections(report: dict) -> list[Block]:
     blocks += [("h2", "Latency sweep"), ("table", ("sweep", sweep_table(report))),
                ("h2", "Per-class precision, recall and F1 (test split)")]
     for r in measured(report):
-        blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r)))]
+        if "per_class" in r:  # rows ingested from a device carry only accuracy and macro-F1
+            blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r)))]
     blocks += [("h2", "Lineage"), ("ul", lineage_lines(report)), ("h2", "Hardware"), ("ul", hardware_lines(report))]
     return blocks
 
