@@ -96,7 +96,8 @@ def test_run_measures_every_folder_with_the_pipeline_figures(external_report):
 
 
 def test_each_row_has_its_own_peak_memory(folders, tmp_path):
-    """The parent holds 600 MB; a child's peak must not include it (it would if measured in-process)."""
+    """The parent holds 2 GiB of ballast; a child's peak must not include it (it would if measured in-process).
+    The child itself imports torch and onnxruntime (~600 MB), so the ballast must be well above that."""
     from benchmarks.suite import benchmark_isolated
     from compress.data import Dataset, Example
     from compress.recipe import BenchmarkConfig
@@ -105,10 +106,10 @@ def test_each_row_has_its_own_peak_memory(folders, tmp_path):
     cfg = BenchmarkConfig(backends=["ort-cpu"], sequence_lengths=[16], warmup=0, min_repeats=5, max_seconds=0.2,
                           threads=1)
     artifact = open_folder(folders["fp32"])
-    ballast = np.ones(600 * 2**20, dtype=np.uint8)
+    ballast = np.ones(2 * 2**30, dtype=np.uint8)
     row = benchmark_isolated(artifact, "ort-cpu", cfg, data, 16)
     assert ballast.sum() == ballast.size
-    assert row["status"] == "measured" and 0 < row["peak_rss_mb"] < 600
+    assert row["status"] == "measured" and 0 < row["peak_rss_mb"] < 2048
 
 
 def test_run_refuses_a_folder_without_a_tokenizer(tmp_path, capsys):
