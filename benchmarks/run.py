@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for artifact in artifacts:
         for backend in cfg.backends:
-            if artifact.kind in BACKENDS[backend][0]:
+            if artifact.kind in BACKENDS[backend].kinds:
                 print(f"benchmark {artifact.name} on {backend}", file=sys.stderr)
                 rows.append(benchmark_isolated(artifact, backend, cfg, data, args.max_length))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from benchmarks.size import architecture_cost, model_bytes, parameter_count, siz
 from compress.artifact import Artifact
 from compress.data import Dataset, encode
 from compress.models import load_tokenizer
-from runtimes import Unavailable, open_runtime
+from runtimes import BACKENDS, Unavailable, open_runtime
 
 # Part of the pipeline's cache key: bump it when the figures a row holds change, so old rows are re-measured.
 METHOD_VERSION = 3
@@ -58,17 +58,25 @@ def _latency_sweep(runtime, tokenizer, data: Dataset, cfg) -> list[dict]:
     return points
 
 
+def _row_key(artifact: Artifact, backend: str) -> dict:
+    return {"artifact": artifact.name, "backend": backend, "kind": artifact.kind}
+
+
+def _not_measured(artifact: Artifact, backend: str, reason: str) -> dict:
+    return _row_key(artifact, backend) | {"status": "not measured", "reason": reason}
+
+
 def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max_length: int) -> dict:
     """`cfg` is a BenchmarkConfig. A back end that cannot run here gives a row that says why, never a number.
     Latency points are model-only (pre-tokenized inputs) with the end-to-end figure (text in, logits out) beside."""
-    row = {"artifact": artifact.name, "backend": backend, "kind": artifact.kind}
+    row = _row_key(artifact, backend)
     tokenizer = load_tokenizer(artifact.path)
     rss_before = _rss_mb("VmRSS")
     start = time.perf_counter()
     try:
         runtime = open_runtime(backend, artifact, cfg.threads)
     except Unavailable as e:
-        return row | {"status": "not measured", "reason": str(e)}
+        return _not_measured(artifact, backend, str(e))
     load_seconds = time.perf_counter() - start
     test = evaluate(runtime.run, tokenizer, data.test, data.labels, max_length, cfg.eval_batch_size,
                     desc=f"{artifact.name} on {backend}: test")
@@ -97,10 +105,14 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max
 
 
 def benchmark_isolated(artifact: Artifact, backend: str, cfg, data: Dataset, max_length: int) -> dict:
-    """`benchmark_artifact` in a fresh spawned process; a process that dies gives a row saying so."""
+    """`benchmark_artifact` in a fresh spawned process; a process that dies gives a row saying so. A back end this
+    machine cannot run at all (no GPU, no TensorRT) is answered here, without starting a process."""
+    reason = BACKENDS[backend].missing() if backend in BACKENDS else None
+    if reason:
+        return _not_measured(artifact, backend, reason)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         try:
             return pool.submit(benchmark_artifact, artifact, backend, cfg, data, max_length).result()
         except BrokenProcessPool as e:
-            return {"artifact": artifact.name, "backend": backend, "kind": artifact.kind, "status": "not measured",
-                    "reason": f"the benchmark process died (out of memory or a crash in the runtime): {e}"}
+            return _not_measured(artifact, backend,
+                                 f"the benchmark process died (out of memory or a crash in the runtime): {e}")

@@ -102,7 +102,7 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
     rows = []
     for artifact in ctx.artifacts.values():
         for backend in recipe.benchmark.backends:
-            if artifact.kind not in BACKENDS[backend][0]:
+            if artifact.kind not in BACKENDS[backend].kinds:
                 continue
             key = digest(artifact.hash, backend, recipe.benchmark.model_dump(), fingerprint(), METHOD_VERSION)
             cached = cache / f"{artifact.name}.{backend}.json"

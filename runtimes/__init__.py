@@ -1,10 +1,18 @@
 """Back ends by name: each accepts some artifact kinds and either opens or says why it cannot."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from compress.artifact import Artifact
 from runtimes.base import Runtime, Unavailable
+
+
+class Backend(NamedTuple):
+    kinds: tuple[str, ...]  # artifact kinds it runs
+    open: Callable[[Artifact, int], Runtime]
+    # Why this machine cannot run it at all, checked before any model is loaded (None: it can), so a CPU-only
+    # machine does not start a benchmark process per artifact only to learn there is no GPU.
+    missing: Callable[[], str | None]
 
 
 def _torch(device: str, precision: str = "fp32") -> Callable[[Artifact, int], Runtime]:
@@ -31,15 +39,39 @@ def _tensorrt(artifact: Artifact, threads: int) -> Runtime:
     return TensorRTRuntime(artifact.file("model"), artifact.metrics.get("precision", "fp32"))
 
 
-# name -> (artifact kinds it runs, opener)
-BACKENDS: dict[str, tuple[tuple[str, ...], Callable[[Artifact, int], Runtime]]] = {
-    "torch-cpu": (("hf-checkpoint",), _torch("cpu")),
-    "torch-cuda": (("hf-checkpoint",), _torch("cuda")),
-    "torch-cuda-fp16": (("hf-checkpoint",), _torch("cuda", "fp16")),
-    "ort-cpu": (("onnx",), _ort("cpu")),
-    "ort-cuda": (("onnx",), _ort("cuda")),
-    "ort-trt": (("onnx",), _ort("trt")),
-    "tensorrt": (("tensorrt-engine",), _tensorrt),
+def _nothing_missing() -> None:
+    return None
+
+
+def _cuda_missing() -> str | None:
+    from runtimes.torch_runtime import cuda_missing
+
+    return cuda_missing()
+
+
+def _provider_missing(provider: str) -> Callable[[], str | None]:
+    def missing() -> str | None:
+        from runtimes.ort_runtime import provider_missing
+
+        return provider_missing(provider)
+
+    return missing
+
+
+def _tensorrt_missing() -> str | None:
+    from runtimes.tensorrt_runtime import tensorrt_missing
+
+    return tensorrt_missing()
+
+
+BACKENDS: dict[str, Backend] = {
+    "torch-cpu": Backend(("hf-checkpoint",), _torch("cpu"), _nothing_missing),
+    "torch-cuda": Backend(("hf-checkpoint",), _torch("cuda"), _cuda_missing),
+    "torch-cuda-fp16": Backend(("hf-checkpoint",), _torch("cuda", "fp16"), _cuda_missing),
+    "ort-cpu": Backend(("onnx",), _ort("cpu"), _provider_missing("cpu")),
+    "ort-cuda": Backend(("onnx",), _ort("cuda"), _provider_missing("cuda")),
+    "ort-trt": Backend(("onnx",), _ort("trt"), _provider_missing("trt")),
+    "tensorrt": Backend(("tensorrt-engine",), _tensorrt, _tensorrt_missing),
 }
 
 
@@ -47,10 +79,9 @@ def open_runtime(backend: str, artifact: Artifact, threads: int) -> Runtime:
     """Open `artifact` on `backend`, or raise Unavailable with the reason."""
     if backend not in BACKENDS:
         raise Unavailable(f"unknown back end {backend!r}; known: {sorted(BACKENDS)}")
-    kinds, opener = BACKENDS[backend]
-    if artifact.kind not in kinds:
+    if artifact.kind not in BACKENDS[backend].kinds:
         raise Unavailable(f"{backend} does not run {artifact.kind} artifacts")
-    return opener(artifact, threads)
+    return BACKENDS[backend].open(artifact, threads)
 
 
-__all__ = ["BACKENDS", "Runtime", "Unavailable", "open_runtime"]
+__all__ = ["BACKENDS", "Backend", "Runtime", "Unavailable", "open_runtime"]

@@ -14,13 +14,24 @@ PROVIDERS = {
 }
 
 
+def provider_missing(provider: str) -> str | None:
+    """Why ONNX Runtime cannot use `provider` here, or None when it can."""
+    import onnxruntime as ort
+
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        return f"onnxruntime {ort.__version__} has no {wanted} (install onnxruntime-gpu on a CUDA machine)"
+    return None
+
+
 class OrtRuntime:
     def __init__(self, model_path: Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
+        reason = provider_missing(provider)
+        if reason:
+            raise Unavailable(reason)
         wanted = PROVIDERS[provider]
-        if wanted not in ort.get_available_providers():
-            raise Unavailable(f"onnxruntime {ort.__version__} has no {wanted} (install onnxruntime-gpu on a CUDA machine)")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -9,6 +9,11 @@ import torch
 from runtimes.base import Unavailable
 
 
+def cuda_missing() -> str | None:
+    """Why PyTorch cannot use a GPU here, or None when it can."""
+    return None if torch.cuda.is_available() else "no CUDA device visible to PyTorch"
+
+
 class TorchRuntime:
     def __init__(self, model: torch.nn.Module, device: str = "cpu", precision: str = "fp32"):
         self.model = model.eval()
@@ -20,8 +25,9 @@ class TorchRuntime:
     def open(cls, folder: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> TorchRuntime:
         from transformers import AutoModelForSequenceClassification
 
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise Unavailable("no CUDA device visible to PyTorch")
+        reason = cuda_missing() if device.startswith("cuda") else None
+        if reason:
+            raise Unavailable(reason)
         if threads:
             torch.set_num_threads(threads)
         model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)

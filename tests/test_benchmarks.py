@@ -153,3 +153,22 @@ def test_latency_measures_at_least_min_seconds():
     figures = measure_latency(lambda: time.sleep(0.001), warmup=0, min_repeats=5, max_seconds=5, batch_size=1,
                               min_seconds=0.3)
     assert time.perf_counter() - start >= 0.3 and figures["repeats"] > 5
+
+
+def test_a_back_end_this_machine_lacks_is_answered_without_a_benchmark_process(folders, monkeypatch):
+    import torch
+
+    import benchmarks.suite as suite
+    from compress.data import Dataset, Example
+    from compress.recipe import BenchmarkConfig
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device, so torch-cuda is not missing here")
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("a benchmark process was started for a back end this machine cannot run")
+
+    monkeypatch.setattr(suite, "ProcessPoolExecutor", no_process)
+    data = Dataset(["neg", "pos"], [], [], [Example("good film", 1)], "inline")
+    row = suite.benchmark_isolated(open_folder(folders["hf"]), "torch-cuda", BenchmarkConfig(), data, 16)
+    assert row["status"] == "not measured" and "no CUDA device" in row["reason"]
