@@ -100,11 +100,14 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
     cache = ctx.run_dir / "benchmarks"
     cache.mkdir(exist_ok=True)
     rows = []
+    measured = recipe.benchmark.artifacts
     for artifact in ctx.artifacts.values():
+        if measured is not None and artifact.name not in measured:
+            continue
         for backend in recipe.benchmark.backends:
             if artifact.kind not in BACKENDS[backend].kinds:
                 continue
-            key = digest(artifact.hash, backend, recipe.benchmark.model_dump(), fingerprint(), METHOD_VERSION)
+            key = digest(artifact.hash, backend, recipe.benchmark.measurement_settings(), fingerprint(), METHOD_VERSION)
             cached = cache / f"{artifact.name}.{backend}.json"
             if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
                 rows.append(json.loads(cached.read_text())["row"])
@@ -132,8 +135,8 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports
         return 0
     rows = benchmark_rows(recipe, ctx) + ingested_rows(run_dir)
-    baseline = (recipe.gate.baseline if recipe.gate else None) or recipe.steps[0].name
-    report = build_report(recipe.name, baseline, [a.to_json() for a in ctx.artifacts.values()], rows, describe())
+    artifacts = [a.to_json() for a in ctx.artifacts.values()]
+    report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe())
     write_report(report, run_dir)
     ctx.log.info("report: %s", run_dir / "report.md")
     if recipe.gate:

@@ -66,6 +66,12 @@ class BenchmarkConfig(Strict):
                                "max_seconds): a shared machine's load swings over seconds.")
     max_seconds: float = Field(8.0, gt=0, description="Time budget per latency point.")
     eval_batch_size: int = Field(64, ge=1)
+    artifacts: list[str] | None = Field(None, description="Steps whose artifacts are measured; default: all. "
+                                        "Each row costs a process and a pass over the test split.")
+
+    def measurement_settings(self) -> dict:
+        """What a row's figures depend on (its cache key): which artifacts are measured is not among them."""
+        return self.model_dump(exclude={"artifacts"})
 
     @field_validator("backends")
     @classmethod
@@ -114,11 +120,25 @@ class Recipe(Strict):
                     raise ValueError(f"{where}.{field}: {ref!r} is not an earlier hf-checkpoint step")
             kinds[step.name] = spec.produces
             previous = step.name
+        measured = self.benchmark.artifacts
+        for ref in measured or []:
+            if ref not in kinds:
+                raise ValueError(f"benchmark.artifacts: {ref!r} is not a step name")
         if self.gate:
             for ref in [self.gate.baseline, *(self.gate.artifacts or [])]:
                 if ref is not None and ref not in kinds:
                     raise ValueError(f"gate: {ref!r} is not a step name")
+        if measured is not None:
+            needed = [self.baseline_step(), *((self.gate and self.gate.artifacts) or [])]
+            left_out = [ref for ref in needed if ref not in measured]
+            if left_out:
+                raise ValueError(f"benchmark.artifacts leaves out {left_out}: the report's baseline and the gate's "
+                                 f"artifacts need a measured accuracy")
         return self
+
+    def baseline_step(self) -> str:
+        """The step every row is compared with: the gate's baseline, else the first step."""
+        return (self.gate.baseline if self.gate else None) or self.steps[0].name
 
     def parent_of(self, index: int) -> str | None:
         """The input step's name; None means the model source (`from: source`, or the first step)."""

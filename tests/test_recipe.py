@@ -74,6 +74,17 @@ def test_gate_must_name_steps(tmp_path, tiny_bert, tiny_csv):
         load_recipe(recipe)
 
 
+def test_benchmark_artifacts_must_name_steps_and_keep_the_baseline(tmp_path, tiny_bert, tiny_csv):
+    steps = STEPS + [{"name": "onnx", "type": "export"}]
+    for benchmark, expected in [
+        ({"artifacts": ["teacher", "typo"]}, "benchmark.artifacts: 'typo' is not a step name"),
+        ({"artifacts": ["onnx"]}, "benchmark.artifacts leaves out ['teacher']"),
+    ]:
+        with pytest.raises(CompressError, match=re.escape(expected)):
+            load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps, benchmark=benchmark))
+    assert load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps, benchmark={"artifacts": ["teacher"]}))
+
+
 def test_not_a_mapping(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(["a", "b"]))

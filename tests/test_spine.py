@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from compress.artifact import Artifact
 from compress.run import main
@@ -39,11 +40,20 @@ def test_changed_step_reruns_it_and_its_descendants_only(tmp_path, tiny_bert, ti
     out = tmp_path / "runs"
     assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, STEPS)), "--out", str(out)]) == 0
     before = {p.name: Artifact.load(p).hash for p in (out / "tiny").glob("0*")}
+    teacher_row = out / "tiny" / "benchmarks" / "teacher.torch-cpu.json"
+    measured_at = teacher_row.stat().st_mtime_ns
     changed = STEPS[:2] + [{**STEPS[2], "per_channel": False}]
-    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, changed)), "--out", str(out)]) == 0
+    # Measuring fewer artifacts changes no figure, so the teacher's cached row is reused.
+    benchmark = {**yaml.safe_load(write_recipe(tmp_path, tiny_bert, tiny_csv, STEPS).read_text())["benchmark"],
+                 "artifacts": ["teacher", "int8"]}
+    recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, changed, benchmark=benchmark)
+    assert main([str(recipe), "--out", str(out)]) == 0
     after = {p.name: Artifact.load(p).hash for p in (out / "tiny").glob("0*")}
     assert after["00-teacher"] == before["00-teacher"] and after["01-onnx"] == before["01-onnx"]
     assert after["02-int8"] != before["02-int8"]
+    rows = json.loads((out / "tiny" / "report.json").read_text())["rows"]
+    assert {r["artifact"] for r in rows} == {"teacher", "int8"}
+    assert teacher_row.stat().st_mtime_ns == measured_at
 
 
 def test_interrupted_stage_leaves_no_complete_folder_and_resumes(tmp_path, tiny_bert, tiny_csv, monkeypatch):
