@@ -206,6 +206,28 @@ def lineage_lines(report: dict) -> list[str]:
     return lines
 
 
+def distill_lines(report: dict) -> list[str]:
+    """Each distilled model beside where it started: dev accuracy before and after training (from the stage), and
+    on the test split, where the student was the stage's input itself, that input's accuracy on the same back end."""
+    acc = {(r["artifact"], r["backend"]): r["accuracy"] for r in measured(report)}
+    lines = []
+    for a in report["artifacts"]:
+        m = a["metrics"]
+        if a["stage"] != "distill" or "dev_accuracy_before" not in m:
+            continue
+        line = (f"{a['name']} (student: {m.get('student', '?')} of {a['parent']}; teacher: {m['teacher']}): "
+                f"dev accuracy {m['dev_accuracy_before']:.4f} before, {m['best_dev_accuracy']:.4f} after")
+        backend = next((b for n, b in acc if n == a["name"]), None)
+        if backend:
+            before = acc.get((a["parent"], backend)) if m.get("student") == "parent" else None
+            teacher = acc.get((m["teacher"], backend))
+            line += (f"; test accuracy on {backend}: " + (f"{before:.4f} before, " if before is not None else "")
+                     + f"{acc[(a['name'], backend)]:.4f} after"
+                     + (f" (teacher {teacher:.4f})" if teacher is not None else ""))
+        lines.append(line)
+    return lines
+
+
 def hardware_lines(report: dict) -> list[str]:
     hw = report["hardware"]
     isa = ", ".join(k for k, v in hw["isa"].items() if v) or "none of " + ", ".join(hw["isa"])
@@ -255,6 +277,8 @@ def sections(report: dict) -> list[Block]:
         blocks += [("h2", "ONNX Runtime fusions not applied"), ("ul", fusion_lines(report))]
     if size_split_table(report)[1]:
         blocks += [("h2", "Size split"), ("table", ("size-split", size_split_table(report)))]
+    if distill_lines(report):
+        blocks += [("h2", "Distillation: before and after"), ("ul", distill_lines(report))]
     if device_lines(report):
         blocks += [("h2", "Measured on devices (benchmarks.ingest; a test-split sample, no ratios)"),
                    ("ul", device_lines(report))]

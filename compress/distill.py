@@ -104,10 +104,7 @@ class AttentionMSE(Term):
         for si, ti in self.layer_map.items():
             if si == 0 or ti == 0:
                 continue  # embeddings have no attention
-            a, b = s.attentions[si - 1], t.attentions[ti - 1]
-            if a.shape != b.shape:
-                raise CompressError(f"loss.attention: student layer {si} has {a.shape[1]} heads, teacher layer {ti} "
-                                    f"{b.shape[1]}; attention-map loss needs equal head counts")
+            a, b = s.attentions[si - 1], t.attentions[ti - 1]  # head counts checked by DistillLoss
             terms.append(_masked_mse(a.transpose(1, 2), b.transpose(1, 2), mask))  # (B, S, heads, S): mask queries
         return torch.stack(terms).mean()
 
@@ -118,6 +115,23 @@ LOSSES: dict[str, type[Term]] = {"kl": SoftKL, "ce": HardCE, "hidden": HiddenMSE
 def default_layer_map(student_layers: int, teacher_layers: int) -> dict[int, int]:
     """Student layer j <-> teacher layer round(j * Lt / Ls): the last layers meet, as the classifier reads them."""
     return {j: round(j * teacher_layers / student_layers) for j in range(1, student_layers + 1)}
+
+
+def heads_per_layer(model) -> list[int]:
+    """Attention heads of each layer, read off a one-token forward pass: pruned layers keep different counts."""
+    with torch.no_grad():
+        out = model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=model.device), output_attentions=True)
+    return [a.shape[1] for a in out.attentions]
+
+
+def _check_heads(layer_map: dict[int, int], student: list[int], teacher: list[int]) -> None:
+    """Refuse before training, not at the first batch: maps of different head counts cannot be compared."""
+    bad = {s: f"{student[s - 1]} vs {teacher[t - 1]}" for s, t in layer_map.items()
+           if s and t and student[s - 1] != teacher[t - 1]}
+    if bad:
+        raise CompressError(f"loss.attention: student vs teacher heads differ on mapped student layers {bad}; "
+                            "attention-map MSE needs equal head counts (pruned heads?): set attention: 0 or "
+                            "map only matching layers in loss.layer_map")
 
 
 class DistillLoss:
@@ -140,6 +154,7 @@ class DistillLoss:
         if "output_attentions" in self.flags:  # SDPA kernels do not return attention maps
             for m in (teacher, student):
                 m.set_attn_implementation("eager")
+            _check_heads(self.layer_map, heads_per_layer(student), heads_per_layer(teacher))
         self.teacher = teacher.eval().requires_grad_(False)
 
     def __call__(self, student, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
@@ -182,6 +197,7 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
     save_checkpoint(student, tokenizer, out)
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
         **result, "train_seconds": round(time.perf_counter() - start, 1), "teacher": teacher_art.name,
-        "dev_accuracy_before": before, "student_parameters": parameter_split(student),
+        "dev_accuracy_before": before, "student": cfg.student if isinstance(cfg.student, str) else
+        next(iter(cfg.student.model_dump())), "student_parameters": parameter_split(student),
         "teacher_parameters": parameter_split(teacher), "unlabeled_examples": len(extra), **built,
     })

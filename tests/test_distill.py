@@ -84,6 +84,17 @@ def test_losses_vanish_on_a_perfect_copy_and_project_different_widths(tmp_path, 
         DistillLoss(cfg, teacher, fewer_heads)(fewer_heads, INPUTS, torch.tensor([0, 1]))
 
 
+def test_pruned_student_takes_hidden_loss_and_attention_maps_only_where_head_counts_match(tiny_bert):
+    teacher, pruned = load(tiny_bert), load(tiny_bert)
+    pruned.prune_heads({1: [0]})  # layer 2 keeps 3 of 4 heads; widths stay equal
+    hidden = DistillLoss(LossConfig(hidden=1.0), teacher, pruned)
+    assert not hidden.projections and hidden(pruned, INPUTS, torch.tensor([0, 1])).item() > 0
+    with pytest.raises(CompressError, match=r"loss.attention: .*\{2: '3 vs 4'\}"):  # before any training
+        DistillLoss(LossConfig(attention=1.0), teacher, pruned)
+    matching = DistillLoss(LossConfig(attention=1.0, layer_map={1: 1}), teacher, pruned)
+    assert matching(pruned, INPUTS, torch.tensor([0, 1])).item() > 0
+
+
 def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, tiny_bert, tiny_csv):
     unlabeled = tmp_path / "unlabeled.txt"
     unlabeled.write_text("a very good film\n\nthe plot was dull\n")

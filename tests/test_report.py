@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report import summary_table
+from benchmarks.report import distill_lines, summary_table
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS
@@ -164,3 +164,20 @@ def test_html_renders_in_headless_chromium_with_plots_and_tables(run_dir, tmp_pa
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,1800", page],
                    capture_output=True, timeout=120, check=True)
     assert shot.is_file() and not _is_blank(shot.read_bytes())
+
+
+def test_distillation_section_sets_the_students_accuracy_before_beside_after():
+    row = lambda name, acc: {"artifact": name, "backend": "torch-cpu", "status": "measured", "accuracy": acc}  # noqa: E731
+    distilled = {"dev_accuracy_before": 0.70, "best_dev_accuracy": 0.82, "teacher": "teacher"}
+    report = {"rows": [row("teacher", 0.84), row("pruned", 0.71), row("recovered", 0.835), row("shallow", 0.80)],
+              "artifacts": [{"name": "pruned", "stage": "prune", "parent": "teacher", "metrics": {}},
+                            {"name": "recovered", "stage": "distill", "parent": "pruned",
+                             "metrics": distilled | {"student": "parent"}},
+                            {"name": "shallow", "stage": "distill", "parent": "teacher",
+                             "metrics": distilled | {"student": "layer_drop"}}]}
+    assert distill_lines(report) == [
+        "recovered (student: parent of pruned; teacher: teacher): dev accuracy 0.7000 before, 0.8200 after; "
+        "test accuracy on torch-cpu: 0.7100 before, 0.8350 after (teacher 0.8400)",
+        # a layer-dropped student is not its input: the input's test accuracy is no "before"
+        "shallow (student: layer_drop of teacher; teacher: teacher): dev accuracy 0.7000 before, 0.8200 after; "
+        "test accuracy on torch-cpu: 0.8000 after (teacher 0.8400)"]
