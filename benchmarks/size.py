@@ -9,6 +9,8 @@ import numpy as np
 
 from compress.artifact import Artifact
 
+MACS_SEQUENCE_LENGTH = 128  # the report's architecture figures (macs_seq128) run one sequence of this length
+
 
 def model_bytes(artifact: Artifact) -> int:
     return artifact.file("model").stat().st_size
@@ -62,7 +64,7 @@ def size_split(artifact: Artifact) -> dict[str, dict[str, int]] | None:
     return split
 
 
-def architecture_cost(folder: Path, sequence_length: int = 128) -> dict | None:
+def architecture_cost(folder: Path, sequence_length: int = MACS_SEQUENCE_LENGTH) -> dict | None:
     """Encoder parameters and multiply-accumulates of one forward pass (batch 1) at `sequence_length`, from the
     folder's config.json alone, so a checkpoint and its ONNX export report the same architecture figures.
 

@@ -118,6 +118,10 @@ class Recipe(Strict):
             for field, ref in step.references().items():
                 if kinds.get(ref) != "hf-checkpoint":
                     raise ValueError(f"{where}.{field}: {ref!r} is not an earlier hf-checkpoint step")
+            try:
+                step.check_recipe(self)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
             kinds[step.name] = spec.produces
             previous = step.name
         measured = self.benchmark.artifacts

@@ -34,6 +34,9 @@ class StepConfig(Strict):
         """Earlier hf-checkpoint steps this step reads besides its input, by field (e.g. a distillation teacher)."""
         return {}
 
+    def check_recipe(self, recipe: Recipe) -> None:
+        """Raise ValueError when this step does not fit the rest of the recipe (e.g. lengths it must cover)."""
+
 
 @dataclass
 class StageResult:

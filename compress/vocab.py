@@ -10,6 +10,11 @@ dropped piece is split differently, or becomes [UNK] when no split exists: the s
 
 New ids keep the old order (kept ids sorted), so [PAD] = 0 and the other special tokens keep their relative places.
 Only WordPiece tokenizers are handled: SentencePiece (ALBERT's usual Unigram) is refused with a CompressError.
+
+`min_count` > 1 drops rare pieces too. `keep_characters` then keeps every single-character piece (`c` and `##c`)
+for the characters the corpus contains, so a word whose longer pieces were dropped still splits into pieces
+instead of becoming [UNK]; the argument above holds for any subset, so kept texts are unaffected.
+`max_positions` trims the position-embedding table to the longest sequence the recipe will ever feed.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from benchmarks.accuracy import predict_logits
+from benchmarks.size import MACS_SEQUENCE_LENGTH
 from compress.artifact import Artifact
 from compress.data import Example
 from compress.errors import CompressError, StageFailed
@@ -36,6 +42,11 @@ class VocabPruneConfig(StepConfig):
     type: Literal["vocab_prune"] = "vocab_prune"
     extra_corpus: str | None = Field(None, description="UTF-8 text file, one text per line, whose tokens are kept too.")
     min_count: int = Field(1, ge=1, description="Keep a token only if the corpus uses it at least this often.")
+    keep_characters: bool = Field(True, description="Also keep the single-character pieces (c, ##c) of every "
+                                  "character in the corpus, so rare words split into pieces instead of [UNK].")
+    max_positions: int | None = Field(None, ge=8, description="Trim the position embeddings to this many positions; "
+                                      "must cover data.max_length, benchmark.sequence_lengths and the report's "
+                                      "MACs figure at sequence 128. Unset: keep all.")
     parity_examples: int = Field(256, ge=1, description="Fully covered dev texts checked for unchanged logits.")
 
     @field_validator("extra_corpus")
@@ -44,6 +55,16 @@ class VocabPruneConfig(StepConfig):
         if v is not None and not Path(v).is_file():
             raise ValueError(f"extra corpus file not found: {v!r}")
         return v
+
+    def check_recipe(self, recipe) -> None:
+        if self.max_positions is None:
+            return
+        lengths = {"data.max_length": [recipe.data.max_length],
+                   "benchmark.sequence_lengths": recipe.benchmark.sequence_lengths,
+                   "the report's MACs sequence length": [MACS_SEQUENCE_LENGTH]}
+        for field, values in lengths.items():
+            if max(values) > self.max_positions:
+                raise ValueError(f"max_positions {self.max_positions} is shorter than {field} {max(values)}")
 
 
 def texts_of(examples: list[Example]) -> list[str]:
@@ -57,12 +78,45 @@ def check_wordpiece(tokenizer, folder: Path) -> None:
                             f"{model_type or type(tokenizer).__name__} (SentencePiece/Unigram is not supported)")
 
 
-def kept_ids(tokenizer, config, texts: list[str], min_count: int) -> list[int]:
-    """Ids the corpus uses at least `min_count` times, plus every special or added token, sorted."""
+def kept_ids(tokenizer, config, texts: list[str], min_count: int, keep_characters: bool) -> list[int]:
+    """Ids the corpus uses at least `min_count` times, plus every special or added token (and, with
+    `keep_characters`, the single-character pieces of the corpus's characters), sorted."""
     counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
     always = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     always |= {getattr(config, f) for f in SPECIAL_ID_FIELDS if getattr(config, f, None) is not None}
+    if keep_characters:
+        always |= character_ids(tokenizer, texts)
     return sorted({i for i, c in counts.items() if c >= min_count} | always)
+
+
+def character_ids(tokenizer, texts: list[str]) -> set[int]:
+    """Ids of `c` and `##c` for every character of the corpus's words, as the tokenizer normalizes and splits them."""
+    backend = tokenizer.backend_tokenizer
+    normalize = backend.normalizer.normalize_str if backend.normalizer else str
+    chars = {c for t in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalize(t)) for c in word}
+    vocab, prefix = tokenizer.get_vocab(), backend.model.continuing_subword_prefix
+    return {vocab[piece] for c in chars for piece in (c, prefix + c) if piece in vocab}
+
+
+def trim_positions(model, positions: int, folder: Path) -> None:
+    """Keep the first `positions` rows of the absolute position embeddings and set max_position_embeddings, so
+    stock transformers builds the same shapes when it loads the checkpoint."""
+    import torch
+
+    embeddings = model.base_model.embeddings
+    table = embeddings.position_embeddings
+    kind = getattr(model.config, "position_embedding_type", "absolute")
+    if kind != "absolute" or positions > table.num_embeddings:
+        raise CompressError(f"{folder}: max_positions {positions} needs absolute position embeddings with at least "
+                            f"that many rows; this model has {kind!r} with {table.num_embeddings}")
+    trimmed = torch.nn.Embedding(positions, table.embedding_dim)
+    with torch.no_grad():
+        trimmed.weight.copy_(table.weight[:positions])
+    embeddings.position_embeddings = trimmed
+    for name in ("position_ids", "token_type_ids"):  # buffers sized by the old maximum
+        if hasattr(embeddings, name):
+            setattr(embeddings, name, getattr(embeddings, name)[:, :positions])
+    model.config.max_position_embeddings = positions
 
 
 def prune_embeddings(model, keep: list[int]) -> None:
@@ -158,7 +212,7 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     corpus = texts_of(ctx.data.train)
     if cfg.extra_corpus:
         corpus += [t for t in Path(cfg.extra_corpus).read_text(encoding="utf-8").splitlines() if t.strip()]
-    keep = kept_ids(tokenizer, model.config, corpus, cfg.min_count)
+    keep = kept_ids(tokenizer, model.config, corpus, cfg.min_count, cfg.keep_characters)
     kept = set(keep)
     max_length = ctx.recipe.data.max_length
     check = fully_covered(tokenizer, ctx.data.dev, kept)[: cfg.parity_examples]
@@ -168,6 +222,9 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     pruned_tok = write_pruned_tokenizer(tokenizer, keep, out)
     check_same_pieces(tokenizer, pruned_tok, keep, corpus, cfg.name)
     prune_embeddings(model, keep)
+    positions_before = model.config.max_position_embeddings
+    if cfg.max_positions is not None:
+        trim_positions(model, cfg.max_positions, parent.path)
     after = predict_logits(TorchRuntime(model).run, pruned_tok, check, max_length, 32, "after") if check else None
     diff = float(np.abs(before - after).max()) if check else 0.0
     if diff > 1e-4:
@@ -180,6 +237,8 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
         "vocab_size_before": vocab_before, "vocab_size_after": len(keep),
         "vocab_pruned_share": round(1 - len(keep) / vocab_before, 4), "min_count": cfg.min_count,
+        "keep_characters": cfg.keep_characters, "max_positions_before": positions_before,
+        "max_positions_after": model.config.max_position_embeddings,
         "corpus_texts": len(corpus), "coverage": cover,
         "parity_on_covered_dev": {"examples": len(check), "max_abs_logit_diff": diff},
     })

@@ -17,8 +17,9 @@ from compress.errors import CompressError
 from compress.models import load_tokenizer
 from compress.recipe import load_recipe
 from compress.run import main
-from compress.vocab import check_wordpiece, coverage, kept_ids, prune_embeddings, write_pruned_tokenizer
-from tests.conftest import tiny_config, write_recipe
+from compress.vocab import (check_wordpiece, coverage, kept_ids, prune_embeddings, trim_positions,
+                            write_pruned_tokenizer)
+from tests.conftest import save_tiny_model, tiny_config, write_recipe
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -37,7 +38,7 @@ def test_kept_texts_keep_their_pieces_and_the_rest_is_counted(tmp_path):
 
     old = wordpiece(tmp_path / "old", ["play", "plays", "film", "films", "##s", "bad", "good", "the"])
     corpus = ["the film plays", "play films", "good play"]
-    keep = kept_ids(old, tiny_config(), corpus, min_count=1)
+    keep = kept_ids(old, tiny_config(), corpus, min_count=1, keep_characters=False)
     assert [old.convert_ids_to_tokens(i) for i in keep] == SPECIALS + ["play", "plays", "film", "films", "good", "the"]
     new = write_pruned_tokenizer(old, keep, tmp_path / "new")
     slow = AutoTokenizer.from_pretrained(tmp_path / "new", use_fast=False)
@@ -58,7 +59,7 @@ def test_kept_texts_keep_their_pieces_and_the_rest_is_counted(tmp_path):
 
 def test_a_word_with_a_dropped_piece_is_split_differently(tmp_path):
     old = wordpiece(tmp_path / "old", ["play", "plays", "##s", "film"])
-    keep = kept_ids(old, tiny_config(), ["play films"], min_count=1)  # keeps play, film, ##s; drops "plays"
+    keep = kept_ids(old, tiny_config(), ["play films"], min_count=1, keep_characters=False)  # keeps play, film, ##s; drops "plays"
     new = write_pruned_tokenizer(old, keep, tmp_path / "new")
     assert old.tokenize("plays") == ["plays"] and new.tokenize("plays") == ["play", "##s"]
     report = coverage(old, new, set(keep), ["plays"])
@@ -68,8 +69,62 @@ def test_a_word_with_a_dropped_piece_is_split_differently(tmp_path):
 
 def test_min_count_drops_rare_tokens_but_never_specials(tmp_path):
     old = wordpiece(tmp_path / "old", ["good", "bad", "film"])
-    keep = kept_ids(old, tiny_config(), ["good film", "good"], min_count=2)
+    keep = kept_ids(old, tiny_config(), ["good film", "good"], min_count=2, keep_characters=False)
     assert old.convert_ids_to_tokens(keep) == SPECIALS + ["good"]
+
+
+def test_kept_characters_split_rare_words_into_pieces_instead_of_unk(tmp_path):
+    chars = ["b", "d", "f", "g", "o", "z", "##a", "##d", "##i", "##l", "##m", "##o", "##q"]
+    old = wordpiece(tmp_path / "old", ["good", "film", "bad"] + chars)
+    corpus = ["good good film", "Good bad"]  # film and bad are rare; no word has a q or z
+    keep = kept_ids(old, tiny_config(), corpus, min_count=2, keep_characters=True)
+    assert set(old.convert_ids_to_tokens(keep)) == set(SPECIALS) | {
+        "good", "b", "d", "f", "g", "o", "##a", "##d", "##i", "##l", "##m", "##o"}
+    new = write_pruned_tokenizer(old, keep, tmp_path / "new")
+    assert new.tokenize("good film bad") == ["good", "f", "##i", "##l", "##m", "b", "##a", "##d"]
+    without = write_pruned_tokenizer(old, kept_ids(old, tiny_config(), corpus, 2, keep_characters=False),
+                                     tmp_path / "without")
+    assert without.tokenize("good film bad") == ["good", "[UNK]", "[UNK]"]
+    report = coverage(old, new, set(keep), ["good film bad"])
+    assert report["words_affected"] == 2 and report["words_now_unk"] == 0
+
+
+@pytest.mark.parametrize("arch", ["bert", "albert"])
+def test_trimmed_positions_load_in_stock_transformers_with_the_same_logits(tmp_path, arch):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(arch)).eval()
+    ids = torch.tensor([[2, 7, 11, 30, 3]])
+    before = model(input_ids=ids).logits
+    trim_positions(model, 16, tmp_path)
+    model.save_pretrained(tmp_path / "trimmed")
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "trimmed").eval()
+    assert loaded.config.max_position_embeddings == 16
+    assert loaded.base_model.embeddings.position_embeddings.weight.shape[0] == 16
+    torch.testing.assert_close(loaded(input_ids=ids).logits, before, rtol=0, atol=1e-6)
+    with pytest.raises(CompressError, match="max_positions 32 .* 16"):
+        trim_positions(loaded, 32, tmp_path)
+
+
+@pytest.mark.parametrize("positions, data, bench, field", [
+    (128, 256, [16], "data.max_length 256"), (128, 16, [16, 256], "benchmark.sequence_lengths 256"),
+    (64, 16, [16], "the report's MACs sequence length 128")])
+def test_max_positions_shorter_than_a_recipe_length_is_a_recipe_error(tmp_path, tiny_bert, tiny_csv, positions,
+                                                                      data, bench, field):
+    steps = [{"name": "v", "type": "vocab_prune", "max_positions": positions}]
+    recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, steps)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["data"]["max_length"], raw["benchmark"]["sequence_lengths"] = data, bench
+    recipe.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CompressError, match=rf"steps\[0\] \(v\): max_positions {positions} is shorter than {field}"):
+        load_recipe(recipe)
+
+
+def test_max_positions_below_eight_is_a_recipe_error(tmp_path, tiny_bert, tiny_csv):
+    steps = [{"name": "v", "type": "vocab_prune", "max_positions": 4}]
+    with pytest.raises(CompressError, match=r"steps\[0\]\.max_positions.*greater than or equal to 8"):
+        load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps))
 
 
 @pytest.mark.parametrize("arch", ["bert", "albert"])
@@ -136,21 +191,23 @@ with torch.no_grad():
 
 
 @pytest.mark.parametrize("arch", ["bert", "albert"])
-def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, arch, tiny_bert, tiny_albert, tiny_csv):
+def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, arch, tiny_csv):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    source = {"bert": tiny_bert, "albert": tiny_albert}[arch]
+    source = save_tiny_model(tmp_path / "source", arch, max_position_embeddings=256)  # trimmed to 128 below
     (tmp_path / "extra.txt").write_text("superb films\n")
     recipe = write_recipe(tmp_path, source, tiny_csv, STEPS)
     raw = yaml.safe_load(recipe.read_text())
     raw["data"]["limit_train"] = 12  # a small training corpus leaves some test words out of the vocabulary
     raw["steps"][1]["extra_corpus"] = str(tmp_path / "extra.txt")
+    raw["steps"][1]["max_positions"] = 128  # the least the report's MACs figure (sequence 128) allows
     recipe.write_text(yaml.safe_dump(raw))
     assert main([str(recipe), "--out", str(tmp_path / "runs")]) == 0
     run = tmp_path / "runs" / "tiny"
     pruned = Artifact.load(run / "01-small-vocab")
     m = pruned.metrics
     assert m["vocab_size_after"] < m["vocab_size_before"] == 43
+    assert m["max_positions_before"] == 256 and m["max_positions_after"] == 128
     assert 0 < m["coverage"]["test"]["uncovered_share"] < 1
     assert m["coverage"]["test"]["words_affected"] == (m["coverage"]["test"]["words_now_unk"]
                                                        + m["coverage"]["test"]["words_now_split_differently"])
