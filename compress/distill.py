@@ -37,13 +37,15 @@ class DistillConfig(TrainingConfig):
     teacher: str | None = Field(None, description="Earlier hf-checkpoint step that teaches; default: the input.")
     student: StudentSpec = Field("parent", description="parent | {layer_drop: [..]} | {albertize: {..}} | {fresh: {..}}")
     loss: LossConfig = LossConfig()
-    unlabeled: Path | None = Field(None, description="Text file, one example per line, used by the soft losses only.")
+    unlabeled: Literal["data"] | Path | None = Field(
+        None, description="Extra text for the soft losses only: a file, one example per line, or 'data' for the "
+                          "unlabeled text the data source carries (rotten_tomatoes: plot summaries).")
     learning_rate: float = Field(1e-4, gt=0, lt=1)
 
     @field_validator("unlabeled")
     @classmethod
-    def _unlabeled_exists(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
+    def _unlabeled_exists(cls, v: Path | str | None) -> Path | str | None:
+        if isinstance(v, Path) and not v.is_file():
             raise ValueError(f"unlabeled text file not found: {str(v)!r}")
         return v
 
@@ -165,8 +167,16 @@ class DistillLoss:
         return sum(w * term(s, t, labels, mask) for w, term in self.terms.values())
 
 
-def read_unlabeled(path: Path) -> list[Example]:
-    lines = [l.strip() for l in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+def read_unlabeled(source: Path | str | None, ctx: Context) -> list[Example]:
+    if source is None:
+        return []
+    if source == "data":
+        if not ctx.data.unlabeled:
+            raise CompressError(f"unlabeled: 'data', but data source {ctx.data.source!r} carries no unlabeled text; "
+                                "give a text file instead")
+        lines = ctx.data.unlabeled
+    else:
+        lines = [l.strip() for l in Path(source).read_text(encoding="utf-8", errors="replace").splitlines()]
     return [Example(l, UNLABELED) for l in lines if l]
 
 
@@ -186,7 +196,7 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
     teacher = load_classifier(teacher_art.path, labels, allow_pickle)
     student, built = build_student(cfg.student, load_classifier(parent.path, labels, allow_pickle))
     loss = DistillLoss(cfg.loss, teacher, student)
-    extra = [] if cfg.unlabeled is None else read_unlabeled(cfg.unlabeled)
+    extra = read_unlabeled(cfg.unlabeled, ctx)
     before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.recipe.data.max_length,
                       ctx.recipe.benchmark.eval_batch_size, desc=f"{cfg.name} dev")["accuracy"]
     ctx.log.info("%s: student %s, %s parameters (teacher %s); dev accuracy before distillation %.4f", cfg.name,

@@ -76,6 +76,20 @@ def test_builtin_rotten_tomatoes_split_by_movie():
     assert len(train_texts & {e.text for e in ds.test}) < 0.01 * len(ds.test)  # only snippets quoted for two films
 
 
+def test_rotten_tomatoes_plots_are_unlabeled_text_from_training_movies_only():
+    from compress.data import _rotten_tomatoes_csv, _rotten_tomatoes_plots
+
+    ds = load_dataset(DataConfig(source="rotten_tomatoes"), seed=0)
+    assert len(ds.unlabeled) > len(_rotten_tomatoes_csv().query("category == 'plot'"))  # split into sentences
+    reviews, plots = _rotten_tomatoes_csv().query("category != 'plot'"), _rotten_tomatoes_plots()
+    only_in = lambda split: set(reviews[reviews["text"].isin({e.text for e in split})]["movie_name"])
+    held_out = (only_in(ds.dev) | only_in(ds.test)) - only_in(ds.train)
+    own = plots.drop_duplicates("text", keep=False)  # sentences that belong to one movie alone
+    kept = set(ds.unlabeled)
+    assert held_out and not own[own["movie_name"].isin(held_out)]["text"].isin(kept).any()
+    assert own[~own["movie_name"].isin(held_out)]["text"].isin(kept).mean() > 0.9
+
+
 def test_builtin_bbc_news():
     ds = load_dataset(DataConfig(source="bbc_news"), seed=0)
     assert ds.labels == ["business", "entertainment", "politics", "sports", "tech"]

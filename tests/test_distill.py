@@ -136,6 +136,15 @@ def test_teacher_must_be_an_earlier_checkpoint_step(tmp_path, tiny_bert, tiny_cs
     assert "steps[1] (s).teacher: 'onnx' is not an earlier hf-checkpoint step" in capsys.readouterr().err
 
 
+def test_unlabeled_data_needs_a_source_that_carries_some(tmp_path, tiny_bert, tiny_csv, capsys):
+    steps = [{"name": "s", "type": "distill", "from": "source", "unlabeled": "data", "epochs": 1}]
+    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)), "--out", str(tmp_path / "runs")]) == 2
+    assert "carries no unlabeled text" in capsys.readouterr().err
+    steps[0]["unlabeled"] = str(tmp_path / "missing.txt")
+    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)), "--out", str(tmp_path / "runs")]) == 2
+    assert "unlabeled text file not found" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
