@@ -6,6 +6,10 @@ the same scheme as the static PTQ method — and the model is fine-tuned through
 loop in compress/train.py, so the weights learn to live on the INT8 grid. The legacy ONNX exporter
 turns each FakeQuantize into a QuantizeLinear/DequantizeLinear pair carrying the learned ranges;
 weight pairs are then folded into INT8 initializers so the file holds INT8 weights.
+
+Why torch.ao and not a library's QAT: neural-compressor 3.10's `prepare_qat` maps nn.Linear only to
+MXFP8/MXFP4, and torchao 0.18's QAT fakes its (LLM-oriented) schemes with plain arithmetic that the
+ONNX exporter cannot write as QDQ; torch.ao FakeQuantize is what the exporter turns into QDQ.
 """
 from __future__ import annotations
 
@@ -37,6 +41,9 @@ class QatConfig(TrainingConfig):
     calibration_samples: int = Field(256, ge=1, description="Train examples that set the ranges before training.")
     opset: int = Field(17, ge=13, le=21, description="Per-channel QDQ needs opset 13 or later.")
     parity_examples: int = Field(256, ge=1)
+    reduce_range: bool = Field(True, description="7-bit weights ([-64, 63]). x86 CPUs without VNNI multiply "
+                               "uint8 x int8 pairs into a saturating int16 (VPMADDUBSW), so full-range weights "
+                               "give other results in ONNX Runtime than in training; turn off for VNNI or GPU targets.")
     parity_min_agreement: float = Field(0.98, ge=0, le=1,
                                         description="Least share of dev predictions ONNX must share with the "
                                                     "fake-quantized PyTorch model it was exported from.")
@@ -46,26 +53,39 @@ class FakeQuantLinear(torch.nn.Module):
     """A Linear that sees its input and weight as INT8 would: rounding in the forward pass, straight-through
     gradients in the backward pass (torch.ao FakeQuantize)."""
 
-    def __init__(self, linear: torch.nn.Linear):
-        from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, default_per_channel_weight_fake_quant
+    def __init__(self, linear: torch.nn.Linear, reduce_range: bool):
+        from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 
         super().__init__()
         self.linear = linear
         self.input_quant = FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
                                         dtype=torch.quint8, qscheme=torch.per_tensor_affine)
-        self.weight_quant = default_per_channel_weight_fake_quant()
+        low, high = (-64, 63) if reduce_range else (-128, 127)
+        self.weight_quant = FakeQuantize(observer=MovingAveragePerChannelMinMaxObserver, quant_min=low, quant_max=high,
+                                         dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.linear(self.input_quant(x), self.weight_quant(self.linear.weight), self.linear.bias)
 
 
-def add_fake_quant(model: torch.nn.Module) -> int:
+def add_fake_quant(model: torch.nn.Module, reduce_range: bool) -> int:
     """Swap every nn.Linear for a FakeQuantLinear in place; returns how many."""
     targets = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                if isinstance(child, torch.nn.Linear)]
     for parent, name, child in targets:
-        setattr(parent, name, FakeQuantLinear(child))
+        setattr(parent, name, FakeQuantLinear(child, reduce_range))
     return len(targets)
+
+
+def bake_weights(model: torch.nn.Module) -> None:
+    """Store each weight as its fake-quantized value and widen its quantizer to (-128, 127) at the same scale:
+    the exporter writes only that signed range, and values already on the 7-bit grid quantize to themselves."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FakeQuantLinear):
+                m.linear.weight.copy_(m.weight_quant(m.linear.weight))
+                m.weight_quant.activation_post_process.quant_min = -128
+                m.weight_quant.activation_post_process.quant_max = 127
 
 
 def fold_weight_quantizers(path: Path) -> int:
@@ -113,7 +133,7 @@ def qat(cfg: QatConfig, parent: Artifact, ctx: Context, out: Path) -> StageResul
 
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
     model = load_classifier(parent.path, ctx.data.labels, ctx.recipe.model.allow_pickle)
-    wrapped = add_fake_quant(model)
+    wrapped = add_fake_quant(model, cfg.reduce_range)
     max_length = ctx.recipe.data.max_length
     model.eval()
     with torch.no_grad():  # observers see real data before the first step, so early ranges are sane
@@ -122,6 +142,7 @@ def qat(cfg: QatConfig, parent: Artifact, ctx: Context, out: Path) -> StageResul
     start = time.perf_counter()
     result = train(model, tokenizer, ctx.data, cfg, ctx)
     model.apply(disable_observer)  # freeze the learned ranges: export must not move them
+    bake_weights(model)
     to_onnx(model, encode(tokenizer, ctx.data.dev[:2], max_length), out / "model.onnx", cfg.opset)
     folded = fold_weight_quantizers(out / "model.onnx")
     tokenizer.save_pretrained(out)

@@ -183,3 +183,34 @@ def test_qat_trains_through_fake_quant_and_exports_int8_qdq_onnx(tmp_path, train
     assert m["history"][0]["dev_accuracy"] >= 0.9
     row = next(r for r in json.loads((run / "report.json").read_text())["rows"] if r["artifact"] == "qat")
     assert row["status"] == "measured" and row["accuracy"] >= 0.9  # ONNX Runtime runs it, and it still classifies
+
+
+@pytest.mark.parametrize("reduce_range, low, high", [(True, -64, 63), (False, -128, 127)])
+def test_qat_weights_export_on_the_7_bit_grid_when_reduce_range(tmp_path, tiny_bert, reduce_range, low, high):
+    """reduce_range keeps every exported INT8 weight in [-64, 63] (no int16 saturation in x86 u8 x s8 kernels
+    without VNNI), and preparing the weights for export does not change what the fake-quantized model computes."""
+    import numpy as np
+    import torch
+    from onnx import numpy_helper
+    from torch.ao.quantization import disable_observer
+
+    from compress.models import load_classifier
+    from compress.qat import add_fake_quant, bake_weights, fold_weight_quantizers
+    from export.onnx import to_onnx
+
+    model = load_classifier(tiny_bert, ["neg", "pos"]).eval()
+    add_fake_quant(model, reduce_range)
+    ids = torch.randint(5, model.config.vocab_size, (8, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(input_ids=ids)  # sets the ranges
+        model.apply(disable_observer)
+        before = model(input_ids=ids).logits
+        bake_weights(model)
+        assert torch.equal(model(input_ids=ids).logits, before)
+    to_onnx(model, {"input_ids": ids[:2].numpy()}, tmp_path / "q.onnx", 17)
+    fold_weight_quantizers(tmp_path / "q.onnx")
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(weights) == 2 * 6 + 2
+    assert min(w.min() for w in weights) == low and max(np.abs(w).max() for w in weights) >= high
+    assert all(w.min() >= low and w.max() <= high for w in weights)
