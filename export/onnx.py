@@ -55,8 +55,36 @@ def fuse(raw: Path, fused: Path, config) -> dict[str, int]:
     uniform = not getattr(config, "pruned_heads", None)
     opt = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads if uniform else 0,
                          hidden_size=config.hidden_size if uniform else 0)
+    share_identical_initializers(opt.model)
     opt.save_model_to_file(str(fused))
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
+def share_identical_initializers(model) -> int:
+    """Point every node at one copy of each distinct initializer and drop the rest; returns how many were dropped.
+
+    Why: the Attention fusion packs Q, K and V into a new weight per layer, so an ALBERT whose six layers share
+    one set of weights comes out with six identical packed copies (32.7 MB fused against 23.9 MB unfused for the
+    E=128 student). Sharing them back keeps ALBERT's size advantage in the file a runtime loads."""
+    from onnx import numpy_helper
+
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for tensor in model.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        key = (tensor.data_type, tuple(tensor.dims), array.tobytes())
+        rename[tensor.name] = first.setdefault(key, tensor.name)
+    dropped = {old for old, new in rename.items() if old != new}
+    if not dropped:
+        return 0
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in dropped:
+                node.input[i] = rename[name]
+    kept = [t for t in model.graph.initializer if t.name not in dropped]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return len(dropped)
 
 
 def fusions_missing(fused: dict[str, int], config) -> dict[str, int]:

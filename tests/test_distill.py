@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -115,7 +117,11 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
     albert = Artifact.load(run / "01-albert")
     assert albert.metrics["teacher"] == "teacher" and albert.metrics["unlabeled_examples"] == 2
     assert albert.metrics["student_parameters"]["total"] < albert.metrics["teacher_parameters"]["total"]
-    assert Artifact.load(run / "02-albert-onnx").metrics["parity"]["max_abs_logit_diff"] < 1e-3
+    albert_onnx = Artifact.load(run / "02-albert-onnx")
+    assert albert_onnx.metrics["parity"]["max_abs_logit_diff"] < 1e-3
+    fused = onnx.load(albert_onnx.path / "model.onnx")  # the shared layer's weights stay one copy after fusion
+    contents = [(tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes()) for t in fused.graph.initializer]
+    assert len(contents) == len(set(contents))
     assert load(run / "04-wide").config.hidden_size == 48
     rows = {(r["artifact"], r["backend"]): r for r in json.loads((run / "report.json").read_text())["rows"]}
     assert rows[("shallow", "torch-cpu")]["status"] == "measured"
