@@ -73,6 +73,9 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
     if done and done.hash == h and not force:
         ctx.log.info("%s: up to date, skipped", folder.name)
         return done
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # a stage's result must not depend on what ran before it in this process (resume)
     if not state.is_main_process:  # take part in the stage (DDP training), write nothing; use rank 0's artifact
         with tempfile.TemporaryDirectory() as scratch:
             STAGES[step.type].run(step, parent, ctx, Path(scratch))

@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 
 from compress.artifact import Artifact
 from compress.run import main
-from tests.conftest import TINY_TRAINING, write_recipe
+from tests.conftest import TINY_TRAINING, tiny_config, write_recipe, write_tokenizer
 
 STEPS = [
     {"name": "teacher", "type": "finetune", **TINY_TRAINING},
@@ -91,3 +92,19 @@ def test_gate_failure_exits_nonzero_naming_artifact(tmp_path, tiny_bert, tiny_cs
     log = (tmp_path / "runs" / "tiny" / "run.log").read_text()
     assert code == 1
     assert "GATE FAILED: untrained on torch-cpu" in log
+
+
+def test_a_stage_gives_the_same_weights_whatever_ran_before_it(tmp_path, tiny_csv):
+    """The classification head is drawn when a headless encoder is loaded: seeded per stage, a resumed run and
+    a run from scratch fine-tune the same model."""
+    from transformers import BertModel
+
+    encoder = tmp_path / "encoder"
+    BertModel(tiny_config("bert")).save_pretrained(encoder)
+    write_tokenizer(encoder)
+    recipe = write_recipe(tmp_path, encoder, tiny_csv, [{"name": "teacher", "type": "finetune", **TINY_TRAINING}])
+    assert main([str(recipe), "--out", str(tmp_path / "a")]) == 0
+    torch.rand(1000)  # whatever ran earlier in this process
+    assert main([str(recipe), "--out", str(tmp_path / "b")]) == 0
+    weights = [(tmp_path / run / "tiny" / "00-teacher" / "model.safetensors").read_bytes() for run in ("a", "b")]
+    assert weights[0] == weights[1]
