@@ -36,6 +36,9 @@ def test_smoke_recipe_on_real_minilm(tmp_path):
     assert fp32["size_bytes"] / int8["size_bytes"] >= 3.5
     assert Artifact.load(run / "01-teacher-onnx").metrics["fused_operators"]["Attention"] == 6
     assert rows[("teacher-onnx", "ort-cuda")]["reason"]  # not measurable on a CPU machine, and it says why
+    qat = Artifact.load(run / "03-teacher-qat")  # QAT end to end on the real model: trained, exported, measured
+    assert qat.kind == "onnx" and qat.metrics["parity_vs_fake_quant"]["prediction_agreement"] >= 0.98
+    assert rows[("teacher-qat", "ort-cpu")]["status"] == "measured"
 
     # The checkpoint loads in a fresh process with nothing of ours imported and gives the same logits.
     teacher = run / "00-teacher"

@@ -53,7 +53,9 @@ def test_static_calibrations_give_qdq_models_within_parity(tmp_path, trained):
               "calibration": "percentile", "percentile": 99.99, "start_from": "fused", "per_channel": False,
               "parity_min_agreement": 0.9},
              {"name": "matmul-only", "type": "quantize", "from": "onnx", "method": "static", "op_types": ["MatMul"],
-              "preprocess": False}]
+              "preprocess": False},
+             {"name": "entropy-like-minmax", "type": "quantize", "from": "onnx", "method": "static",
+              "calibration": "entropy", "calibration_samples": 64, "parity_min_agreement": 0.9}]
     out = tmp_path / "runs"
     assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(out)]) == 0
     run = out / "tiny"
@@ -70,6 +72,21 @@ def test_static_calibrations_give_qdq_models_within_parity(tmp_path, trained):
     # op_types: only MatMul nodes consume dequantized tensors when only MatMul is asked for
     assert "Gemm" not in {n.op_type for n in _consumers_of_dq(Artifact.load(run / "05-matmul-only").file("model"))}
     assert "Gemm" in {n.op_type for n in _consumers_of_dq(Artifact.load(run / "02-minmax").file("model"))}
+    # Entropy calibration really searches: with all else equal it clips activations where MinMax does not.
+    minmax, entropy = (activation_scales(Artifact.load(run / f).file("model")) for f in ("02-minmax",
+                                                                                          "06-entropy-like-minmax"))
+    assert minmax.keys() == entropy.keys()
+    assert any(entropy[k] < minmax[k] * 0.99 for k in minmax)
+
+
+def activation_scales(path) -> dict[str, float]:
+    """Scale of each QuantizeLinear that quantizes an activation (not an initializer), by its input's name."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    return {n.input[0]: float(numpy_helper.to_array(inits[n.input[1]]).reshape(-1)[0])
+            for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits}
 
 
 def _consumers_of_dq(path) -> list:
