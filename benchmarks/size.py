@@ -35,8 +35,11 @@ def part_of(name: str) -> str:
     return "encoder"
 
 
+FOUR_BIT_TYPES = {21, 22, 23}  # onnx.TensorProto UINT4, INT4, FLOAT4E2M1: two values per stored byte
+
+
 def _tensor_sizes(path: Path) -> list[tuple[str, int, int]]:
-    """(name, bytes, elements) of every stored tensor."""
+    """(name, bytes, parameters) of every stored tensor."""
     if path.suffix == ".safetensors":
         with path.open("rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
@@ -47,8 +50,19 @@ def _tensor_sizes(path: Path) -> list[tuple[str, int, int]]:
     from onnx.helper import tensor_dtype_to_np_dtype
 
     model = onnx.load(str(path), load_external_data=False)
-    return [(t.name, int(np.prod(t.dims)) * tensor_dtype_to_np_dtype(t.data_type).itemsize, int(np.prod(t.dims)))
-            for t in model.graph.initializer]
+    metadata = _block_scales(model)
+    sizes = []
+    for t in model.graph.initializer:
+        n = int(np.prod(t.dims))
+        nbytes = (n + 1) // 2 if t.data_type in FOUR_BIT_TYPES else n * tensor_dtype_to_np_dtype(t.data_type).itemsize
+        sizes.append((t.name, nbytes, 0 if t.name in metadata else n))
+    return sizes
+
+
+def _block_scales(model) -> set[str]:
+    """The per-block scales and zero points of GatherBlockQuantized (4-bit embeddings): quantization metadata,
+    not parameters, though unlike per-tensor scales they are far from scalars (one per 32 values)."""
+    return {name for node in model.graph.node if node.op_type == "GatherBlockQuantized" for name in node.input[2:]}
 
 
 def size_split(artifact: Artifact) -> dict[str, dict[str, int]] | None:

@@ -15,6 +15,8 @@ Only WordPiece tokenizers are handled: SentencePiece (ALBERT's usual Unigram) is
 for the characters the corpus contains, so a word whose longer pieces were dropped still splits into pieces
 instead of becoming [UNK]; the argument above holds for any subset, so kept texts are unaffected.
 `max_positions` trims the position-embedding table to the longest sequence the recipe will ever feed.
+`fill_to` spends a size budget beyond the corpus on the dropped words the model would miss most (fill_by_drift);
+they are a superset again, so kept texts are still unaffected.
 """
 from __future__ import annotations
 
@@ -47,6 +49,9 @@ class VocabPruneConfig(StepConfig):
     max_positions: int | None = Field(None, ge=8, description="Trim the position embeddings to this many positions; "
                                       "must cover data.max_length, benchmark.sequence_lengths and the report's "
                                       "MACs figure at sequence 128. Unset: keep all.")
+    fill_to: int | None = Field(None, ge=1, description="Grow the vocabulary to this many tokens with the dropped "
+                                "whole words whose splitting moves the model's prediction most (fill_by_drift). "
+                                "Unset: the corpus's tokens only.")
     parity_examples: int = Field(256, ge=1, description="Fully covered dev texts checked for unchanged logits.")
 
     @field_validator("extra_corpus")
@@ -96,6 +101,44 @@ def character_ids(tokenizer, texts: list[str]) -> set[int]:
     chars = {c for t in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalize(t)) for c in word}
     vocab, prefix = tokenizer.get_vocab(), backend.model.continuing_subword_prefix
     return {vocab[piece] for c in chars for piece in (c, prefix + c) if piece in vocab}
+
+
+def fill_by_drift(model, tokenizer, keep: list[int], size: int, batch_size: int = 256) -> list[int]:
+    """The dropped whole-word tokens to add back, best first, so that `keep` grows to `size`.
+
+    Why: test text brings words the training corpus never used. Such a word is split into kept pieces, and for most
+    words the model reads the pieces much as it read the word; for some (often the opinion-bearing ones: "lauded",
+    "defective") it does not. Each candidate is scored by how far the model's output for the word alone moves when
+    it is split (L1 between log-probabilities; logits for a single-output head), and the largest movers come back.
+    It is task-aware, needs no extra text, and costs two forward passes over a few-token input per candidate.
+    Candidates are tokens the tokenizer produces for their own string: no `##` pieces, no [unusedN]."""
+    import tempfile
+
+    import torch
+
+    kept = set(keep)
+    token_of = {i: t for t, i in tokenizer.get_vocab().items()}
+    dropped = [i for i in sorted(token_of) if i not in kept]
+    words = [token_of[i] for i in dropped]
+    alone = tokenizer(words, add_special_tokens=False)["input_ids"]
+    candidates = [(i, w) for i, w, ids in zip(dropped, words, alone) if ids == [i]]
+    wanted = size - len(keep)
+    if wanted <= 0 or not candidates:
+        return []
+    old_id = torch.tensor(keep)
+    single = model.config.num_labels == 1
+    scores = []
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        pruned = write_pruned_tokenizer(tokenizer, keep, Path(tmp))
+        for start in range(0, len(candidates), batch_size):
+            batch = [w for _, w in candidates[start : start + batch_size]]
+            split = pruned(batch, padding=True, return_tensors="pt")
+            split["input_ids"] = old_id[split["input_ids"]]  # the same model reads both: map pieces to old ids
+            out = [model(**enc).logits for enc in (tokenizer(batch, padding=True, return_tensors="pt"), split)]
+            out = out if single else [o.log_softmax(-1) for o in out]
+            scores.append((out[0] - out[1]).abs().sum(-1))
+    order = torch.cat(scores).argsort(descending=True)[:wanted]
+    return [candidates[j][0] for j in order.tolist()]
 
 
 def trim_positions(model, positions: int, folder: Path) -> None:
@@ -213,11 +256,15 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     if cfg.extra_corpus:
         corpus += [t for t in Path(cfg.extra_corpus).read_text(encoding="utf-8").splitlines() if t.strip()]
     keep = kept_ids(tokenizer, model.config, corpus, cfg.min_count, cfg.keep_characters)
+    vocab_before = model.get_input_embeddings().weight.shape[0]
+    if cfg.fill_to is not None and cfg.fill_to > vocab_before:
+        raise CompressError(f"{cfg.name}: fill_to {cfg.fill_to} is more than the {vocab_before} tokens the model has")
+    filled = fill_by_drift(model, tokenizer, keep, cfg.fill_to) if cfg.fill_to else []
+    keep = sorted(keep + filled)
     kept = set(keep)
     max_length = ctx.recipe.data.max_length
     check = fully_covered(tokenizer, ctx.data.dev, kept)[: cfg.parity_examples]
     before = predict_logits(TorchRuntime(model).run, tokenizer, check, max_length, 32, "before") if check else None
-    vocab_before = model.get_input_embeddings().weight.shape[0]
 
     pruned_tok = write_pruned_tokenizer(tokenizer, keep, out)
     check_same_pieces(tokenizer, pruned_tok, keep, corpus, cfg.name)
@@ -231,14 +278,16 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
         raise StageFailed(f"{cfg.name}: logits on fully covered dev texts changed by {diff:.2e} after pruning")
     save_checkpoint(model, pruned_tok, out)
     cover = {s: coverage(tokenizer, pruned_tok, kept, texts_of(ctx.data.split(s))) for s in ("dev", "test")}
-    ctx.log.info("%s: vocabulary %d -> %d (%.1f%% kept); uncovered token occurrences: dev %.2f%%, test %.2f%%",
-                 cfg.name, vocab_before, len(keep), 100 * len(keep) / vocab_before,
+    ctx.log.info("%s: vocabulary %d -> %d (%.1f%% kept, %d filled by drift); uncovered token occurrences: "
+                 "dev %.2f%%, test %.2f%%",
+                 cfg.name, vocab_before, len(keep), 100 * len(keep) / vocab_before, len(filled),
                  100 * cover["dev"]["uncovered_share"], 100 * cover["test"]["uncovered_share"])
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
         "vocab_size_before": vocab_before, "vocab_size_after": len(keep),
         "vocab_pruned_share": round(1 - len(keep) / vocab_before, 4), "min_count": cfg.min_count,
         "keep_characters": cfg.keep_characters, "max_positions_before": positions_before,
         "max_positions_after": model.config.max_position_embeddings,
-        "corpus_texts": len(corpus), "coverage": cover,
+        "corpus_texts": len(corpus), "coverage": cover, "filled_by_drift": len(filled),
+        "filled_first": tokenizer.convert_ids_to_tokens(filled[:20]),
         "parity_on_covered_dev": {"examples": len(check), "max_abs_logit_diff": diff},
     })

@@ -25,6 +25,9 @@ class ExportConfig(StepConfig):
     type: Literal["export"] = "export"
     opset: int = Field(17, ge=14, le=21)
     optimize: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (Attention, LayerNorm, Gelu).")
+    fuse_embeddings: bool = Field(True, description="Fuse the embedding lookups and their LayerNorm into "
+                                  "EmbedLayerNormalization. Off for 4-bit embeddings (quantize embedding_bits: 4), "
+                                  "which need the plain Gathers.")
     parity_tolerance: float = Field(1e-3, gt=0, description="Max |logit difference| vs PyTorch on dev batches.")
     parity_examples: int = Field(256, ge=1)
 
@@ -48,13 +51,16 @@ class _LogitsOnly(torch.nn.Module):
         return self.model(**dict(zip(self.names, tensors))).logits
 
 
-def fuse(raw: Path, fused: Path, config) -> dict[str, int]:
+def fuse(raw: Path, fused: Path, config, fuse_embeddings: bool = True) -> dict[str, int]:
     """ONNX Runtime's transformer optimizer; returns fused-operator counts (zeros say a fusion did not apply)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     uniform = not getattr(config, "pruned_heads", None)
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = fuse_embeddings
     opt = optimize_model(str(raw), model_type="bert", num_heads=config.num_attention_heads if uniform else 0,
-                         hidden_size=config.hidden_size if uniform else 0)
+                         hidden_size=config.hidden_size if uniform else 0, optimization_options=options)
     share_identical_initializers(opt.model)
     opt.save_model_to_file(str(fused))
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
@@ -87,14 +93,14 @@ def share_identical_initializers(model) -> int:
     return len(dropped)
 
 
-def fusions_missing(fused: dict[str, int], config) -> dict[str, int]:
+def fusions_missing(fused: dict[str, int], config, fuse_embeddings: bool = True) -> dict[str, int]:
     """Fusions a BERT of this depth gets when unpruned (DEPENDENCY-FACTS: 1 EmbedLayerNormalization, per layer
     1 Attention, 1 BiasGelu, 2 SkipLayerNormalization) minus those applied: e.g. pruned heads that stop the
     Attention fusion show up here. Only judged for BERT, the layout the optimizer's "bert" type targets."""
     if config.model_type != "bert":
         return {}
     n = config.num_hidden_layers
-    expected = {"EmbedLayerNormalization": 1, "Attention": n, "SkipLayerNormalization": 2 * n}
+    expected = {"EmbedLayerNormalization": int(fuse_embeddings), "Attention": n, "SkipLayerNormalization": 2 * n}
     if config.hidden_act == "gelu":
         expected["BiasGelu"] = n
     return {op: want - fused.get(op, 0) for op, want in expected.items() if fused.get(op, 0) < want}
@@ -112,7 +118,7 @@ def export_onnx(cfg: ExportConfig, parent: Artifact, ctx: Context, out: Path) ->
     max_length = ctx.recipe.data.max_length
     raw, final = out / "model.raw.onnx", out / "model.onnx"
     to_onnx(model, encode(tokenizer, ctx.data.dev[:2], max_length), raw, cfg.opset)
-    fused_ops = fuse(raw, final, model.config) if cfg.optimize else {}
+    fused_ops = fuse(raw, final, model.config, cfg.fuse_embeddings) if cfg.optimize else {}
     if not cfg.optimize:
         os.link(raw, final)
     parity = compare_logits(TorchRuntime(model).run, OrtRuntime(final).run, tokenizer,
@@ -124,7 +130,7 @@ def export_onnx(cfg: ExportConfig, parent: Artifact, ctx: Context, out: Path) ->
                           f"> parity_tolerance {cfg.parity_tolerance}")
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)
-    lost = fusions_missing(fused_ops, model.config) if cfg.optimize else {}
+    lost = fusions_missing(fused_ops, model.config, cfg.fuse_embeddings) if cfg.optimize else {}
     if lost:
         ctx.log.warning("%s: fusions not applied (count missing): %s", cfg.name, lost)
     return StageResult("onnx", {"model": "model.onnx", "raw": "model.raw.onnx"},

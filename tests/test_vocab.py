@@ -17,7 +17,8 @@ from compress.errors import CompressError
 from compress.models import load_tokenizer
 from compress.recipe import load_recipe
 from compress.run import main
-from compress.vocab import (check_wordpiece, coverage, kept_ids, prune_embeddings, trim_positions,
+from compress.quantize import embeddings_4bit
+from compress.vocab import (check_wordpiece, coverage, fill_by_drift, kept_ids, prune_embeddings, trim_positions,
                             write_pruned_tokenizer)
 from tests.conftest import save_tiny_model, tiny_config, write_recipe
 
@@ -87,6 +88,31 @@ def test_kept_characters_split_rare_words_into_pieces_instead_of_unk(tmp_path):
     assert without.tokenize("good film bad") == ["good", "[UNK]", "[UNK]"]
     report = coverage(old, new, set(keep), ["good film bad"])
     assert report["words_affected"] == 2 and report["words_now_unk"] == 0
+
+
+def test_fill_by_drift_brings_back_the_words_whose_split_moves_the_model_most(tmp_path):
+    from transformers import BertForSequenceClassification
+
+    old = wordpiece(tmp_path / "old", ["good", "film", "films", "bad", "plays", "play", "b", "##s", "##a", "##d",
+                                       "[unused0]"])
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config(vocab_size=len(old))).eval()
+    keep = kept_ids(old, model.config, ["good film"], min_count=1, keep_characters=False)
+    new = write_pruned_tokenizer(old, keep, tmp_path / "new")
+
+    def drift(word: str) -> float:  # the model reads the word whole, then as the pieces the pruned vocabulary gives
+        split = [old.cls_token_id, *old.convert_tokens_to_ids(new.tokenize(word)), old.sep_token_id]
+        with torch.no_grad():
+            whole, pieces = (model(input_ids=torch.tensor([ids])).logits.log_softmax(-1)
+                             for ids in (old(word)["input_ids"], split))
+        return float((whole - pieces).abs().sum())
+
+    candidates = ["films", "bad", "plays", "play", "b"]  # no ##pieces; [unused0] never comes out of the tokenizer
+    ranked = sorted(candidates, key=drift, reverse=True)
+    assert len({round(drift(w), 6) for w in candidates}) == len(candidates)  # a strict order to check against
+    assert old.convert_ids_to_tokens(fill_by_drift(model, old, keep, len(keep) + 2)) == ranked[:2]
+    assert sorted(old.convert_ids_to_tokens(fill_by_drift(model, old, keep, len(old)))) == sorted(candidates)
+    assert fill_by_drift(model, old, keep, len(keep)) == []
 
 
 @pytest.mark.parametrize("arch", ["bert", "albert"])
@@ -177,6 +203,8 @@ STEPS = [
     {"name": "onnx", "type": "export"},
     {"name": "int8", "type": "quantize"},
     {"name": "int8-fp32-embeddings", "type": "quantize", "from": "onnx", "quantize_embeddings": False},
+    {"name": "onnx-gathers", "type": "export", "from": "small-vocab", "fuse_embeddings": False},
+    {"name": "int4-embeddings", "type": "quantize", "embedding_bits": 4, "embedding_block_size": 16},
 ]
 
 FRESH = """
@@ -232,11 +260,17 @@ def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, ar
     rows = {(r["artifact"], r["backend"]): r for r in json.loads((run / "report.json").read_text())["rows"]}
     split = {name: rows[(name, backend)]["size_split"] for name, backend in
              [("teacher", "torch-cpu"), ("small-vocab", "torch-cpu"), ("int8", "ort-cpu"),
-              ("int8-fp32-embeddings", "ort-cpu")]}
+              ("int8-fp32-embeddings", "ort-cpu"), ("int4-embeddings", "ort-cpu")]}
     assert split["small-vocab"]["embeddings"]["bytes"] < split["teacher"]["embeddings"]["bytes"]
     assert split["small-vocab"]["encoder"] == split["teacher"]["encoder"]
     parameters = rows[("small-vocab", "torch-cpu")]["parameters"]
     assert sum(p["parameters"] for p in split["small-vocab"].values()) == parameters
     int8, fp32 = split["int8"]["embeddings"], split["int8-fp32-embeddings"]["embeddings"]
     assert int8["bytes"] < 1.1 * int8["parameters"] and fp32["bytes"] == 4 * fp32["parameters"]
+    # 4 bits a value plus one FP32 scale per 16 values (the FP32 LayerNorm of 2 x hidden values rides along)
+    int4 = split["int4-embeddings"]["embeddings"]
+    assert int4["parameters"] == fp32["parameters"] and int4["bytes"] < 0.8 * int4["parameters"]
+    if arch == "bert":  # ORT fuses BERT's embeddings into EmbedLayerNormalization (ALBERT's projection stops it)
+        with pytest.raises(CompressError, match="fuse_embeddings: false"):
+            embeddings_4bit(run / "02-onnx" / "model.onnx", tmp_path / "x.onnx", 16, "int8")
     assert "## Size split" in (run / "report.md").read_text()
