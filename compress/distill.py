@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from compress.artifact import Artifact
-from compress.data import Example
+from compress.data import Example, encode
 from compress.errors import CompressError
 from compress.models import load_classifier, save_checkpoint
 from compress.stage import Context, StageResult, Strict, register
-from compress.students import StudentSpec, build_student, parameter_split
+from compress.students import StudentSpec, build_student, embedding_row_counts, parameter_split
 from compress.train import TrainingConfig, train
 
 
@@ -194,9 +194,12 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
         raise CompressError(f"{cfg.name}: teacher {teacher_art.name!r} and input {parent.name!r} use different "
                             "vocabularies; distillation feeds both the same token ids")
     teacher = load_classifier(teacher_art.path, labels, allow_pickle)
-    student, built = build_student(cfg.student, load_classifier(parent.path, labels, allow_pickle))
-    loss = DistillLoss(cfg.loss, teacher, student)
     extra = read_unlabeled(cfg.unlabeled, ctx)
+    parent_model = load_classifier(parent.path, labels, allow_pickle)
+    row_counts = sum(embedding_row_counts(encode(tokenizer, part, ctx.recipe.data.max_length), parent_model.config)
+                     for part in (ctx.data.train, extra) if part)  # apart: unlabeled lines carry no text pair
+    student, built = build_student(cfg.student, parent_model, row_counts)
+    loss = DistillLoss(cfg.loss, teacher, student)
     before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.recipe.data.max_length,
                       ctx.recipe.benchmark.eval_batch_size, desc=f"{cfg.name} dev")["accuracy"]
     ctx.log.info("%s: student %s, %s parameters (teacher %s); dev accuracy before distillation %.4f", cfg.name,

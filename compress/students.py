@@ -9,6 +9,7 @@ import copy
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -23,8 +24,13 @@ class LayerDrop(Strict):
 class AlbertizeSpec(Strict):
     embedding_size: int = Field(128, ge=2, description="E: word embeddings are factorized into V x E and E x H.")
     num_groups: int = Field(1, ge=1, description="Shared layer groups; each takes a contiguous block of layers.")
+    layers_per_group: int = Field(1, ge=1, description="Distinct layers inside a group, applied in turn (ALBERT's "
+                                  "inner_group_num); the group repeats to the teacher's depth, so compute is unchanged.")
     init: Literal["average", "first", "middle", "last"] = Field(
         "average", description="How a group's shared layer is initialised from the teacher layers it replaces.")
+    weight_rows: Literal["corpus", "uniform"] = Field(
+        "corpus", description="corpus: the SVD weights each embedding row by how often the training text uses it "
+        "(+1), so the E dimensions go to the words the task reads; uniform: plain truncated SVD.")
 
 
 class Albertize(Strict):
@@ -77,27 +83,44 @@ def fresh(model, overrides: dict):
     return AutoModelForSequenceClassification.from_config(config)
 
 
-def factorize_embeddings(tables: list[torch.Tensor], gain: torch.Tensor, bias: torch.Tensor, e: int):
+def embedding_row_counts(encoded: dict[str, np.ndarray], config) -> torch.Tensor:
+    """How often token arrays use each row of the stacked tables [W; P; T] (word ids, positions, token types)."""
+    mask = torch.from_numpy(encoded["attention_mask"]).bool()
+    ids = torch.from_numpy(encoded["input_ids"])
+    types = torch.from_numpy(encoded.get("token_type_ids", np.zeros_like(encoded["input_ids"])))
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    return torch.cat([torch.bincount(x[mask], minlength=n).double() for x, n in
+                      [(ids, config.vocab_size), (positions, config.max_position_embeddings),
+                       (types, config.type_vocab_size)]])
+
+
+def factorize_embeddings(tables: list[torch.Tensor], gain: torch.Tensor, bias: torch.Tensor, e: int,
+                         row_weights: torch.Tensor | None = None):
     """BERT's H-wide embedding tables + LayerNorm -> E-wide tables and the E -> H mapping ALBERT applies after them.
 
     BERT computes LN_H(w + p + t). LayerNorm first centres its input, which is linear, so we factorize the
     centred, stacked tables [W; P; T]·C by truncated SVD (rank E-1) and rotate the E-dim codes into the
     subspace orthogonal to the all-ones vector: then the codes have zero mean, ALBERT's LN_E (gain 1, bias 0)
     only rescales them, and a mapping sqrt(H/E)·B·diag(gain) + bias reproduces LN_H up to truncation error.
+    `row_weights` make it a weighted SVD: the basis fits the heavy rows best, every row is projected onto it.
+    Why: at E=128 a plain SVD of MiniLM spends its rank on 30k words a review never uses; before any training
+    the factorized teacher scored 0.39 dev accuracy on Rotten Tomatoes, 0.82 with rows weighted by use (teacher 0.83).
     """
     h = tables[0].shape[1]
     if not 2 <= e <= h:
         raise CompressError(f"student.albertize.embedding_size: {e} must be between 2 and the hidden size {h}")
     stacked = torch.cat(tables).double()
     centred = stacked - stacked.mean(dim=1, keepdim=True)
-    u, s, vt = torch.linalg.svd(centred, full_matrices=False)
-    codes, basis = u[:, : e - 1] * s[: e - 1], vt[: e - 1]  # (N, E-1), (E-1, H)
+    weights = torch.ones(len(centred), dtype=torch.double) if row_weights is None else row_weights.double()
+    _, _, vt = torch.linalg.svd(centred * weights.sqrt()[:, None], full_matrices=False)
+    basis = vt[: e - 1]  # (E-1, H)
+    codes = centred @ basis.T  # (N, E-1): each row's best fit in the basis
     q, _ = torch.linalg.qr(torch.cat([torch.ones(e, 1), torch.eye(e)[:, : e - 1]], dim=1).double())
     rotate = q[:, 1:]  # (E, E-1): orthonormal columns, each orthogonal to the all-ones vector
     codes, basis = codes @ rotate.T, rotate @ basis
     mapping = math.sqrt(h / e) * basis.T * gain.double()[:, None]  # Linear weight (H, E)
     split = torch.split(codes.float(), [t.shape[0] for t in tables])
-    kept = 1 - (s[e - 1:] ** 2).sum() / (s**2).sum()
+    kept = (codes**2).sum() / (centred**2).sum()  # unweighted share of the tables' centred energy
     return list(split), mapping.float(), bias.clone(), float(kept)
 
 
@@ -118,19 +141,27 @@ def _shared_layer(teacher_layers: list, init: str) -> dict[str, torch.Tensor]:
     return {names[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v for k, v in state.items()}
 
 
-def albertize(teacher, spec: AlbertizeSpec) -> tuple[torch.nn.Module, dict]:
-    """An AlbertForSequenceClassification from a BERT classifier: factorized embeddings, shared layer groups."""
+def albertize(teacher, spec: AlbertizeSpec, row_counts: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict]:
+    """An AlbertForSequenceClassification from a BERT classifier: factorized embeddings, shared layer groups.
+    `row_counts` (embedding_row_counts of the training text) weight the factorization when spec says corpus."""
     from transformers import AlbertConfig, AlbertForSequenceClassification
 
     tc = teacher.config
     if tc.model_type != "bert":
         raise CompressError(f"student.albertize: needs a BERT teacher, got model_type {tc.model_type!r}")
-    if tc.num_hidden_layers % spec.num_groups:
-        raise CompressError(f"student.albertize.num_groups: {spec.num_groups} does not divide the teacher's "
-                            f"{tc.num_hidden_layers} layers")
+    if tc.num_hidden_layers % (spec.num_groups * spec.layers_per_group):
+        raise CompressError(f"student.albertize: num_groups {spec.num_groups} x layers_per_group "
+                            f"{spec.layers_per_group} does not divide the teacher's {tc.num_hidden_layers} layers")
+    repeats = tc.num_hidden_layers // spec.layers_per_group // spec.num_groups
+    if repeats < spec.layers_per_group:
+        # transformers 4.57 hands each group a head-mask slice one entry per repeat; fewer repeats than inner
+        # layers crash its forward (IndexError), so such a checkpoint would not run anywhere
+        raise CompressError(f"student.albertize: each of the {spec.num_groups} groups must repeat at least "
+                            f"layers_per_group ({spec.layers_per_group}) times for transformers' ALBERT to run it")
     config = AlbertConfig(
         vocab_size=tc.vocab_size, embedding_size=spec.embedding_size, hidden_size=tc.hidden_size,
-        num_hidden_layers=tc.num_hidden_layers, num_hidden_groups=spec.num_groups, inner_group_num=1,
+        num_hidden_layers=tc.num_hidden_layers // spec.layers_per_group, num_hidden_groups=spec.num_groups,
+        inner_group_num=spec.layers_per_group,
         num_attention_heads=tc.num_attention_heads, intermediate_size=tc.intermediate_size,
         hidden_act=tc.hidden_act, hidden_dropout_prob=tc.hidden_dropout_prob,
         attention_probs_dropout_prob=tc.attention_probs_dropout_prob, classifier_dropout_prob=tc.hidden_dropout_prob,
@@ -141,8 +172,11 @@ def albertize(teacher, spec: AlbertizeSpec) -> tuple[torch.nn.Module, dict]:
     student = AlbertForSequenceClassification(config).eval()
     emb, a = teacher.bert.embeddings, student.albert
     tables = [emb.word_embeddings.weight, emb.position_embeddings.weight, emb.token_type_embeddings.weight]
+    if spec.weight_rows == "corpus" and row_counts is None:
+        raise CompressError("student.albertize.weight_rows: 'corpus' needs the training text's token counts")
+    weights = row_counts + 1 if spec.weight_rows == "corpus" else None
     (w, p, t), mapping, bias, kept = factorize_embeddings([x.detach() for x in tables], emb.LayerNorm.weight.detach(),
-                                                          emb.LayerNorm.bias.detach(), spec.embedding_size)
+                                                          emb.LayerNorm.bias.detach(), spec.embedding_size, weights)
     with torch.no_grad():
         a.embeddings.word_embeddings.weight.copy_(w)
         a.embeddings.position_embeddings.weight.copy_(p)
@@ -153,21 +187,23 @@ def albertize(teacher, spec: AlbertizeSpec) -> tuple[torch.nn.Module, dict]:
         a.encoder.embedding_hidden_mapping_in.bias.copy_(bias)
     block = tc.num_hidden_layers // spec.num_groups
     for g, group in enumerate(a.encoder.albert_layer_groups):
-        group.albert_layers[0].load_state_dict(
-            _shared_layer(list(teacher.bert.encoder.layer[g * block : (g + 1) * block]), spec.init))
+        stands_for = list(teacher.bert.encoder.layer[g * block : (g + 1) * block])
+        for j, layer in enumerate(group.albert_layers):  # inner layer j runs at block positions j, j + per, ...
+            layer.load_state_dict(_shared_layer(stands_for[j :: spec.layers_per_group], spec.init))
     a.pooler.load_state_dict(teacher.bert.pooler.dense.state_dict())
     student.classifier.load_state_dict(teacher.classifier.state_dict())
     return student, {"embedding_svd_energy_kept": round(kept, 4)}
 
 
-def build_student(spec: StudentSpec, parent_model) -> tuple[torch.nn.Module, dict]:
-    """The student a recipe asks for, built from the stage's input model, and facts about how it was built."""
+def build_student(spec: StudentSpec, parent_model, row_counts: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict]:
+    """The student a recipe asks for, built from the stage's input model, and facts about how it was built.
+    `row_counts`: embedding_row_counts of the training text (albertize weights its factorization by them)."""
     if spec == "parent":
         return parent_model, {}
     if isinstance(spec, LayerDrop):
         return layer_drop(parent_model, spec.layer_drop), {"kept_layers": spec.layer_drop}
     if isinstance(spec, Albertize):
-        return albertize(parent_model, spec.albertize)
+        return albertize(parent_model, spec.albertize, row_counts)
     return fresh(parent_model, spec.fresh), {"fresh": spec.fresh}
 
 

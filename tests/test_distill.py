@@ -7,7 +7,9 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import onnx
 import onnx.numpy_helper
 import pytest
@@ -17,7 +19,8 @@ from compress.artifact import Artifact
 from compress.distill import AttentionMSE, DistillLoss, HiddenMSE, LossConfig, SoftKL
 from compress.errors import CompressError
 from compress.run import main
-from compress.students import AlbertizeSpec, albertize, layer_drop, parameter_split
+from compress.students import (AlbertizeSpec, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
+                               parameter_split)
 from tests.conftest import save_tiny_model, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,27 +40,77 @@ def logits(model, **flags):
         return model(**INPUTS, **flags).logits
 
 
-def test_albertize_at_full_rank_reproduces_a_one_layer_bert(tmp_path):
-    # With E = H the centred embedding tables fit exactly and one layer needs no sharing: the ALBERT must be the BERT.
-    teacher = load(save_tiny_model(tmp_path / "t", "bert", num_hidden_layers=1))
-    student, info = albertize(teacher, AlbertizeSpec(embedding_size=32))
+def row_counts(model) -> torch.Tensor:
+    """Seeded stand-in token counts for every row of [W; P; T]."""
+    c = model.config
+    n = c.vocab_size + c.max_position_embeddings + c.type_vocab_size
+    return torch.randint(0, 100, (n,), generator=torch.Generator().manual_seed(0)).double()
+
+
+def test_embedding_row_counts_counts_unmasked_words_positions_and_types():
+    encoded = {"input_ids": np.array([[2, 3, 0], [3, 1, 1]]), "attention_mask": np.array([[1, 1, 0], [1, 1, 1]])}
+    config = SimpleNamespace(vocab_size=5, max_position_embeddings=4, type_vocab_size=2)
+    assert embedding_row_counts(encoded, config).tolist() == [0, 2, 1, 2, 0] + [2, 2, 1, 0] + [5, 0]
+
+
+def test_weighted_factorization_fits_the_rows_the_corpus_uses():
+    torch.manual_seed(0)
+    tables = [torch.randn(40, 16), torch.randn(8, 16), torch.randn(2, 16)]
+    heavy = torch.ones(50, dtype=torch.double)
+    heavy[:5] = 1000.0  # five words the task reads all the time
+
+    def row_error(weights):
+        (w, p, t), mapping, _, kept = factorize_embeddings(tables, torch.ones(16), torch.zeros(16), 4, weights)
+        fit = torch.cat([w, p, t]).double() @ mapping.double().T / (16 / 4) ** 0.5
+        centred = torch.cat(tables).double() - torch.cat(tables).double().mean(1, keepdim=True)
+        return ((fit - centred) ** 2).sum(1), kept
+
+    uniform, kept_uniform = row_error(None)
+    weighted, kept_weighted = row_error(heavy)
+    assert weighted[:5].sum() < 0.5 * uniform[:5].sum()  # the heavy rows fit far better...
+    assert kept_weighted < kept_uniform  # ...at the cost of the table as a whole
+
+
+@pytest.mark.parametrize("per_group", [1, 2])
+def test_albertize_at_full_rank_reproduces_a_bert_it_can_share_exactly(tmp_path, per_group):
+    # With E = H the centred embedding tables fit exactly. A 1-layer BERT needs no sharing; a 4-layer BERT whose
+    # layers go A B A B is shared exactly by one group of 2 distinct layers, if they run in the teacher's order.
+    layers = 1 if per_group == 1 else 4
+    teacher = load(save_tiny_model(tmp_path / "t", "bert", num_hidden_layers=layers))
+    encoder = teacher.bert.encoder.layer
+    for i in range(per_group, layers):
+        encoder[i].load_state_dict(encoder[i - per_group].state_dict())
+    student, info = albertize(teacher, AlbertizeSpec(embedding_size=32, layers_per_group=per_group), row_counts(teacher))
     assert type(student).__name__ == "AlbertForSequenceClassification"
+    assert student.config.inner_group_num == per_group and student.config.num_hidden_layers == layers // per_group
     assert info["embedding_svd_energy_kept"] == pytest.approx(1.0)
     torch.testing.assert_close(logits(student.eval()), logits(teacher), atol=1e-5, rtol=1e-4)
 
 
 def test_albertize_shrinks_embeddings_and_shares_layers(tmp_path):
     teacher = load(save_tiny_model(tmp_path / "t", "bert", num_hidden_layers=4))
-    student, info = albertize(teacher, AlbertizeSpec(embedding_size=8, num_groups=2, init="first"))
+    counts = row_counts(teacher)
+    student, info = albertize(teacher, AlbertizeSpec(embedding_size=8, num_groups=2, init="first"), counts)
     s, t = parameter_split(student), parameter_split(teacher)
     assert s["encoder"] == t["encoder"] // 2 and s["embeddings"] < t["embeddings"] and 0 < info["embedding_svd_energy_kept"] < 1
     groups = student.albert.encoder.albert_layer_groups
     torch.testing.assert_close(groups[1].albert_layers[0].ffn.weight, teacher.bert.encoder.layer[2].intermediate.dense.weight)
-    averaged, _ = albertize(teacher, AlbertizeSpec(embedding_size=8))
+    averaged, _ = albertize(teacher, AlbertizeSpec(embedding_size=8), counts)
     mean = torch.stack([l.attention.self.query.weight for l in teacher.bert.encoder.layer]).mean(0)
     torch.testing.assert_close(averaged.albert.encoder.albert_layer_groups[0].albert_layers[0].attention.query.weight, mean)
     with pytest.raises(CompressError, match="num_groups"):
-        albertize(teacher, AlbertizeSpec(num_groups=3))
+        albertize(teacher, AlbertizeSpec(num_groups=3), counts)
+    # one group of 2 distinct layers repeated twice: inner layer 1 stands for teacher layers 1 and 3
+    paired, _ = albertize(teacher, AlbertizeSpec(embedding_size=8, layers_per_group=2), counts)
+    assert paired.config.num_hidden_layers == 2 and parameter_split(paired)["encoder"] == t["encoder"] // 2
+    mean = torch.stack([teacher.bert.encoder.layer[i].output.dense.weight for i in (1, 3)]).mean(0)
+    torch.testing.assert_close(paired.albert.encoder.albert_layer_groups[0].albert_layers[1].ffn_output.weight, mean)
+    with pytest.raises(CompressError, match="layers_per_group 3"):
+        albertize(teacher, AlbertizeSpec(layers_per_group=3), counts)
+    with pytest.raises(CompressError, match="at least layers_per_group"):  # each group would run once
+        albertize(teacher, AlbertizeSpec(num_groups=2, layers_per_group=2), counts)
+    with pytest.raises(CompressError, match="weight_rows"):
+        albertize(teacher, AlbertizeSpec(embedding_size=8))  # corpus weighting without counts
 
 
 def test_layer_drop_keeps_chosen_teacher_layers(tiny_bert):
