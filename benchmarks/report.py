@@ -228,6 +228,24 @@ def distill_lines(report: dict) -> list[str]:
     return lines
 
 
+def vocab_lines(report: dict) -> list[str]:
+    """Each vocabulary-pruned model: how far the vocabulary shrank, and how much dev/test text it no longer covers
+    whole (those words now split into kept pieces or, without a piece to fall back on, become [UNK])."""
+    lines = []
+    for a in report["artifacts"]:
+        m = a["metrics"]
+        if a["stage"] != "vocab_prune" or "coverage" not in m:
+            continue
+        filled = f"; {m['filled_by_drift']:,} added back by fill_to" if m.get("filled_by_drift") else ""
+        cover = "; ".join(f"{split} {100 * c['uncovered_share']:.2f}% ({c['words_now_split_differently']:,} words "
+                          f"split into kept pieces, {c['words_now_unk']:,} now [UNK])"
+                          for split, c in m["coverage"].items())
+        lines.append(f"{a['name']} (of {a['parent']}): vocabulary {m['vocab_size_before']:,} -> "
+                     f"{m['vocab_size_after']:,} tokens ({100 * m['vocab_pruned_share']:.1f}% pruned{filled}); "
+                     f"token occurrences no longer covered: {cover}")
+    return lines
+
+
 def hardware_lines(report: dict) -> list[str]:
     hw = report["hardware"]
     isa = ", ".join(k for k, v in hw["isa"].items() if v) or "none of " + ", ".join(hw["isa"])
@@ -277,6 +295,8 @@ def sections(report: dict) -> list[Block]:
         blocks += [("h2", "ONNX Runtime fusions not applied"), ("ul", fusion_lines(report))]
     if size_split_table(report)[1]:
         blocks += [("h2", "Size split"), ("table", ("size-split", size_split_table(report)))]
+    if vocab_lines(report):
+        blocks += [("h2", "Vocabulary pruning"), ("ul", vocab_lines(report))]
     if distill_lines(report):
         blocks += [("h2", "Distillation: before and after"), ("ul", distill_lines(report))]
     if device_lines(report):

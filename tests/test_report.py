@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report import distill_lines, summary_table
+from benchmarks.report import distill_lines, summary_table, vocab_lines
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS
@@ -181,3 +181,16 @@ def test_distillation_section_sets_the_students_accuracy_before_beside_after():
         # a layer-dropped student is not its input: the input's test accuracy is no "before"
         "shallow (student: layer_drop of teacher; teacher: teacher): dev accuracy 0.7000 before, 0.8200 after; "
         "test accuracy on torch-cpu: 0.8000 after (teacher 0.8400)"]
+
+
+def test_vocabulary_section_gives_the_shrink_and_what_dev_and_test_lost():
+    cover = lambda share, split, unk: {"uncovered_share": share, "words_now_split_differently": split,  # noqa: E731
+                                       "words_now_unk": unk}
+    metrics = {"vocab_size_before": 30522, "vocab_size_after": 15200, "vocab_pruned_share": 0.502,
+               "filled_by_drift": 2261, "coverage": {"dev": cover(0.0226, 764, 0), "test": cover(0.01926, 1234, 7)}}
+    report = {"artifacts": [{"name": "teacher", "stage": "finetune", "parent": "source", "metrics": {}},
+                            {"name": "vocab", "stage": "vocab_prune", "parent": "teacher", "metrics": metrics}]}
+    assert vocab_lines(report) == [
+        "vocab (of teacher): vocabulary 30,522 -> 15,200 tokens (50.2% pruned; 2,261 added back by fill_to); "
+        "token occurrences no longer covered: dev 2.26% (764 words split into kept pieces, 0 now [UNK]); "
+        "test 1.93% (1,234 words split into kept pieces, 7 now [UNK])"]
