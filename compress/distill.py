@@ -196,8 +196,9 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
     teacher = load_classifier(teacher_art.path, labels, allow_pickle)
     extra = read_unlabeled(cfg.unlabeled, ctx)
     parent_model = load_classifier(parent.path, labels, allow_pickle)
-    row_counts = sum(embedding_row_counts(encode(tokenizer, part, ctx.recipe.data.max_length), parent_model.config)
-                     for part in (ctx.data.train, extra) if part)  # apart: unlabeled lines carry no text pair
+    row_counts = lambda: sum(  # noqa: E731  (apart: unlabeled lines carry no text pair)
+        embedding_row_counts(encode(tokenizer, part, ctx.recipe.data.max_length), parent_model.config)
+        for part in (ctx.data.train, extra) if part)
     student, built = build_student(cfg.student, parent_model, row_counts)
     loss = DistillLoss(cfg.loss, teacher, student)
     before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.recipe.data.max_length,

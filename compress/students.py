@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -141,9 +141,11 @@ def _shared_layer(teacher_layers: list, init: str) -> dict[str, torch.Tensor]:
     return {names[k.rsplit(".", 1)[0]] + "." + k.rsplit(".", 1)[1]: v for k, v in state.items()}
 
 
-def albertize(teacher, spec: AlbertizeSpec, row_counts: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict]:
+def albertize(teacher, spec: AlbertizeSpec, row_counts: Callable[[], torch.Tensor] | None = None
+              ) -> tuple[torch.nn.Module, dict]:
     """An AlbertForSequenceClassification from a BERT classifier: factorized embeddings, shared layer groups.
-    `row_counts` (embedding_row_counts of the training text) weight the factorization when spec says corpus."""
+    `row_counts` gives embedding_row_counts of the training text, which weight the factorization when spec says
+    corpus; a callable, so the text is tokenized only then."""
     from transformers import AlbertConfig, AlbertForSequenceClassification
 
     tc = teacher.config
@@ -174,7 +176,7 @@ def albertize(teacher, spec: AlbertizeSpec, row_counts: torch.Tensor | None = No
     tables = [emb.word_embeddings.weight, emb.position_embeddings.weight, emb.token_type_embeddings.weight]
     if spec.weight_rows == "corpus" and row_counts is None:
         raise CompressError("student.albertize.weight_rows: 'corpus' needs the training text's token counts")
-    weights = row_counts + 1 if spec.weight_rows == "corpus" else None
+    weights = row_counts() + 1 if spec.weight_rows == "corpus" else None
     (w, p, t), mapping, bias, kept = factorize_embeddings([x.detach() for x in tables], emb.LayerNorm.weight.detach(),
                                                           emb.LayerNorm.bias.detach(), spec.embedding_size, weights)
     with torch.no_grad():
@@ -195,9 +197,10 @@ def albertize(teacher, spec: AlbertizeSpec, row_counts: torch.Tensor | None = No
     return student, {"embedding_svd_energy_kept": round(kept, 4)}
 
 
-def build_student(spec: StudentSpec, parent_model, row_counts: torch.Tensor | None = None) -> tuple[torch.nn.Module, dict]:
+def build_student(spec: StudentSpec, parent_model, row_counts: Callable[[], torch.Tensor] | None = None
+                  ) -> tuple[torch.nn.Module, dict]:
     """The student a recipe asks for, built from the stage's input model, and facts about how it was built.
-    `row_counts`: embedding_row_counts of the training text (albertize weights its factorization by them)."""
+    `row_counts`: see albertize, the one student that uses them."""
     if spec == "parent":
         return parent_model, {}
     if isinstance(spec, LayerDrop):
