@@ -18,7 +18,7 @@ from compress.data import Example, encode
 from compress.errors import CompressError
 from compress.models import load_classifier, save_checkpoint
 from compress.stage import Context, StageResult, Strict, register
-from compress.students import StudentSpec, build_student, embedding_row_counts, parameter_split
+from compress.students import GradualSharing, StudentSpec, build_student, embedding_row_counts, parameter_split
 from compress.train import TrainingConfig, train
 
 
@@ -200,14 +200,19 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
         embedding_row_counts(encode(tokenizer, part, ctx.recipe.data.max_length), parent_model.config)
         for part in (ctx.data.train, extra) if part)
     student, built = build_student(cfg.student, parent_model, row_counts)
+    sharing = GradualSharing.of(student)
     loss = DistillLoss(cfg.loss, teacher, student)
     before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.recipe.data.max_length,
                       ctx.recipe.benchmark.eval_batch_size, desc=f"{cfg.name} dev")["accuracy"]
-    ctx.log.info("%s: student %s, %s parameters (teacher %s); dev accuracy before distillation %.4f", cfg.name,
-                 type(student).__name__, parameter_split(student), parameter_split(teacher)["total"], before)
+    ctx.log.info("%s: student %s%s; dev accuracy before distillation %.4f", cfg.name, type(student).__name__,
+                 f", shared gradually over {sharing.anneal:.0%} of training" if sharing else "", before)
     start = time.perf_counter()
     result = train(student, tokenizer, ctx.data, cfg, ctx, loss_fn=loss, extra=loss.projections or None,
-                   train_examples=ctx.data.train + extra if extra else None)
+                   train_examples=ctx.data.train + extra if extra else None, on_step=sharing)
+    if sharing:
+        student = sharing.shared_model(student)
+    ctx.log.info("%s: %s parameters (teacher %s)", cfg.name, parameter_split(student),
+                 parameter_split(teacher)["total"])
     save_checkpoint(student, tokenizer, out)
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
         **result, "train_seconds": round(time.perf_counter() - start, 1), "teacher": teacher_art.name,

@@ -59,10 +59,11 @@ class _WithExtra(torch.nn.Module):
 
 def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig, ctx: Context,
           loss_fn: LossFn = cross_entropy, train_examples: list[Example] | None = None,
-          extra: torch.nn.Module | None = None) -> dict:
+          extra: torch.nn.Module | None = None, on_step: Callable[[int, int], None] | None = None) -> dict:
     """Train in place; on return `model` holds the best dev epoch's weights. Returns the history.
 
-    `extra` modules are optimised with the model but not kept. `batch_size` is the global batch: under DDP each
+    `extra` modules are optimised with the model but not kept. `on_step(step, total)` runs before each optimizer
+    step (schedules that live in the model, such as gradual layer sharing). `batch_size` is the global batch: under DDP each
     of N processes takes batch_size / N examples, so N processes follow the same trajectory as one.
     """
     from accelerate import Accelerator, DataLoaderConfiguration
@@ -98,11 +99,14 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(unit, optimizer, loader, scheduler)
 
-    history, best_acc, best_state, since_best = [], -1.0, None, 0
+    history, best_acc, best_state, since_best, step = [], -1.0, None, 0, 0
     for epoch in range(cfg.epochs):
         wrapped.train()
         start, losses = time.perf_counter(), []
         for inputs, labels in progress(loader, f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}"):
+            if on_step:
+                on_step(step, steps)
+            step += 1
             loss = loss_fn(wrapped, inputs, labels)
             accelerator.backward(loss)
             optimizer.step()

@@ -19,7 +19,7 @@ from compress.artifact import Artifact
 from compress.distill import AttentionMSE, DistillLoss, HiddenMSE, LossConfig, SoftKL
 from compress.errors import CompressError
 from compress.run import main
-from compress.students import (AlbertizeSpec, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
+from compress.students import (AlbertizeSpec, GradualSharing, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
                                parameter_split)
 from tests.conftest import save_tiny_model, write_recipe
 
@@ -114,6 +114,38 @@ def test_albertize_shrinks_embeddings_and_shares_layers(tmp_path):
         albertize(teacher, AlbertizeSpec(embedding_size=8))  # corpus weighting without counts
 
 
+def test_gradual_sharing_starts_unshared_and_ends_as_the_stock_shared_albert(tmp_path):
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    teacher = load(save_tiny_model(tmp_path / "t", "bert", num_hidden_layers=4, **no_dropout))
+    counts = lambda: row_counts(teacher)  # noqa: E731
+    spec = AlbertizeSpec(embedding_size=8, num_groups=2, anneal=0.5)
+    student, _ = albertize(teacher, spec, counts)
+    unshared, _ = albertize(teacher, spec.model_copy(update={"anneal": 0.0, "num_groups": 4}), counts)
+    shared, _ = albertize(teacher, spec.model_copy(update={"anneal": 0.0}), counts)
+    sharing = GradualSharing.of(student)
+    assert sharing is not None and GradualSharing.of(shared) is None
+    # training mode at the first step: the unshared student; eval mode: the shared one (what dev accuracy sees)
+    sharing(0, 10)
+    torch.testing.assert_close(logits(student.train()), logits(unshared.train()))
+    torch.testing.assert_close(logits(student.eval()), logits(shared))
+    sharing(3, 10)
+    assert sharing.c == pytest.approx(0.4)
+    with torch.no_grad():  # training moves the shared and the own weights: the shared model follows
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    halfway = logits(student.train())
+    assert not torch.allclose(halfway, logits(student.eval()))
+    sharing(5, 10)
+    assert sharing.c == 0.0
+    torch.testing.assert_close(logits(student.train()), logits(student.eval()))
+    final = sharing.shared_model(student)
+    assert type(final).__name__ == "AlbertForSequenceClassification" and final.config.num_hidden_groups == 2
+    assert parameter_split(final) == parameter_split(shared)
+    torch.testing.assert_close(logits(final), logits(student.eval()))
+    with pytest.raises(CompressError, match="anneal needs layers_per_group 1"):
+        albertize(teacher, AlbertizeSpec(embedding_size=8, layers_per_group=2, anneal=0.5), counts)
+
+
 def test_layer_drop_keeps_chosen_teacher_layers(tiny_bert):
     teacher = load(tiny_bert)
     student = layer_drop(teacher, [1])
@@ -157,7 +189,8 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
     train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
     steps = [
         {"name": "teacher", "type": "finetune", "force": True, **train},
-        {"name": "albert", "type": "distill", "teacher": "teacher", "student": {"albertize": {"embedding_size": 8}},
+        {"name": "albert", "type": "distill", "teacher": "teacher",
+         "student": {"albertize": {"embedding_size": 8, "anneal": 0.5}},
          "loss": {"hidden": 1.0, "attention": 1.0}, "unlabeled": str(unlabeled), **train},
         {"name": "albert-onnx", "type": "export"},
         {"name": "shallow", "type": "distill", "from": "teacher", "student": {"layer_drop": [1]},
@@ -171,6 +204,7 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
     albert = Artifact.load(run / "01-albert")
     assert albert.metrics["teacher"] == "teacher" and albert.metrics["unlabeled_examples"] == 2
     assert albert.metrics["student_parameters"]["total"] < albert.metrics["teacher_parameters"]["total"]
+    assert load(run / "01-albert").config.num_hidden_groups == 1  # shared gradually, saved shared
     albert_onnx = Artifact.load(run / "02-albert-onnx")
     assert albert_onnx.metrics["parity"]["max_abs_logit_diff"] < 1e-3
     fused = onnx.load(albert_onnx.path / "model.onnx")  # the shared layer's weights stay one copy after fusion
