@@ -236,6 +236,7 @@ class GradualSharing:
 
     def __init__(self, anneal: float, num_groups: int, init: str):
         self.anneal, self.num_groups, self.init, self.c = anneal, num_groups, init, 1.0
+        self.shared: dict[str, torch.nn.Parameter] = {}  # final model's parameter name -> the tensor it becomes
 
     def attach(self, student) -> None:
         """Parametrize the unshared student's layers around one shared tensor per group and weight."""
@@ -247,7 +248,8 @@ class GradualSharing:
             members = layers[g * block : (g + 1) * block]
             shared = _combine([dict(l.named_parameters()) for l in members], self.init)
             for name, value in shared.items():
-                tensor = torch.nn.Parameter(value)
+                tensor = self.shared[f"albert.encoder.albert_layer_groups.{g}.albert_layers.0.{name}"] = \
+                    torch.nn.Parameter(value)
                 for layer in members:
                     module, attr = layer.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2]
                     parametrize.register_parametrization(module, attr, _TowardShared(tensor, self))
@@ -262,14 +264,7 @@ class GradualSharing:
         config.num_hidden_groups = self.num_groups
         final = type(student)(config)
         state = {k: v for k, v in student.state_dict().items() if ".albert_layer_groups." not in k}
-        layers = [g.albert_layers[0] for g in student.albert.encoder.albert_layer_groups]
-        block = len(layers) // self.num_groups
-        for g in range(self.num_groups):
-            for name, p in layers[g * block].named_parameters():
-                if name.endswith(".original"):  # "ffn.parametrizations.weight.original" -> "ffn.weight"
-                    module, attr = name.split(".parametrizations.")[0], name.split(".")[-2]
-                    shared = layers[g * block].get_submodule(f"{module}.parametrizations.{attr}")[0].shared
-                    state[f"albert.encoder.albert_layer_groups.{g}.albert_layers.0.{module}.{attr}"] = shared.detach()
+        state |= {name: tensor.detach() for name, tensor in self.shared.items()}
         final.load_state_dict(state)
         return final.eval()
 

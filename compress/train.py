@@ -63,8 +63,8 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
     """Train in place; on return `model` holds the best dev epoch's weights. Returns the history.
 
     `extra` modules are optimised with the model but not kept. `on_step(step, total)` runs before each optimizer
-    step (schedules that live in the model, such as gradual layer sharing). `batch_size` is the global batch: under DDP each
-    of N processes takes batch_size / N examples, so N processes follow the same trajectory as one.
+    step (schedules that live in the model, such as gradual layer sharing). `batch_size` is the global batch:
+    under DDP each of N processes takes batch_size / N examples, so N processes follow the same trajectory as one.
     """
     from accelerate import Accelerator, DataLoaderConfiguration
     from transformers import get_linear_schedule_with_warmup
