@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.report import first_latency, mb
-from compress.errors import CompressError
+from benchmarks.report.blocks import mb
+from benchmarks.report.build import first_latency
+from compress.core.errors import CompressError, exit_code
 from compress.gate import drop_violation, read_report, verdict
 
 
@@ -67,17 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("new", type=Path, help="this run's report.json")
     p.add_argument("--max-drop", type=float, default=1.0, help="allowed accuracy drop in points (default 1.0)")
     args = p.parse_args(argv)
-    if args.max_drop < 0:
-        print(f"error: --max-drop must be >= 0 (got {args.max_drop})", file=sys.stderr)
-        return 2
-    try:
+
+    def body() -> int:
+        if args.max_drop < 0:
+            raise CompressError(f"--max-drop must be >= 0 (got {args.max_drop})")
         old, new = read_report(args.old), read_report(args.new)
-    except CompressError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print("\n".join(describe_changes(old, new)))
-    found = regressions(old, new, args.max_drop)
-    return verdict(found, "REGRESSION", f"no accuracy drop beyond {args.max_drop} points")
+        print("\n".join(describe_changes(old, new)))
+        found = regressions(old, new, args.max_drop)
+        return verdict(found, "REGRESSION", f"no accuracy drop beyond {args.max_drop} points")
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.report import build_report, write_report
-from compress.artifact import write_json_atomic
-from compress.errors import CompressError
+from benchmarks.report.build import build_report
+from benchmarks.report.write import write_report
+from compress.core.artifact import write_json_atomic
+from compress.core.errors import CompressError, exit_code
 
 FOLDER = "device-results"
 REQUIRED = ("bundle", "backend", "precision", "device", "split", "examples", "accuracy", "macro_f1", "size_bytes", "latency")
@@ -67,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--run", type=Path, required=True, help="the run folder holding report.json")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         report = ingest(args.results, args.run)
-    except CompressError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(args.results)} device result(s) merged; {len(report['rows'])} rows in {args.run / 'report.md'}")
-    return 0
+        print(f"{len(args.results)} device result(s) merged; {len(report['rows'])} rows in {args.run / 'report.md'}")
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from compress.artifact import Artifact  # noqa: E402
-from compress.errors import CompressError  # noqa: E402
+from compress.core.artifact import Artifact, digest  # noqa: E402
+from compress.core.errors import CompressError, exit_code  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer_config.json")
 QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear",
@@ -37,8 +37,6 @@ def _onnx_precision(path: Path) -> str:
 
 def open_folder(path: Path) -> Artifact:
     """The artifact in `path`: its manifest when it has one, else recognised from its files."""
-    from compress.pipeline import digest
-
     done = Artifact.load(path)
     if done:
         return done
@@ -81,35 +79,37 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from benchmarks.hardware import describe
-    from benchmarks.report import build_report, write_report
-    from benchmarks.suite import benchmark_isolated
-    from compress.data import load_dataset
-    from compress.recipe import BenchmarkConfig, DataConfig
+    from benchmarks.report.build import build_report
+    from benchmarks.report.write import write_report
+    from benchmarks.suite import BenchmarkConfig, benchmark_isolated
+    from compress.core.data import DataConfig, load_dataset
     from runtimes import BACKENDS
 
-    try:
-        data_cfg = DataConfig(source=args.data, max_length=args.max_length, limit_eval=args.limit)
-        cfg = BenchmarkConfig(backends=args.backends.split(","), threads=args.threads, batch_sizes=args.batch_sizes,
-                              sequence_lengths=args.sequence_lengths)
+    def body() -> int:
+        try:
+            data_cfg = DataConfig(source=args.data, max_length=args.max_length, limit_eval=args.limit)
+            cfg = BenchmarkConfig(backends=args.backends.split(","), threads=args.threads,
+                                  batch_sizes=args.batch_sizes, sequence_lengths=args.sequence_lengths)
+        except ValidationError as e:
+            raise CompressError(str(e)) from None
         artifacts = [open_folder(f) for f in args.folders]
         names = [a.name for a in artifacts]
         if len(set(names)) < len(names):
             raise CompressError(f"folders must have distinct names (got {names})")
         data = load_dataset(data_cfg, seed=args.seed)
-    except (ValidationError, CompressError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    rows = []
-    for artifact in artifacts:
-        for backend in cfg.backends:
-            if artifact.kind in BACKENDS[backend].kinds:
-                print(f"benchmark {artifact.name} on {backend}", file=sys.stderr)
-                rows.append(benchmark_isolated(artifact, backend, cfg, data, args.max_length))
-    args.out.mkdir(parents=True, exist_ok=True)
-    report = build_report("benchmark", artifacts[0].name, [a.to_json() for a in artifacts], rows, describe())
-    write_report(report, args.out)
-    print(f"report: {args.out / 'report.html'}")
-    return 0
+        rows = []
+        for artifact in artifacts:
+            for backend in cfg.backends:
+                if artifact.kind in BACKENDS[backend].kinds:
+                    print(f"benchmark {artifact.name} on {backend}", file=sys.stderr)
+                    rows.append(benchmark_isolated(artifact, backend, cfg, data, args.max_length))
+        args.out.mkdir(parents=True, exist_ok=True)
+        report = build_report("benchmark", artifacts[0].name, [a.to_json() for a in artifacts], rows, describe())
+        write_report(report, args.out)
+        print(f"report: {args.out / 'report.html'}")
+        return 0
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

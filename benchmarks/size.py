@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.artifact import Artifact
+from compress.core.artifact import Artifact
 
 MACS_SEQUENCE_LENGTH = 128  # the report's architecture figures (macs_seq128) run one sequence of this length
 

@@ -13,17 +13,53 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Annotated
 
-from benchmarks.accuracy import evaluate
+from pydantic import Field, field_validator
+
 from benchmarks.latency import measure_latency
 from benchmarks.size import architecture_cost, model_bytes, parameter_count, size_split
-from compress.artifact import Artifact
-from compress.data import Dataset, encode
-from compress.models import load_tokenizer
+from compress.core.artifact import Artifact
+from compress.core.config import Strict
+from compress.core.data import Dataset, encode
+from compress.core.evaluate import evaluate
+from compress.core.models import load_tokenizer
 from runtimes import BACKENDS, Unavailable, open_runtime
 
 # Part of the pipeline's cache key: bump it when the figures a row holds change, so old rows are re-measured.
 METHOD_VERSION = 3
+
+
+class BenchmarkConfig(Strict):
+    """The recipe's `benchmark:` section: which back ends, shapes and timing budget every row is measured with."""
+
+    backends: list[str] = Field(
+        ["torch-cpu", "ort-cpu", "torch-cuda", "torch-cuda-fp16", "ort-cuda", "ort-trt", "tensorrt"],
+        description="Runtimes to try; each artifact is measured on those that accept its kind.",
+    )
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = [1]
+    sequence_lengths: list[Annotated[int, Field(ge=8, le=512)]] = [128]
+    threads: int = Field(2, ge=1)
+    warmup: int = Field(10, ge=0)
+    min_repeats: int = Field(30, ge=5)
+    min_seconds: float = Field(3.0, ge=0, description="Measure each latency point at least this long (capped by "
+                               "max_seconds): a shared machine's load swings over seconds.")
+    max_seconds: float = Field(8.0, gt=0, description="Time budget per latency point.")
+    eval_batch_size: int = Field(64, ge=1)
+    artifacts: list[str] | None = Field(None, description="Steps whose artifacts are measured; default: all. "
+                                        "Each row costs a process and a pass over the test split.")
+
+    def measurement_settings(self) -> dict:
+        """What a row's figures depend on (its cache key): which artifacts are measured is not among them."""
+        return self.model_dump(exclude={"artifacts"})
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(BACKENDS))
+        if unknown:
+            raise ValueError(f"unknown back ends {unknown}; known: {sorted(BACKENDS)}")
+        return v
 
 
 def _rss_mb(field: str) -> float | None:
@@ -42,7 +78,7 @@ def _rss_mb(field: str) -> float | None:
     return None
 
 
-def _latency_sweep(runtime, tokenizer, data: Dataset, cfg) -> list[dict]:
+def _latency_sweep(runtime, tokenizer, data: Dataset, cfg: BenchmarkConfig) -> list[dict]:
     points = []
     for batch in cfg.batch_sizes:
         examples = (data.test * batch)[:batch]
@@ -66,8 +102,8 @@ def _not_measured(artifact: Artifact, backend: str, reason: str) -> dict:
     return _row_key(artifact, backend) | {"status": "not measured", "reason": reason}
 
 
-def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max_length: int) -> dict:
-    """`cfg` is a BenchmarkConfig. A back end that cannot run here gives a row that says why, never a number.
+def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, data: Dataset, max_length: int) -> dict:
+    """A back end that cannot run here gives a row that says why, never a number.
     Latency points are model-only (pre-tokenized inputs) with the end-to-end figure (text in, logits out) beside."""
     row = _row_key(artifact, backend)
     tokenizer = load_tokenizer(artifact.path)
@@ -104,7 +140,7 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg, data: Dataset, max
     }
 
 
-def benchmark_isolated(artifact: Artifact, backend: str, cfg, data: Dataset, max_length: int) -> dict:
+def benchmark_isolated(artifact: Artifact, backend: str, cfg: BenchmarkConfig, data: Dataset, max_length: int) -> dict:
     """`benchmark_artifact` in a fresh spawned process; a process that dies gives a row saying so. A back end this
     machine cannot run at all (no GPU, no TensorRT) is answered here, without starting a process."""
     reason = BACKENDS[backend].missing() if backend in BACKENDS else None

@@ -11,7 +11,18 @@ import json
 import sys
 from pathlib import Path
 
-from compress.errors import CompressError
+from pydantic import Field
+
+from compress.core.config import Strict
+from compress.core.errors import CompressError, exit_code
+
+
+class GateConfig(Strict):
+    """The recipe's `gate:` section."""
+
+    baseline: str | None = Field(None, description="Step whose accuracy is the reference; default: the first step.")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="Points of test accuracy an artifact may lose.")
+    artifacts: list[str] | None = Field(None, description="Steps the gate applies to; default: all.")
 
 
 def violations(report: dict, max_drop: float, artifacts: list[str] | None = None) -> list[str]:
@@ -60,13 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-drop", type=float, required=True, help="allowed accuracy drop in points")
     p.add_argument("--artifact", action="append", help="gate only these artifacts (repeatable); default: all")
     args = p.parse_args(argv)
-    try:
-        report = read_report(args.report)
-    except CompressError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    found = violations(report, args.max_drop, args.artifact)
-    return verdict(found, "GATE FAILED", f"gate passed: no artifact lost more than {args.max_drop} points")
+
+    def body() -> int:
+        found = violations(read_report(args.report), args.max_drop, args.artifact)
+        return verdict(found, "GATE FAILED", f"gate passed: no artifact lost more than {args.max_drop} points")
+
+    return exit_code(body)
 
 
 def verdict(found: list[str], failure: str, success: str) -> int:

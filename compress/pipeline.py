@@ -6,7 +6,6 @@ every step whose folder has a manifest with the same hash, and redoes the rest.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -17,19 +16,16 @@ from pathlib import Path
 
 from benchmarks.hardware import describe, fingerprint
 from benchmarks.ingest import ingested_rows
-from benchmarks.report import build_report, write_report
+from benchmarks.report.build import build_report
+from benchmarks.report.write import write_report
 from benchmarks.suite import METHOD_VERSION, benchmark_isolated
-from compress.artifact import Artifact, commit, write_json_atomic
+from compress.core.artifact import Artifact, commit, digest, write_json_atomic
+from compress.core.models import resolve_source
+from compress.core.stage import STAGES, Context
+from compress.core.train import process_state
 from compress.gate import violations
-from compress.models import resolve_source
 from compress.recipe import Recipe
-from compress.stage import STAGES, Context
-from compress.train import process_state
 from runtimes import BACKENDS
-
-
-def digest(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def setup_logging(log_file: Path, main_process: bool = True) -> logging.Logger:
@@ -55,6 +51,8 @@ def plan(recipe: Recipe) -> list[str]:
     lines = [f"recipe {recipe.name}: model {recipe.model.source}, data {recipe.data.source}"]
     for i, step in enumerate(recipe.steps):
         settings = step.model_dump(exclude={"name", "type", "from_"}, exclude_defaults=True)
+        if "method" in type(step).model_fields:  # a variant's own default still says which variant it is
+            settings = {"method": step.method} | settings
         lines.append(f"  {i:02d}-{step.name}: {step.type} <- {recipe.parent_of(i) or 'source'} {settings or ''}")
     lines.append(f"  then: benchmark on {recipe.benchmark.backends}, report"
                  + (f", gate (max drop {recipe.gate.max_accuracy_drop} points)" if recipe.gate else ""))
@@ -127,7 +125,7 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
 def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     run_dir = out_root / recipe.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(recipe, run_dir, setup_logging(run_dir / "run.log", process_state().is_main_process))
+    ctx = recipe.context(run_dir, setup_logging(run_dir / "run.log", process_state().is_main_process))
     ctx.log.info("run %s -> %s", recipe.name, run_dir)
     data = ctx.data  # load and split before any stage folder exists: bad data fails first
     ctx.log.info("data %s: %d train / %d dev / %d test, labels %s", data.source, len(data.train), len(data.dev),

@@ -1,94 +1,32 @@
-"""The recipe: one YAML file, validated completely before any work starts."""
+"""The recipe: one YAML file, validated completely before any work starts.
+
+This is the one module that imports every stage: importing a stage registers it, and the recipe's `steps`
+schema is the union of the registered step configs.
+"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from compress.errors import CompressError
-from compress.models import BUILTIN_MODELS, check_checkpoint_folder
-from compress.stage import STAGES, Strict
-from compress import stages  # noqa: F401  (fills STAGES)
-from compress.data import BUILTIN_DATASETS
-from runtimes import BACKENDS
-
-
-class SplitConfig(Strict):
-    dev_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    group_column: str | None = Field(None, description="Keep rows sharing this value in one split (user files).")
-
-
-class DataConfig(Strict):
-    source: str = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)} or a path.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "hf-disk"] = "auto"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    max_length: int = Field(64, ge=8, le=512)
-    split: SplitConfig = SplitConfig()
-    limit_train: int | None = Field(None, ge=1, description="Use only this many training examples (smoke runs).")
-    limit_eval: int | None = Field(None, ge=1, description="Use only this many dev and test examples each.")
-
-    @field_validator("source")
-    @classmethod
-    def _source_exists(cls, v: str) -> str:
-        if v not in BUILTIN_DATASETS and not Path(v).exists():
-            raise ValueError(f"data file not found: {v!r} (built-in names: {sorted(BUILTIN_DATASETS)})")
-        return v
-
-
-class ModelConfig(Strict):
-    allow_pickle: bool = Field(False, description="Allow pytorch_model.bin (pickle) weights. Off: safetensors only.")
-    source: str = Field("minilm", description=f"Built-in {sorted(BUILTIN_MODELS)} or a local checkpoint folder.")
-
-    @field_validator("source")
-    @classmethod
-    def _checkpoint_usable(cls, v: str, info: ValidationInfo) -> str:
-        if v not in BUILTIN_MODELS:
-            check_checkpoint_folder(Path(v), info.data.get("allow_pickle", False))
-        return v
-
-
-class BenchmarkConfig(Strict):
-    backends: list[str] = Field(
-        ["torch-cpu", "ort-cpu", "torch-cuda", "torch-cuda-fp16", "ort-cuda", "ort-trt", "tensorrt"],
-        description="Runtimes to try; each artifact is measured on those that accept its kind.",
-    )
-    batch_sizes: list[Annotated[int, Field(ge=1)]] = [1]
-    sequence_lengths: list[Annotated[int, Field(ge=8, le=512)]] = [128]
-    threads: int = Field(2, ge=1)
-    warmup: int = Field(10, ge=0)
-    min_repeats: int = Field(30, ge=5)
-    min_seconds: float = Field(3.0, ge=0, description="Measure each latency point at least this long (capped by "
-                               "max_seconds): a shared machine's load swings over seconds.")
-    max_seconds: float = Field(8.0, gt=0, description="Time budget per latency point.")
-    eval_batch_size: int = Field(64, ge=1)
-    artifacts: list[str] | None = Field(None, description="Steps whose artifacts are measured; default: all. "
-                                        "Each row costs a process and a pass over the test split.")
-
-    def measurement_settings(self) -> dict:
-        """What a row's figures depend on (its cache key): which artifacts are measured is not among them."""
-        return self.model_dump(exclude={"artifacts"})
-
-    @field_validator("backends")
-    @classmethod
-    def _known_backends(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(BACKENDS))
-        if unknown:
-            raise ValueError(f"unknown back ends {unknown}; known: {sorted(BACKENDS)}")
-        return v
-
-
-class GateConfig(Strict):
-    baseline: str | None = Field(None, description="Step whose accuracy is the reference; default: the first step.")
-    max_accuracy_drop: float = Field(1.0, ge=0, description="Points of test accuracy an artifact may lose.")
-    artifacts: list[str] | None = Field(None, description="Steps the gate applies to; default: all.")
-
+from benchmarks.size import MACS_SEQUENCE_LENGTH
+from benchmarks.suite import BenchmarkConfig
+from compress.core.config import RecipeShapes, Strict
+from compress.core.data import DataConfig
+from compress.core.errors import CompressError
+from compress.core.models import ModelConfig
+from compress.core.stage import STAGES, Context, step_classes
+from compress.gate import GateConfig
+from compress.stages import distill, finetune, prune, qat, quantize, vocab_prune  # noqa: F401  (register)
+from export import edge, mobile, onnx, tensorrt  # noqa: F401  (register)
 
 Step = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="type")]
+# Union tags pydantic puts in an error's path (steps[0].quantize.static.calibration): stage types, quantize methods.
+TAGS = set(STAGES) | {c.model_fields["method"].default for spec in STAGES.values() for c in step_classes(spec.config)
+                      if "method" in c.model_fields}
 
 
 class Recipe(Strict):
@@ -119,7 +57,7 @@ class Recipe(Strict):
                 if kinds.get(ref) != "hf-checkpoint":
                     raise ValueError(f"{where}.{field}: {ref!r} is not an earlier hf-checkpoint step")
             try:
-                step.check_recipe(self)
+                step.check_shapes(self.shapes())
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
             kinds[step.name] = spec.produces
@@ -140,6 +78,19 @@ class Recipe(Strict):
                                  f"artifacts need a measured accuracy")
         return self
 
+    def shapes(self) -> RecipeShapes:
+        """The longest sequences and largest batches any model of this recipe will be fed, and by what."""
+        return RecipeShapes(
+            sequence_lengths={"data.max_length": self.data.max_length,
+                              "benchmark.sequence_lengths": max(self.benchmark.sequence_lengths),
+                              "the report's MACs sequence length": MACS_SEQUENCE_LENGTH},
+            batch_sizes={"benchmark.batch_sizes": max(self.benchmark.batch_sizes),
+                         "benchmark.eval_batch_size": self.benchmark.eval_batch_size})
+
+    def context(self, run_dir: Path, log: logging.Logger) -> Context:
+        """What the stages of this recipe get to see of it."""
+        return Context(run_dir, log, self.data, self.seed, self.benchmark.eval_batch_size, self.model.allow_pickle)
+
     def baseline_step(self) -> str:
         """The step every row is compared with: the gate's baseline, else the first step."""
         return (self.gate.baseline if self.gate else None) or self.steps[0].name
@@ -153,11 +104,11 @@ class Recipe(Strict):
 
 
 def _describe(err: dict[str, Any]) -> str:
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-    # Discriminated unions put the tag in the path (steps[0].finetune.epochs); drop it.
-    for t in STAGES:
-        loc = loc.replace(f".{t}.", ".").replace(f".{t}", "")
+    # Discriminated unions put their tags in the path (steps[0].quantize.static.calibration); drop them.
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"] if p not in TAGS).lstrip(".")
     value = err.get("input")
+    if err["type"] == "unknown_method":  # a step's variant: its input is the whole step, show the method alone
+        value = value.get("method")
     shown = "" if isinstance(value, dict) or err["type"] == "missing" else f" (got {value!r})"
     return f"{loc or '<recipe>'}: {err['msg']}{shown}"
 

@@ -23,25 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="redo every stage even when up to date")
     args = p.parse_args(argv)
 
-    from compress.errors import CompressError, StageFailed
+    from compress.core.errors import exit_code
+    from compress.pipeline import plan, run_pipeline
     from compress.recipe import load_recipe
 
-    try:
+    def body() -> int:
         recipe = load_recipe(args.recipe)
         if args.dry_run:
-            from compress.pipeline import plan
-
             print("\n".join(plan(recipe)))
             return 0
-        from compress.pipeline import run_pipeline
-
         return run_pipeline(recipe, args.out, args.force)
-    except CompressError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StageFailed as e:
-        print(f"stage failed: {e}", file=sys.stderr)
-        return 1
+
+    return exit_code(body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ tokenizer there, the bundle ships the labelled TEST-split sample with its token 
 by the model's own tokenizer (and the tokenizer files, for use with the `tokenizers`
 package on new text). `run_on_device.py` (export/edge_runner.py) builds the TensorRT
 engine on the device when tensorrt is installed — engines do not port across GPUs — and
-otherwise runs ONNX Runtime.
+otherwise runs ONNX Runtime; it imports the engine code from the copy of
+runtimes/tensorrt_engine.py the bundle carries.
 """
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.artifact import Artifact, folder_size, write_json_atomic
-from compress.stage import Context, StageResult, StepConfig, register
+import runtimes.tensorrt_engine
+from compress.core.artifact import Artifact, folder_size, write_json_atomic
+from compress.core.config import StepConfig
+from compress.core.data import encode
+from compress.core.stage import Context, StageResult, register
 
 RUNNER = Path(__file__).with_name("edge_runner.py")
+ENGINE = Path(runtimes.tensorrt_engine.__file__)
 
 
 class EdgeBundleConfig(StepConfig):
@@ -31,8 +36,6 @@ class EdgeBundleConfig(StepConfig):
 
 
 def write_sample(path: Path, tokenizer, examples, max_length: int, input_names: list[str]) -> None:
-    from compress.data import encode
-
     with path.open("w") as f:
         for e in examples:
             ids = encode(tokenizer, [e], max_length)
@@ -54,12 +57,15 @@ def edge_bundle(cfg: EdgeBundleConfig, parent: Artifact, ctx: Context, out: Path
     tokenizer.save_pretrained(bundle / "tokenizer")
     input_names = [i.name for i in ort.InferenceSession(str(bundle / "model.onnx")).get_inputs()]
     sample = ctx.data.test[: cfg.sample_size]
-    write_sample(bundle / "sample.jsonl", tokenizer, sample, ctx.recipe.data.max_length, input_names)
+    write_sample(bundle / "sample.jsonl", tokenizer, sample, ctx.max_length, input_names)
     shutil.copyfile(RUNNER, bundle / "run_on_device.py")
+    (bundle / "runtimes").mkdir()
+    (bundle / "runtimes" / "__init__.py").write_text('"""The engine code of compress\'s runtimes, for run_on_device.py."""\n')
+    shutil.copyfile(ENGINE, bundle / "runtimes" / ENGINE.name)
     manifest = {
         "name": cfg.name, "source_artifact": parent.name, "labels": ctx.data.labels,
         "precision": parent.metrics.get("precision", "fp32"), "input_names": input_names,
-        "max_length": ctx.recipe.data.max_length, "max_batch": cfg.max_batch,
+        "max_length": ctx.max_length, "max_batch": cfg.max_batch,
         "onnx_for_ort": "model.onnx", "onnx_for_tensorrt": "model.raw.onnx" if "raw" in parent.files else None,
         "sample": "sample.jsonl", "sample_split": "test", "sample_examples": len(sample), "tokenizer": "tokenizer",
         "usage": "python run_on_device.py --out results.json  (needs numpy + onnxruntime or tensorrt)",

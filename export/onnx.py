@@ -13,23 +13,26 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from compress.artifact import Artifact
-from compress.errors import StageFailed
-from compress.stage import Context, StageResult, StepConfig, register
-from export.parity import compare_logits
+from compress.core.artifact import Artifact
+from compress.core.data import encode
+from compress.core.models import load_tokenizer
+from compress.core.parity import ParityChecked, compare_logits
+from compress.core.stage import Context, StageResult, register
 from runtimes.ort_runtime import OrtRuntime
 from runtimes.torch_runtime import TorchRuntime
 
 
-class ExportConfig(StepConfig):
+class ExportConfig(ParityChecked):
+    """`parity`: ONNX Runtime's logits must match PyTorch's on dev batches (`parity_tolerance` is the old name
+    of parity.max_logit_diff)."""
+
+    PARITY_DEFAULTS = {"max_logit_diff": 1e-3}
     type: Literal["export"] = "export"
     opset: int = Field(17, ge=14, le=21)
     optimize: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (Attention, LayerNorm, Gelu).")
     fuse_embeddings: bool = Field(True, description="Fuse the embedding lookups and their LayerNorm into "
                                   "EmbedLayerNormalization. Off for 4-bit embeddings (quantize embedding_bits: 4), "
                                   "which need the plain Gathers.")
-    parity_tolerance: float = Field(1e-3, gt=0, description="Max |logit difference| vs PyTorch on dev batches.")
-    parity_examples: int = Field(256, ge=1)
 
 
 def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> None:
@@ -110,24 +113,19 @@ def fusions_missing(fused: dict[str, int], config, fuse_embeddings: bool = True)
 def export_onnx(cfg: ExportConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     from transformers import AutoModelForSequenceClassification
 
-    from compress.data import encode
-    from compress.models import load_tokenizer
-
     model = AutoModelForSequenceClassification.from_pretrained(parent.path, use_safetensors=True).eval()
     tokenizer = load_tokenizer(parent.path)
-    max_length = ctx.recipe.data.max_length
+    max_length = ctx.max_length
     raw, final = out / "model.raw.onnx", out / "model.onnx"
     to_onnx(model, encode(tokenizer, ctx.data.dev[:2], max_length), raw, cfg.opset)
     fused_ops = fuse(raw, final, model.config, cfg.fuse_embeddings) if cfg.optimize else {}
     if not cfg.optimize:
         os.link(raw, final)
     parity = compare_logits(TorchRuntime(model).run, OrtRuntime(final).run, tokenizer,
-                            ctx.data.dev[: cfg.parity_examples], max_length)
+                            ctx.data.dev[: cfg.parity.examples], max_length)
     ctx.log.info("%s: parity max |diff| %.2e over %d dev examples; fused %s", cfg.name,
                  parity["max_abs_logit_diff"], parity["examples"], fused_ops)
-    if parity["max_abs_logit_diff"] > cfg.parity_tolerance:
-        raise StageFailed(f"{cfg.name}: ONNX logits differ from PyTorch by {parity['max_abs_logit_diff']:.2e} "
-                          f"> parity_tolerance {cfg.parity_tolerance}")
+    cfg.parity.enforce(parity, cfg.name, "ONNX Runtime vs PyTorch")
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)
     lost = fusions_missing(fused_ops, model.config, cfg.fuse_embeddings) if cfg.optimize else {}

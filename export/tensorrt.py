@@ -5,8 +5,8 @@ contrib ops. Precision is put into the ONNX before TensorRT sees it, because Ten
 removed BuilderFlag.FP16/INT8 and IInt8 calibrators and builds only strongly typed networks:
   fp16 - weights and activations converted with ONNX Runtime's float16 converter (I/O kept);
   int8 - a Q/DQ model: taken as is when the input already has QuantizeLinear nodes, else made
-         by ONNX Runtime's static quantizer calibrated on the recipe's training examples,
-         with the tensor ranges saved as `calibration.json` (reused when present).
+         by ONNX Runtime's static quantizer calibrated on a seeded sample of the training split
+         (compress.core.calibration, as static PTQ and QAT), ranges saved as `calibration.json`.
 The prepared ONNX is checked on ONNX Runtime (CPU) first, then the engine against ONNX Runtime.
 Without tensorrt or a GPU the recipe is refused at validation, before anything runs.
 """
@@ -16,14 +16,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from compress.artifact import Artifact
-from compress.data import Example, encode
-from compress.errors import StageFailed
-from compress.stage import Context, StageResult, StepConfig, Strict, register
-from export.parity import compare_logits
+from compress.core.artifact import Artifact
+from compress.core.calibration import calibration_examples, calibration_reader, onnx_input_names
+from compress.core.config import Strict
+from compress.core.data import Example, encode
+from compress.core.models import copy_model_files, load_tokenizer
+from compress.core.parity import ParityChecked, compare_logits
+from compress.core.stage import Context, StageResult, register
 from runtimes.ort_runtime import OrtRuntime
 from runtimes.tensorrt_runtime import tensorrt_missing
 
@@ -40,15 +41,17 @@ class ShapeRange(Strict):
         return self
 
 
-class TensorRTConfig(StepConfig):
+class TensorRTConfig(ParityChecked):
+    """`parity`: the engine must predict as ONNX Runtime does on the input model."""
+
+    PARITY_DEFAULTS = {"min_agreement": 0.98}
     type: Literal["tensorrt"] = "tensorrt"
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     batch: ShapeRange = ShapeRange(min=1, opt=1, max=32)
     sequence: ShapeRange | None = Field(None, description="Token-length profile; default min 1, opt/max data.max_length.")
-    calibration_examples: int = Field(512, ge=1, description="Training examples that calibrate INT8 ranges.")
+    calibration_examples: int = Field(512, ge=1, description="Seeded random training examples that calibrate "
+                                      "INT8 ranges.")
     workspace_mib: int = Field(2048, ge=64)
-    parity_examples: int = Field(256, ge=1)
-    min_agreement: float = Field(0.98, ge=0, le=1, description="Share of dev predictions that must match ONNX Runtime.")
 
     @model_validator(mode="after")
     def _tensorrt_here(self) -> TensorRTConfig:
@@ -62,17 +65,6 @@ def has_qdq(path: Path) -> bool:
     import onnx
 
     return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
-
-
-class _Calibration:
-    """ONNX Runtime's CalibrationDataReader protocol over encoded training batches."""
-
-    def __init__(self, tokenizer, examples: list[Example], max_length: int, batch_size: int = 16):
-        self.batches = iter([encode(tokenizer, examples[i : i + batch_size], max_length)
-                             for i in range(0, len(examples), batch_size)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.batches, None)
 
 
 def prepare_onnx(precision: str, parent: Artifact, tokenizer, calibration: list[Example], max_length: int,
@@ -90,7 +82,8 @@ def prepare_onnx(precision: str, parent: Artifact, tokenizer, calibration: list[
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         # Symmetric INT8 (zero point 0) on the matrix products: what TensorRT's explicit quantization accepts.
-        quantize_static(raw, out / "network.onnx", _Calibration(tokenizer, calibration, max_length),
+        reader = calibration_reader(tokenizer, calibration, max_length, onnx_input_names(raw))
+        quantize_static(raw, out / "network.onnx", reader,
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=out / "calibration.json",
@@ -100,15 +93,14 @@ def prepare_onnx(precision: str, parent: Artifact, tokenizer, calibration: list[
 
 @register(TensorRTConfig, accepts=("onnx",), produces="tensorrt-engine")
 def build_tensorrt(cfg: TensorRTConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
-    from transformers import AutoConfig, AutoTokenizer
+    from runtimes.tensorrt_engine import TrtEngine, build_engine
 
-    from export.edge_runner import TrtEngine, build_engine
-
-    max_length = ctx.recipe.data.max_length
+    max_length = ctx.max_length
     seq = cfg.sequence or ShapeRange(min=1, opt=max_length, max=max_length)
-    tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    dev = ctx.data.dev[: cfg.parity_examples]
-    network = prepare_onnx(cfg.precision, parent, tokenizer, ctx.data.train[: cfg.calibration_examples], max_length, out)
+    tokenizer = load_tokenizer(parent.path)
+    dev = ctx.data.dev[: cfg.parity.examples]
+    calibration = calibration_examples(ctx.data.train, cfg.calibration_examples, ctx.seed)
+    network = prepare_onnx(cfg.precision, parent, tokenizer, calibration, max_length, out)
     reference = OrtRuntime(parent.file("model")).run
     onnx_parity = compare_logits(reference, OrtRuntime(network).run, tokenizer, dev, max_length)
     names = list(encode(tokenizer, dev[:1], max_length))
@@ -120,11 +112,8 @@ def build_tensorrt(cfg: TensorRTConfig, parent: Artifact, ctx: Context, out: Pat
     ctx.log.info("%s: %s engine %.1f MB; agrees with ONNX Runtime on %.1f%% of %d dev predictions (max |diff| %.3g)",
                  cfg.name, cfg.precision, (out / "model.engine").stat().st_size / 1e6,
                  100 * parity["prediction_agreement"], parity["examples"], parity["max_abs_logit_diff"])
-    if parity["prediction_agreement"] < cfg.min_agreement:
-        raise StageFailed(f"{cfg.name}: TensorRT {cfg.precision} predictions agree with ONNX Runtime on "
-                          f"{parity['prediction_agreement']:.3f} < min_agreement {cfg.min_agreement}")
-    tokenizer.save_pretrained(out)
-    AutoConfig.from_pretrained(parent.path).save_pretrained(out)
+    cfg.parity.enforce(parity, cfg.name, f"TensorRT {cfg.precision} vs ONNX Runtime")
+    copy_model_files(parent.path, out)
     files = {"model": "model.engine", "onnx": network.name, "timing_cache": "timing.cache", "build_log": "build.log"}
     if (out / "calibration.json").is_file():
         files["calibration_cache"] = "calibration.json"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from compress.artifact import Artifact
+from compress.core.artifact import Artifact
 from runtimes.base import Runtime, Unavailable
 
 

@@ -1,4 +1,4 @@
-"""TensorRT engines on an NVIDIA GPU. The engine code itself is export/edge_runner.py's, shared with the device script."""
+"""TensorRT engines on an NVIDIA GPU, as a back end. The engine code itself is runtimes/tensorrt_engine.py."""
 from __future__ import annotations
 
 import importlib.util
@@ -27,7 +27,7 @@ class TensorRTRuntime:
             raise Unavailable(reason)
         import torch
 
-        from export.edge_runner import TrtEngine
+        from runtimes.tensorrt_engine import TrtEngine
 
         self.engine = TrtEngine(engine_path)
         self.name = "tensorrt"

@@ -43,7 +43,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     from onnxruntime.quantization import quantize_dynamic
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.data import Example, encode
+    from compress.core.data import Example, encode
     from export.onnx import to_onnx
 
     root = tmp_path_factory.mktemp("external")
@@ -99,8 +99,8 @@ def test_each_row_has_its_own_peak_memory(folders, tmp_path):
     """The parent holds 2 GiB of ballast; a child's peak must not include it (it would if measured in-process).
     The child itself imports torch and onnxruntime (~600 MB), so the ballast must be well above that."""
     from benchmarks.suite import benchmark_isolated
-    from compress.data import Dataset, Example
-    from compress.recipe import BenchmarkConfig
+    from compress.core.data import Dataset, Example
+    from benchmarks.suite import BenchmarkConfig
 
     data = Dataset(["neg", "pos"], [], [], [Example("good film", 1), Example("dull plot", 0)], "inline")
     cfg = BenchmarkConfig(backends=["ort-cpu"], sequence_lengths=[16], warmup=0, min_repeats=5, max_seconds=0.2,
@@ -159,8 +159,8 @@ def test_a_back_end_this_machine_lacks_is_answered_without_a_benchmark_process(f
     import torch
 
     import benchmarks.suite as suite
-    from compress.data import Dataset, Example
-    from compress.recipe import BenchmarkConfig
+    from compress.core.data import Dataset, Example
+    from benchmarks.suite import BenchmarkConfig
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device, so torch-cuda is not missing here")

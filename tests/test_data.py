@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from compress.data import load_dataset, split_indices
-from compress.errors import CompressError
-from compress.recipe import DataConfig
+from compress.core.data import load_dataset, split_indices
+from compress.core.errors import CompressError
+from compress.core.data import DataConfig
 
 
 def test_split_is_seeded_and_deterministic():
@@ -77,7 +77,7 @@ def test_builtin_rotten_tomatoes_split_by_movie():
 
 
 def test_rotten_tomatoes_plots_are_unlabeled_text_from_training_movies_only():
-    from compress.data import _rotten_tomatoes_csv, _rotten_tomatoes_plots
+    from compress.core.data import _rotten_tomatoes_csv, _rotten_tomatoes_plots
 
     ds = load_dataset(DataConfig(source="rotten_tomatoes"), seed=0)
     assert len(ds.unlabeled) > len(_rotten_tomatoes_csv().query("category == 'plot'"))  # split into sentences

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from benchmarks.ingest import main as ingest_main
-from compress.artifact import Artifact
-from compress.errors import CompressError
+from compress.core.artifact import Artifact
+from compress.core.errors import CompressError
 from compress.recipe import load_recipe
 from compress.run import main
 from runtimes import Unavailable, open_runtime
@@ -50,7 +50,7 @@ def run(tmp_path_factory, tiny_bert) -> Path:
 def _test_inputs(run_dir: Path):
     from transformers import AutoTokenizer
 
-    from compress.data import encode, load_dataset
+    from compress.core.data import encode, load_dataset
 
     recipe = load_recipe(run_dir.parent.parent / "recipe.yaml")
     data = load_dataset(recipe.data, recipe.seed)
@@ -113,7 +113,7 @@ def test_edge_bundle_runs_standalone_in_clean_venv_and_is_ingested(run, clean_py
     assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
 
     # The device's accuracy is the project's own accuracy on the same 24 test examples.
-    from benchmarks.accuracy import classification_metrics
+    from compress.core.evaluate import classification_metrics
 
     inputs = _test_inputs(run)
     sample = [json.loads(l) for l in (bundle / "sample.jsonl").read_text().splitlines()]
@@ -146,7 +146,7 @@ def test_network_prepared_for_tensorrt_runs_on_ort(run, tmp_path, precision):
     ONNX Runtime static Q/DQ calibrated on training examples); that part is checked on CPU even without TensorRT."""
     from transformers import AutoTokenizer
 
-    from compress.data import load_dataset
+    from compress.core.data import load_dataset
     from export.tensorrt import has_qdq, prepare_onnx
 
     onnx = Artifact.load(run / "01-onnx")

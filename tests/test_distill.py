@@ -15,11 +15,11 @@ import onnx.numpy_helper
 import pytest
 import torch
 
-from compress.artifact import Artifact
-from compress.distill import AttentionMSE, DistillLoss, HiddenMSE, LossConfig, SoftKL
-from compress.errors import CompressError
+from compress.core.artifact import Artifact
+from compress.stages.distill import AttentionMSE, DistillLoss, HiddenMSE, LossConfig, SoftKL
+from compress.core.errors import CompressError
 from compress.run import main
-from compress.students import (AlbertizeSpec, GradualSharing, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
+from compress.stages.students import (AlbertizeSpec, GradualSharing, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
                                parameter_split)
 from tests.conftest import save_tiny_model, write_recipe
 

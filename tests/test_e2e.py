@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compress.artifact import Artifact
+from compress.core.artifact import Artifact
 from compress.run import main
 
 pytestmark = pytest.mark.e2e

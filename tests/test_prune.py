@@ -10,12 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from compress.artifact import Artifact
-from compress.prune import (PruneConfig, blocks, drop_layers, gradient_scores, head_size, heads_to_prune,
-                            magnitude_scores, prune_ffn)
+from compress.core.artifact import Artifact
+from compress.stages.prune import (IMPORTANCE, PruneConfig, blocks, drop_layers, head_size, heads_to_prune, prune_ffn,
+                                   scoring_batches)
 from compress.recipe import load_recipe
 from compress.run import main
-from compress.stage import Context
+from compress.core.stage import Context
 from tests.conftest import save_tiny_model, write_recipe
 
 FRESH_LOAD = """
@@ -38,7 +38,7 @@ def fresh_process_logits(folder, ids: torch.Tensor) -> torch.Tensor:
 
 def context(tmp_path, model, data, **step) -> tuple[Context, PruneConfig]:
     recipe = load_recipe(write_recipe(tmp_path, model, data, [{"name": "pruned", "type": "prune", **step}]))
-    return Context(recipe, tmp_path, logging.getLogger("test")), recipe.steps[0]
+    return recipe.context(tmp_path, logging.getLogger("test")), recipe.steps[0]
 
 
 @pytest.mark.parametrize("arch", ["bert", "albert"])
@@ -46,7 +46,7 @@ def test_heads_neurons_layers_pruned_and_fresh_process_reload_is_identical(tmp_p
     model = AutoModelForSequenceClassification.from_pretrained(
         save_tiny_model(tmp_path / "in", arch, num_hidden_layers=3)).eval()
     drop_layers(model, [1])
-    heads, neurons = zip(*magnitude_scores(model, 2))
+    heads, neurons = zip(*IMPORTANCE["l2"](model, []))
     chosen = heads_to_prune(model, list(heads), {0: 0.5} if arch == "albert" else {0: 0.5, 1: 0.25}, 1.0)
     model.prune_heads(chosen)
     prune_ffn(model, list(neurons), 40)
@@ -86,8 +86,7 @@ def test_every_criterion_ranks_a_dead_head_lowest(tmp_path, tiny_csv, arch, impo
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     _zero_head(model, 2)
     ctx, cfg = context(tmp_path, folder, tiny_csv, importance=importance, heads=0.25, batches=2, batch_size=8)
-    scores = (magnitude_scores(model, int(importance[1])) if importance in ("l1", "l2")
-              else gradient_scores(model, _tokenizer(folder), cfg, ctx))
+    scores = IMPORTANCE[importance](model, scoring_batches(_tokenizer(folder), cfg, ctx))
     assert scores[0][0].argmin().item() == 2
     assert scores[0][0].min() < scores[0][0].max()
     assert all(p.grad is None for p in model.parameters())  # scoring leaves no gradients behind
@@ -106,7 +105,7 @@ def test_head_mask_scores_match_transformers_head_mask_summed_over_applications(
     folder = save_tiny_model(tmp_path / "m", arch)
     ctx, cfg = context(tmp_path, folder, tiny_csv, importance="head-mask", heads=0.25, batches=1, batch_size=10_000)
     model = AutoModelForSequenceClassification.from_pretrained(folder)
-    ours = torch.stack([h for h, _ in gradient_scores(model, _tokenizer(folder), cfg, ctx)])
+    ours = torch.stack([h for h, _ in IMPORTANCE["head-mask"](model, scoring_batches(_tokenizer(folder), cfg, ctx))])
 
     enc = _tokenizer(folder)([e.text for e in ctx.data.train], padding=True, return_tensors="pt")
     mask = torch.ones(2, 4, requires_grad=True)  # [applications, heads]

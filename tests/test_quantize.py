@@ -6,7 +6,7 @@ import json
 import onnx
 import pytest
 
-from compress.artifact import Artifact
+from compress.core.artifact import Artifact
 from compress.run import main
 from runtimes.ort_runtime import OrtRuntime
 from tests.conftest import sentiment_rows, write_recipe
@@ -99,7 +99,7 @@ def test_parity_tolerance_is_enforced(tmp_path, trained, capsys):
     steps = [TEACHER, ONNX, {"name": "int8", "type": "quantize", "method": "static", "parity_max_logit_diff": 1e-9}]
     code = main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")])
     assert code == 1
-    assert "> parity_max_logit_diff 1e-09" in capsys.readouterr().err
+    assert "> parity.max_logit_diff 1e-09" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "tiny" / "02-int8").exists()
 
 
@@ -170,7 +170,7 @@ def test_accuracy_aware_keeps_the_closest_model_when_the_goal_is_out_of_reach(tm
     m = art.metrics
     assert not m["budget_met"] and len(m["attempts"]) == 2 and len(m["fp32_nodes"]) <= 1
     OrtRuntime(art.file("model"))  # a usable model was saved all the same
-    assert "parity_max_logit_diff" in (tmp_path / "runs" / "tiny" / "run.log").read_text()
+    assert "parity.max_logit_diff" in (tmp_path / "runs" / "tiny" / "run.log").read_text()
 
 
 def test_optimum_reference_is_marked_and_matches_our_dynamic_int8(tmp_path, trained):
@@ -211,8 +211,8 @@ def test_qat_weights_export_on_the_7_bit_grid_when_reduce_range(tmp_path, tiny_b
     from onnx import numpy_helper
     from torch.ao.quantization import disable_observer
 
-    from compress.models import load_classifier
-    from compress.qat import add_fake_quant, bake_weights, fold_weight_quantizers
+    from compress.core.models import load_classifier
+    from compress.stages.qat import add_fake_quant, bake_weights, fold_weight_quantizers
     from export.onnx import to_onnx
 
     model = load_classifier(tiny_bert, ["neg", "pos"]).eval()

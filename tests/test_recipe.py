@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 from compress.recipe import load_recipe
 from compress.run import main
 from tests.conftest import write_recipe
@@ -105,3 +105,42 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, tiny_bert, tiny_csv, c
     out = capsys.readouterr().out
     assert "00-teacher: finetune <- source" in out and "01-onnx: export <- teacher" in out
     assert not (tmp_path / "runs").exists()
+
+
+ONNX_STEPS = [{"name": "onnx", "type": "export"}]
+
+
+def test_prune_recovery_refuses_a_name_or_input_it_would_ignore(tmp_path, tiny_bert, tiny_csv, capsys):
+    steps = [{"name": "p", "type": "prune", "heads": 0.25, "iterations": 2, "recovery": {"from": "teacher"}}]
+    err = run_bad(tmp_path, capsys, write_recipe(tmp_path, tiny_bert, tiny_csv, steps))
+    assert "steps[0].recovery.from" in err and "Extra inputs are not permitted" in err
+
+
+def test_parity_keys_old_flat_names_are_aliases_of_the_parity_section(tmp_path, tiny_bert, tiny_csv):
+    def parity(step: dict):
+        return load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, [{"name": "onnx", "type": "export", **step}])
+                           ).steps[0].parity
+
+    assert parity({}).max_logit_diff == 1e-3 and parity({}).examples == 256  # the export stage's own default
+    assert parity({"parity_tolerance": 0.01, "parity_examples": 8}) == parity({"parity": {"max_logit_diff": 0.01,
+                                                                                         "examples": 8}})
+    assert parity({"parity": {"examples": 8}}).max_logit_diff == 1e-3  # one key given, the others keep the defaults
+    with pytest.raises(CompressError, match=r"steps\[0\].*parity_tolerance.*parity\.max_logit_diff"):
+        parity({"parity_tolerance": 0.01, "parity": {"max_logit_diff": 0.02}})
+    with pytest.raises(CompressError, match=r"steps\[0\]\.parity\.min_agreement"):
+        parity({"parity": {"min_agreement": 2}})
+
+
+def test_quantize_method_picks_its_config_and_defaults_to_dynamic(tmp_path, tiny_bert, tiny_csv, capsys):
+    def step(**keys):
+        steps = ONNX_STEPS + [{"name": "int8", "type": "quantize", **keys}]
+        return load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)).steps[1]
+
+    assert type(step()).__name__ == "DynamicConfig" and step().parity.min_agreement == 0.9
+    assert type(step(method="static", calibration="entropy")).__name__ == "StaticConfig"
+    assert step(method="accuracy-aware", max_accuracy_drop=0.5).settings()["calibration"] == "minmax"
+    with pytest.raises(CompressError, match=r"steps\[1\]: method must be one of \['dynamic', 'static', "
+                                            r"'accuracy-aware', 'optimum-dynamic'\] \(got 'kl'\)"):
+        step(method="kl")
+    with pytest.raises(CompressError, match=r"steps\[1\]\.bogus: Extra inputs are not permitted"):
+        step(method="static", bogus=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report import distill_lines, summary_table, vocab_lines
+from benchmarks.report.blocks import distill_lines, summary_table, vocab_lines
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from compress.artifact import Artifact
+from compress.core.artifact import Artifact
 from compress.run import main
 from tests.conftest import TINY_TRAINING, tiny_config, write_recipe, write_tokenizer
 
@@ -58,7 +58,7 @@ def test_changed_step_reruns_it_and_its_descendants_only(tmp_path, tiny_bert, ti
 
 
 def test_interrupted_stage_leaves_no_complete_folder_and_resumes(tmp_path, tiny_bert, tiny_csv, monkeypatch):
-    from compress import stage
+    from compress.core import stage
 
     recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, STEPS)
     out = tmp_path / "runs"

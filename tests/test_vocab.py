@@ -11,14 +11,14 @@ import pytest
 import torch
 import yaml
 
-from compress.artifact import Artifact
-from compress.data import load_dataset
-from compress.errors import CompressError
-from compress.models import load_tokenizer
+from compress.core.artifact import Artifact
+from compress.core.data import load_dataset
+from compress.core.errors import CompressError
+from compress.core.models import load_tokenizer
 from compress.recipe import load_recipe
 from compress.run import main
-from compress.quantize import embeddings_4bit
-from compress.vocab import (check_wordpiece, coverage, fill_by_drift, kept_ids, prune_embeddings, trim_positions,
+from compress.stages.quantize_methods import embeddings_4bit
+from compress.stages.vocab_prune import (check_wordpiece, coverage, fill_by_drift, kept_ids, prune_embeddings, trim_positions,
                             write_pruned_tokenizer)
 from tests.conftest import save_tiny_model, tiny_config, write_recipe
 

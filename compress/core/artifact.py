@@ -6,6 +6,7 @@ never be mistaken for a finished one; the pipeline builds each stage in
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +46,11 @@ class Artifact:
         d = json.loads(manifest.read_text())
         d["path"] = folder
         return cls(**d)
+
+
+def digest(*parts: object) -> str:
+    """A short stable hash of JSON-able parts: step configs, parent hashes, file stamps, benchmark settings."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

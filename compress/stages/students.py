@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from compress.errors import CompressError
-from compress.stage import Strict
+from compress.core.config import Strict
+from compress.core.errors import CompressError
 
 
 class LayerDrop(Strict):
@@ -255,7 +255,7 @@ class GradualSharing:
                     parametrize.register_parametrization(module, attr, _TowardShared(tensor, self))
 
     def __call__(self, step: int, total: int) -> None:
-        """compress.train's on_step: c = 1 at the first step, 0 from step anneal * total on."""
+        """compress.core.train's on_step: c = 1 at the first step, 0 from step anneal * total on."""
         self.c = max(0.0, 1.0 - step / (self.anneal * total))
 
     def shared_model(self, student):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import io
 
-from benchmarks.report import PLOTS, first_latency, measured
+from benchmarks.report.blocks import PLOTS
+from benchmarks.report.build import first_latency, measured
 
 
 def _cost(row: dict, axis: str) -> float | None:

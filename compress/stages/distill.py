@@ -1,7 +1,7 @@
 """distill: train a student (the input, a layer-dropped copy, an ALBERT conversion or a fresh model) on a teacher.
 
 The loss is a weighted sum of small objects sharing one signature, chosen by name from the
-recipe (`loss: {kl: 1, ce: 0.5, hidden: 1}`); the loop is compress.train's, under Accelerate.
+recipe (`loss: {kl: 1, ce: 0.5, hidden: 1}`); the loop is compress.core.train's, under Accelerate.
 """
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from compress.artifact import Artifact
-from compress.data import Example, encode
-from compress.errors import CompressError
-from compress.models import load_classifier, save_checkpoint
-from compress.stage import Context, StageResult, Strict, register
-from compress.students import GradualSharing, StudentSpec, build_student, embedding_row_counts, parameter_split
-from compress.train import TrainingConfig, train
+from compress.core.artifact import Artifact
+from compress.core.config import Strict
+from compress.core.data import Example, encode
+from compress.core.errors import CompressError
+from compress.core.evaluate import evaluate
+from compress.core.models import load_classifier, save_checkpoint
+from compress.core.stage import Context, StageResult, register
+from compress.core.train import TrainingConfig, train
+from compress.stages.students import GradualSharing, StudentSpec, build_student, embedding_row_counts, parameter_split
+from runtimes.torch_runtime import TorchRuntime
 
 
 class LossConfig(Strict):
@@ -137,7 +140,7 @@ def _check_heads(layer_map: dict[int, int], student: list[int], teacher: list[in
 
 
 class DistillLoss:
-    """The weighted sum of the recipe's loss terms, with the signature compress.train expects."""
+    """The weighted sum of the recipe's loss terms, with the signature compress.core.train expects."""
 
     def __init__(self, cfg: LossConfig, teacher, student):
         ls, lt = student.config.num_hidden_layers, teacher.config.num_hidden_layers
@@ -184,10 +187,7 @@ def read_unlabeled(source: Path | str | None, ctx: Context) -> list[Example]:
 def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     from transformers import AutoTokenizer
 
-    from benchmarks.accuracy import evaluate
-    from runtimes.torch_runtime import TorchRuntime
-
-    labels, allow_pickle = ctx.data.labels, ctx.recipe.model.allow_pickle
+    labels, allow_pickle = ctx.data.labels, ctx.allow_pickle
     teacher_art = ctx.artifacts[cfg.teacher] if cfg.teacher else parent
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
     if AutoTokenizer.from_pretrained(teacher_art.path).get_vocab() != tokenizer.get_vocab():
@@ -197,17 +197,17 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
     extra = read_unlabeled(cfg.unlabeled, ctx)
     parent_model = load_classifier(parent.path, labels, allow_pickle)
     row_counts = lambda: sum(  # noqa: E731  (apart: unlabeled lines carry no text pair)
-        embedding_row_counts(encode(tokenizer, part, ctx.recipe.data.max_length), parent_model.config)
+        embedding_row_counts(encode(tokenizer, part, ctx.max_length), parent_model.config)
         for part in (ctx.data.train, extra) if part)
     student, built = build_student(cfg.student, parent_model, row_counts)
     sharing = GradualSharing.of(student)
     loss = DistillLoss(cfg.loss, teacher, student)
-    before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.recipe.data.max_length,
-                      ctx.recipe.benchmark.eval_batch_size, desc=f"{cfg.name} dev")["accuracy"]
+    before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.max_length,
+                      ctx.eval_batch_size, desc=f"{cfg.name} dev")["accuracy"]
     ctx.log.info("%s: student %s%s; dev accuracy before distillation %.4f", cfg.name, type(student).__name__,
                  f", shared gradually over {sharing.anneal:.0%} of training" if sharing else "", before)
     start = time.perf_counter()
-    result = train(student, tokenizer, ctx.data, cfg, ctx, loss_fn=loss, extra=loss.projections or None,
+    result = train(student, tokenizer, cfg, ctx, cfg.name, loss_fn=loss, extra=loss.projections or None,
                    train_examples=ctx.data.train + extra if extra else None, on_step=sharing)
     if sharing:
         student = sharing.shared_model(student)

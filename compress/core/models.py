@@ -4,7 +4,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from compress.errors import CompressError
+from pydantic import Field, ValidationInfo, field_validator
+
+from compress.core.config import Strict
+from compress.core.errors import CompressError
 
 
 def _package_dir(package: str, sub: str) -> Path:
@@ -31,6 +34,18 @@ def check_checkpoint_folder(folder: Path, allow_pickle: bool = False) -> None:
             return
         raise ValueError(f"{folder}: weights are pickle (pytorch_model.bin); set model.allow_pickle: true to load them")
     raise ValueError(f"{folder}: no weights (expected one of {WEIGHT_FILES})")
+
+
+class ModelConfig(Strict):
+    allow_pickle: bool = Field(False, description="Allow pytorch_model.bin (pickle) weights. Off: safetensors only.")
+    source: str = Field("minilm", description=f"Built-in {sorted(BUILTIN_MODELS)} or a local checkpoint folder.")
+
+    @field_validator("source")
+    @classmethod
+    def _checkpoint_usable(cls, v: str, info: ValidationInfo) -> str:
+        if v not in BUILTIN_MODELS:
+            check_checkpoint_folder(Path(v), info.data.get("allow_pickle", False))
+        return v
 
 
 def resolve_source(source: str) -> Path:
@@ -97,3 +112,12 @@ def load_tokenizer(folder: Path):
     check_tokenizer_fits(AutoConfig.from_pretrained(folder).vocab_size, tokenizer, str(folder / "config.json"),
                          str(folder))
     return tokenizer
+
+
+def copy_model_files(source: Path, out: Path) -> None:
+    """The tokenizer (checked against the model) and config.json of `source`, written into `out`: every exported
+    or quantized artifact carries them, so runtimes and benchmarks can tokenize and count without its parent."""
+    from transformers import AutoConfig
+
+    load_tokenizer(source).save_pretrained(out)
+    AutoConfig.from_pretrained(source).save_pretrained(out)

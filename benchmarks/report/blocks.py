@@ -1,95 +1,14 @@
-"""report.json (the source of truth) and the views rendered from it: report.md, report.html and two Pareto plots.
+"""The report as blocks: headings, paragraphs, lists and tables of strings, built once from report.json's content.
 
-Every table is built once here as rows of strings and only *rendered* as Markdown or HTML, so the three files
+Every table is built once here and only *rendered* (benchmarks.report.markdown, .html, .plots), so the files
 cannot disagree about a figure.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from benchmarks.report.build import first_latency, measured
 
-from compress.artifact import write_json_atomic
-
-# "Comparable accuracy" when picking our best model to set beside the reference: at most this many points lower.
-TIE_POINTS = 0.5
 Table = tuple[list[str], list[list[str]]]
 
-
-def first_latency(row: dict) -> dict | None:
-    return row["latency"][0] if row.get("latency") else None
-
-
-def measured(report: dict) -> list[dict]:
-    return [r for r in report["rows"] if r["status"] == "measured"]
-
-
-def _p50(row: dict) -> float | None:
-    point = first_latency(row)
-    return point["p50_ms"] if point else None
-
-
-def _dominated(row: dict, others: list[dict], cost) -> bool:
-    """Another row is at least as accurate and at most as costly, and strictly better in one of the two."""
-    return any(cost(o) <= cost(row) and o["accuracy"] >= row["accuracy"]
-               and (cost(o) < cost(row) or o["accuracy"] > row["accuracy"]) for o in others if o is not row)
-
-
-def _mark_pareto(rows: list[dict]) -> None:
-    timed = [r for r in rows if _p50(r) is not None]
-    for row in rows:
-        row["pareto"] = {
-            "latency": row in timed and not _dominated(row, timed, _p50),
-            "size": not _dominated(row, rows, lambda r: r["size_bytes"]),
-        }
-
-
-def _reference_note(rows: list[dict]) -> dict | None:
-    """Our best model beside the reference: the fastest row within TIE_POINTS of the reference's accuracy on the
-    reference's back end, else the most accurate of ours there."""
-    ref = next((r for r in rows if r.get("reference") and _p50(r) is not None), None)
-    if ref is None:
-        return None
-    ours = [r for r in rows if not r.get("reference") and r["backend"] == ref["backend"] and _p50(r) is not None]
-    if not ours:
-        return None
-    close = [r for r in ours if 100 * (ref["accuracy"] - r["accuracy"]) <= TIE_POINTS]
-    best = min(close, key=_p50) if close else max(ours, key=lambda r: r["accuracy"])
-    pick = lambda r: {"artifact": r["artifact"], "backend": r["backend"], "accuracy": r["accuracy"],  # noqa: E731
-                      "size_bytes": r["size_bytes"], "p50_ms": _p50(r)}
-    return {"rule": f"fastest of ours on {ref['backend']} within {TIE_POINTS} points of the reference's accuracy"
-                    + ("" if close else " (none is: the most accurate of ours instead)"),
-            "reference": pick(ref), "best": pick(best)}
-
-
-def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict) -> dict:
-    """Ratios are against the baseline artifact's first measured row (the fine-tuned FP32 model on PyTorch).
-    Rows of artifacts whose manifest metrics carry "reference" are labelled as the reference."""
-    base = next((r for r in rows if r["artifact"] == baseline and r["status"] == "measured"), None)
-    references = {a["name"]: a["metrics"]["reference"] for a in artifacts if a.get("metrics", {}).get("reference")}
-    for row in rows:
-        if row["artifact"] in references:
-            ref = references[row["artifact"]]
-            row["reference"] = ref if isinstance(ref, str) else "reference"
-        if row["status"] != "measured" or base is None or "measured_on" in row:  # other hardware: no ratios
-            continue
-        row["accuracy_drop_points"] = round(100 * (base["accuracy"] - row["accuracy"]), 2)
-        row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
-        mine, theirs = first_latency(row), first_latency(base)
-        if mine and theirs:
-            row["speedup"] = round(theirs["p50_ms"] / mine["p50_ms"], 2)
-    done = [r for r in rows if r["status"] == "measured"]
-    _mark_pareto(done)
-    return {
-        "recipe": recipe_name,
-        "baseline": {"artifact": baseline, "backend": base["backend"] if base else None,
-                     "accuracy": base["accuracy"] if base else None},
-        "hardware": hardware,
-        "artifacts": artifacts,
-        "rows": rows,
-        "reference_note": _reference_note(done),
-    }
-
-
-# ---- shared views: rows of strings, rendered by to_markdown here and benchmarks.html ----
 
 def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
@@ -309,33 +228,3 @@ def sections(report: dict) -> list[Block]:
             blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r)))]
     blocks += [("h2", "Lineage"), ("ul", lineage_lines(report)), ("h2", "Hardware"), ("ul", hardware_lines(report))]
     return blocks
-
-
-def _md_block(kind: str, payload) -> list[str]:
-    if kind in ("h1", "h2", "h3"):
-        return ["#" * int(kind[1]) + " " + payload]
-    if kind == "p":
-        return [payload]
-    if kind in ("ul", "note"):
-        return [f"- {s}" for s in payload]
-    if kind == "plots":
-        return [f"![{PLOTS[axis][1]}]({PLOTS[axis][0]})" for axis in payload]
-    head, body = payload[1]
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
-
-
-def to_markdown(report: dict) -> str:
-    return "\n\n".join("\n".join(_md_block(kind, payload)) for kind, payload in sections(report)) + "\n"
-
-
-def write_report(report: dict, run_dir: Path) -> None:
-    """report.json first (the source), then the views rendered from it."""
-    from benchmarks.html import to_html
-    from benchmarks.plots import pareto_png
-
-    write_json_atomic(run_dir / "report.json", report)
-    pngs = {axis: pareto_png(report, axis) for axis in PLOTS}
-    for axis, png in pngs.items():
-        (run_dir / PLOTS[axis][0]).write_bytes(png)
-    (run_dir / "report.md").write_text(to_markdown(report))
-    (run_dir / "report.html").write_text(to_html(report, pngs))

@@ -21,32 +21,30 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from compress.artifact import Artifact
-from compress.data import encode
-from compress.errors import StageFailed
-from compress.models import load_classifier
-from compress.quantize import calibration_examples
-from compress.stage import Context, StageResult, register
-from compress.train import TrainingConfig, train
+from compress.core.artifact import Artifact
+from compress.core.calibration import calibration_examples
+from compress.core.data import encode
+from compress.core.models import load_classifier
+from compress.core.parity import ParityChecked, compare_logits
+from compress.core.stage import Context, StageResult, register
+from compress.core.train import TrainingConfig, train
 from export.onnx import to_onnx
-from export.parity import compare_logits
 from runtimes.ort_runtime import OrtRuntime
 from runtimes.torch_runtime import TorchRuntime
 
 
-class QatConfig(TrainingConfig):
+class QatConfig(TrainingConfig, ParityChecked):
+    """`parity`: the exported QDQ model must predict as the fake-quantized PyTorch model it came from."""
+
+    PARITY_DEFAULTS = {"min_agreement": 0.98}
     type: Literal["qat"] = "qat"
     epochs: int = Field(1, ge=1, le=100)
     learning_rate: float = Field(2e-5, gt=0, lt=1, description="Small: QAT starts from a fine-tuned model.")
     calibration_samples: int = Field(256, ge=1, description="Train examples that set the ranges before training.")
     opset: int = Field(17, ge=13, le=21, description="Per-channel QDQ needs opset 13 or later.")
-    parity_examples: int = Field(256, ge=1)
     reduce_range: bool = Field(True, description="7-bit weights ([-64, 63]). x86 CPUs without VNNI multiply "
                                "uint8 x int8 pairs into a saturating int16 (VPMADDUBSW), so full-range weights "
                                "give other results in ONNX Runtime than in training; turn off for VNNI or GPU targets.")
-    parity_min_agreement: float = Field(0.98, ge=0, le=1,
-                                        description="Least share of dev predictions ONNX must share with the "
-                                                    "fake-quantized PyTorch model it was exported from.")
 
 
 class FakeQuantLinear(torch.nn.Module):
@@ -132,15 +130,15 @@ def qat(cfg: QatConfig, parent: Artifact, ctx: Context, out: Path) -> StageResul
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    model = load_classifier(parent.path, ctx.data.labels, ctx.recipe.model.allow_pickle)
+    model = load_classifier(parent.path, ctx.data.labels, ctx.allow_pickle)
     wrapped = add_fake_quant(model, cfg.reduce_range)
-    max_length = ctx.recipe.data.max_length
+    max_length = ctx.max_length
     model.eval()
     with torch.no_grad():  # observers see real data before the first step, so early ranges are sane
-        for e in calibration_examples(ctx.data.train, cfg.calibration_samples, ctx.recipe.seed):
+        for e in calibration_examples(ctx.data.train, cfg.calibration_samples, ctx.seed):
             model(**{k: torch.from_numpy(v) for k, v in encode(tokenizer, [e], max_length).items()})
     start = time.perf_counter()
-    result = train(model, tokenizer, ctx.data, cfg, ctx)
+    result = train(model, tokenizer, cfg, ctx, cfg.name)
     model.apply(disable_observer)  # freeze the learned ranges: export must not move them
     bake_weights(model)
     to_onnx(model, encode(tokenizer, ctx.data.dev[:2], max_length), out / "model.onnx", cfg.opset)
@@ -148,12 +146,10 @@ def qat(cfg: QatConfig, parent: Artifact, ctx: Context, out: Path) -> StageResul
     tokenizer.save_pretrained(out)
     model.config.save_pretrained(out)
     parity = compare_logits(TorchRuntime(model).run, OrtRuntime(out / "model.onnx").run, tokenizer,
-                            ctx.data.dev[: cfg.parity_examples], max_length)
+                            ctx.data.dev[: cfg.parity.examples], max_length)
     ctx.log.info("%s: QDQ ONNX agrees with the fake-quantized model on %.1f%% of %d dev predictions", cfg.name,
                  100 * parity["prediction_agreement"], parity["examples"])
-    if parity["prediction_agreement"] < cfg.parity_min_agreement:
-        raise StageFailed(f"{cfg.name}: exported QDQ model agrees with the fake-quantized PyTorch model on "
-                          f"{parity['prediction_agreement']:.3f} < parity_min_agreement {cfg.parity_min_agreement}")
+    cfg.parity.enforce(parity, cfg.name, "exported QDQ ONNX vs the fake-quantized PyTorch model")
     return StageResult("onnx", {"model": "model.onnx"}, {
         **result, "train_seconds": round(time.perf_counter() - start, 1), "method": "qat", "precision": "int8",
         "fake_quantized_linears": wrapped, "folded_weights": folded, "parity_vs_fake_quant": parity,

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from compress.artifact import Artifact
-from compress.models import is_classifier_for, load_classifier, save_checkpoint
-from compress.stage import Context, StageResult, register
-from compress.train import TrainingConfig, train
+from compress.core.artifact import Artifact
+from compress.core.models import is_classifier_for, load_classifier, save_checkpoint
+from compress.core.stage import Context, StageResult, register
+from compress.core.train import TrainingConfig, train
 
 
 class FinetuneConfig(TrainingConfig):
@@ -24,13 +24,13 @@ def finetune(cfg: FinetuneConfig, parent: Artifact, ctx: Context, out: Path) -> 
 
     labels = ctx.data.labels
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    model = load_classifier(parent.path, labels, ctx.recipe.model.allow_pickle)
+    model = load_classifier(parent.path, labels, ctx.allow_pickle)
     if not cfg.force and is_classifier_for(parent.path, labels):
         ctx.log.info("%s: input already classifies %s; kept as is (force: true to train anyway)", cfg.name, labels)
         save_checkpoint(model, tokenizer, out)
         return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {"skipped": "already fine-tuned"})
     start = time.perf_counter()
-    result = train(model, tokenizer, ctx.data, cfg, ctx)
+    result = train(model, tokenizer, cfg, ctx, cfg.name)
     save_checkpoint(model, tokenizer, out)
     return StageResult("hf-checkpoint", {"model": "model.safetensors"},
                        {**result, "train_seconds": round(time.perf_counter() - start, 1)})

@@ -14,13 +14,38 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
-from benchmarks.accuracy import predict_logits
-from compress.artifact import Artifact
-from compress.stage import Context
+from compress.core.artifact import Artifact
+from compress.core.evaluate import predict_logits
+from compress.core.parity import logit_agreement
+from compress.core.stage import Context
+from compress.stages.quantize_methods import StaticConfig, quantize_qdq, quantized_nodes, static_reader, static_source
 from runtimes.ort_runtime import OrtRuntime
+
+
+class AccuracyAwareConfig(StaticConfig):
+    method: Literal["accuracy-aware"] = "accuracy-aware"
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Points of dev accuracy INT8 may lose vs FP32.")
+    sensitivity_examples: int = Field(256, ge=1, description="Dev examples used to rank nodes by sensitivity.")
+    max_fp32_nodes: int | None = Field(None, ge=1, description="At most this many nodes go back to FP32.")
+
+    @model_validator(mode="after")
+    def _budget_given(self) -> AccuracyAwareConfig:
+        if self.max_accuracy_drop is None:
+            raise ValueError("method 'accuracy-aware' needs max_accuracy_drop (points of dev accuracy)")
+        return self
+
+    def apply(self, parent: Artifact, ctx: Context, out: Path) -> dict:
+        return search(self, parent, ctx, out)
+
+    def judge_parity(self, parity: dict, ctx: Context) -> None:
+        """The search always keeps the closest model it found, and its metrics say what it missed."""
+        for failure in self.parity.failures(parity, "INT8 vs FP32"):
+            ctx.log.warning("%s: %s", self.name, failure)
 
 
 def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
@@ -29,19 +54,16 @@ def quantizable_nodes(path: Path, op_types: list[str]) -> list[str]:
     return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in op_types]
 
 
-def search(cfg, parent: Artifact, ctx: Context, out: Path) -> dict:
-    """`cfg` is a QuantizeConfig with method 'accuracy-aware'. Writes out/model.onnx; returns the search record."""
+def search(cfg: AccuracyAwareConfig, parent: Artifact, ctx: Context, out: Path) -> dict:
+    """Writes out/model.onnx; returns the search record."""
     from transformers import AutoTokenizer
-
-    from compress.quantize import (parity_failures, quantize_qdq, quantized_nodes, static_reader, static_settings,
-                                   static_source)
 
     work = out / "work"
     source = static_source(cfg, parent, work)
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "calibration.json"
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    data, max_length, batch = ctx.data, ctx.recipe.data.max_length, ctx.recipe.benchmark.eval_batch_size
+    data, max_length, batch = ctx.data, ctx.max_length, ctx.eval_batch_size
 
     def dev_logits(path: Path) -> np.ndarray:
         return predict_logits(OrtRuntime(path).run, tokenizer, data.dev, max_length, batch, desc=f"{cfg.name} dev")
@@ -58,9 +80,8 @@ def search(cfg, parent: Artifact, ctx: Context, out: Path) -> dict:
                      fp32_nodes)
         logits = dev_logits(path)
         drop = round(100 * (fp32_accuracy - float((logits.argmax(-1) == labels).mean())), 3)
-        ref, got = fp32_logits[: cfg.parity_examples], logits[: cfg.parity_examples]
-        parity = parity_failures(cfg, {"prediction_agreement": float((ref.argmax(-1) == got.argmax(-1)).mean()),
-                                       "max_abs_logit_diff": float(np.abs(ref - got).max())})
+        n = cfg.parity.examples
+        parity = cfg.parity.failures(logit_agreement(fp32_logits[:n], logits[:n]), "INT8 vs FP32")
         record = {"fp32_nodes": list(fp32_nodes), "dev_accuracy_drop_points": drop, "parity_failures": parity,
                   "meets": drop <= cfg.max_accuracy_drop and not parity, "path": path}
         attempts.append(record)
@@ -84,7 +105,7 @@ def search(cfg, parent: Artifact, ctx: Context, out: Path) -> dict:
     shutil.move(best["path"], out / "model.onnx")
     shutil.rmtree(work, ignore_errors=True)
     return {
-        **static_settings(cfg),
+        **cfg.settings(),
         "max_accuracy_drop": cfg.max_accuracy_drop,
         "budget_met": best["meets"],  # drop within max_accuracy_drop and parity within tolerance
         "fp32_nodes": best["fp32_nodes"],
@@ -97,9 +118,9 @@ def search(cfg, parent: Artifact, ctx: Context, out: Path) -> dict:
     }
 
 
-def rank_by_sensitivity(cfg, source: Path, work: Path, cache: Path, tokenizer, examples, max_length: int) -> list[dict]:
+def rank_by_sensitivity(cfg: AccuracyAwareConfig, source: Path, work: Path, cache: Path, tokenizer, examples,
+                        max_length: int) -> list[dict]:
     """Leave-one-out: the fall in logit MSE vs FP32 when a node alone stays FP32; biggest fall first."""
-    from compress.quantize import quantize_qdq
 
     def logit_mse(path: Path) -> float:
         got = predict_logits(OrtRuntime(path).run, tokenizer, examples, max_length, 64, desc="sensitivity")

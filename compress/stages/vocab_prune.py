@@ -28,19 +28,23 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from benchmarks.accuracy import predict_logits
-from benchmarks.size import MACS_SEQUENCE_LENGTH
-from compress.artifact import Artifact
-from compress.data import Example
-from compress.errors import CompressError, StageFailed
-from compress.models import load_classifier, load_tokenizer, save_checkpoint
-from compress.stage import Context, StageResult, StepConfig, register
+from compress.core.artifact import Artifact
+from compress.core.config import RecipeShapes
+from compress.core.data import Example
+from compress.core.errors import CompressError, StageFailed
+from compress.core.evaluate import predict_logits
+from compress.core.models import load_classifier, load_tokenizer, save_checkpoint
+from compress.core.parity import ParityChecked, logit_agreement
+from compress.core.stage import Context, StageResult, register
 from runtimes.torch_runtime import TorchRuntime
 
 SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
 
 
-class VocabPruneConfig(StepConfig):
+class VocabPruneConfig(ParityChecked):
+    """`parity`: fully covered dev texts must give the same logits through the pruned tokenizer and embeddings."""
+
+    PARITY_DEFAULTS = {"max_logit_diff": 1e-4}
     type: Literal["vocab_prune"] = "vocab_prune"
     extra_corpus: str | None = Field(None, description="UTF-8 text file, one text per line, whose tokens are kept too.")
     min_count: int = Field(1, ge=1, description="Keep a token only if the corpus uses it at least this often.")
@@ -52,7 +56,6 @@ class VocabPruneConfig(StepConfig):
     fill_to: int | None = Field(None, ge=1, description="Grow the vocabulary to this many tokens with the dropped "
                                 "whole words whose splitting moves the model's prediction most (fill_by_drift). "
                                 "Unset: the corpus's tokens only.")
-    parity_examples: int = Field(256, ge=1, description="Fully covered dev texts checked for unchanged logits.")
 
     @field_validator("extra_corpus")
     @classmethod
@@ -61,15 +64,12 @@ class VocabPruneConfig(StepConfig):
             raise ValueError(f"extra corpus file not found: {v!r}")
         return v
 
-    def check_recipe(self, recipe) -> None:
+    def check_shapes(self, shapes: RecipeShapes) -> None:
         if self.max_positions is None:
             return
-        lengths = {"data.max_length": [recipe.data.max_length],
-                   "benchmark.sequence_lengths": recipe.benchmark.sequence_lengths,
-                   "the report's MACs sequence length": [MACS_SEQUENCE_LENGTH]}
-        for field, values in lengths.items():
-            if max(values) > self.max_positions:
-                raise ValueError(f"max_positions {self.max_positions} is shorter than {field} {max(values)}")
+        for field, length in shapes.sequence_lengths.items():
+            if length > self.max_positions:
+                raise ValueError(f"max_positions {self.max_positions} is shorter than {field} {length}")
 
 
 def texts_of(examples: list[Example]) -> list[str]:
@@ -251,7 +251,7 @@ def fully_covered(tokenizer, examples: list[Example], keep: set[int]) -> list[Ex
 def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     tokenizer = load_tokenizer(parent.path)
     check_wordpiece(tokenizer, parent.path)
-    model = load_classifier(parent.path, allow_pickle=ctx.recipe.model.allow_pickle).eval()
+    model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle).eval()
     corpus = texts_of(ctx.data.train)
     if cfg.extra_corpus:
         corpus += [t for t in Path(cfg.extra_corpus).read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -262,8 +262,8 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     filled = fill_by_drift(model, tokenizer, keep, cfg.fill_to) if cfg.fill_to else []
     keep = sorted(keep + filled)
     kept = set(keep)
-    max_length = ctx.recipe.data.max_length
-    check = fully_covered(tokenizer, ctx.data.dev, kept)[: cfg.parity_examples]
+    max_length = ctx.max_length
+    check = fully_covered(tokenizer, ctx.data.dev, kept)[: cfg.parity.examples]
     before = predict_logits(TorchRuntime(model).run, tokenizer, check, max_length, 32, "before") if check else None
 
     pruned_tok = write_pruned_tokenizer(tokenizer, keep, out)
@@ -273,9 +273,9 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     if cfg.max_positions is not None:
         trim_positions(model, cfg.max_positions, parent.path)
     after = predict_logits(TorchRuntime(model).run, pruned_tok, check, max_length, 32, "after") if check else None
-    diff = float(np.abs(before - after).max()) if check else 0.0
-    if diff > 1e-4:
-        raise StageFailed(f"{cfg.name}: logits on fully covered dev texts changed by {diff:.2e} after pruning")
+    parity = logit_agreement(before, after) if check else {"examples": 0}  # no dev text is fully covered
+    if check:
+        cfg.parity.enforce(parity, cfg.name, "pruned vs original model on fully covered dev texts")
     save_checkpoint(model, pruned_tok, out)
     cover = {s: coverage(tokenizer, pruned_tok, kept, texts_of(ctx.data.split(s))) for s in ("dev", "test")}
     ctx.log.info("%s: vocabulary %d -> %d (%.1f%% kept, %d filled by drift); uncovered token occurrences: "
@@ -289,5 +289,5 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
         "max_positions_after": model.config.max_position_embeddings,
         "corpus_texts": len(corpus), "coverage": cover, "filled_by_drift": len(filled),
         "filled_first": tokenizer.convert_ids_to_tokens(filled[:20]),
-        "parity_on_covered_dev": {"examples": len(check), "max_abs_logit_diff": diff},
+        "parity_on_covered_dev": parity,
     })

@@ -1,11 +1,12 @@
 """report.html: one self-contained page (inline CSS, plots as base64 PNG) that opens offline, rendered from the
-same blocks as report.md (benchmarks.report.sections)."""
+same blocks as report.md (benchmarks.report.blocks.sections)."""
 from __future__ import annotations
 
 import base64
 from html import escape
 
-from benchmarks.report import PLOTS, Table, label, measured, sections
+from benchmarks.report.blocks import PLOTS, Table, label, sections
+from benchmarks.report.build import measured
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }

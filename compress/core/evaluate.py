@@ -6,8 +6,8 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from compress.data import Example, batches
-from compress.progress import progress
+from compress.core.data import Example, batches
+from compress.core.progress import progress
 
 RunBatch = Callable[[dict[str, np.ndarray]], np.ndarray]
 

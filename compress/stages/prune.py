@@ -35,26 +35,25 @@ from typing import Callable, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from compress.artifact import Artifact
-from compress.data import batches
-from compress.errors import CompressError, StageFailed
-from compress.models import load_classifier, save_checkpoint
-from compress.stage import Context, StageResult, StepConfig, register
-from compress.train import TrainingConfig, cross_entropy, train
+from compress.core.artifact import Artifact
+from compress.core.config import StepConfig
+from compress.core.data import batches
+from compress.core.errors import CompressError, StageFailed
+from compress.core.models import load_classifier, save_checkpoint
+from compress.core.stage import Context, StageResult, register
+from compress.core.train import TrainingSettings, cross_entropy, train
 
-Importance = Literal["l1", "l2", "taylor", "head-mask"]
 
+class RecoveryConfig(TrainingSettings):
+    """A brief fine-tune between the iterations of an iterative schedule (the `finetune` training keys; a
+    recovery has no name or input of its own, so `name`/`from` are refused)."""
 
-class RecoveryConfig(TrainingConfig):
-    """A brief fine-tune between the iterations of an iterative schedule (the `finetune` keys)."""
-
-    name: str = "recovery"
     epochs: int = Field(1, ge=1, le=100)
 
 
 class PruneConfig(StepConfig):
     type: Literal["prune"] = "prune"
-    importance: Importance = Field("l2", description="l1 | l2 (weight magnitude), taylor (|w*grad|), head-mask "
+    importance: Literal["l1", "l2", "taylor", "head-mask"] = Field("l2", description="l1 | l2 (weight magnitude), taylor (|w*grad|), head-mask "
                                    "(Michel et al. 2019; neurons then use taylor from the same batches).")
     heads: float | dict[int, float] = Field(0.0, description="Fraction of attention heads removed. One number: the "
                                             "least important heads of the whole encoder (counts per layer may "
@@ -143,15 +142,59 @@ def group_scores(block: Block, score: Callable[[torch.Tensor], torch.Tensor], d:
     return heads, neurons
 
 
-def magnitude_scores(model, p: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    d = head_size(model)
-    with torch.no_grad():
-        return [tuple(s.pow(1 / p) for s in group_scores(b, lambda w: w.abs().pow(p), d)) for b in blocks(model)]
+Scores = list[tuple[torch.Tensor, torch.Tensor]]  # per block: (one score per head, one per FFN neuron)
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]  # (model inputs, labels)
 
 
-def gradient_scores(model, tokenizer, cfg: PruneConfig, ctx: Context) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Taylor (|w * grad| per batch, summed) for heads and neurons; with head-mask, heads get Michel's |dL/dgate|,
-    normalised per layer as in the paper."""
+class Importance:
+    """Scores every head and FFN neuron of each block; the lowest go first. Criteria share this one call, so
+    the stage (and a test) can swap them by name (Torch-Pruning's Importance idiom)."""
+
+    needs_batches = True  # False: scores come from the weights alone
+
+    def __call__(self, model: torch.nn.Module, batches: list[Batch]) -> Scores:
+        raise NotImplementedError
+
+
+class MagnitudeImportance(Importance):
+    """Lp norm of each structure's weights and biases; needs no data."""
+
+    needs_batches = False
+
+    def __init__(self, p: int):
+        self.p = p
+
+    def __call__(self, model: torch.nn.Module, batches: list[Batch]) -> Scores:
+        d = head_size(model)
+        with torch.no_grad():
+            return [tuple(s.pow(1 / self.p) for s in group_scores(b, lambda w: w.abs().pow(self.p), d))
+                    for b in blocks(model)]
+
+
+class TaylorImportance(Importance):
+    """First-order Taylor, |w * dL/dw| per batch, summed over the batches and over each structure's weights."""
+
+    def __call__(self, model: torch.nn.Module, batches: list[Batch]) -> Scores:
+        taylor, _ = _gradient_pass(model, batches)
+        return taylor
+
+
+class HeadMaskImportance(Importance):
+    """Heads: |dL/dgate| of a gate on each head (Michel et al., 2019), normalised per layer as in the paper;
+    neurons: Taylor from the same batches."""
+
+    def __call__(self, model: torch.nn.Module, batches: list[Batch]) -> Scores:
+        taylor, gate_grads = _gradient_pass(model, batches)
+        return [(g / g.norm().clamp_min(1e-12), n) for g, (_, n) in zip(gate_grads, taylor)]
+
+
+IMPORTANCE: dict[str, Importance] = {"l1": MagnitudeImportance(1), "l2": MagnitudeImportance(2),
+                                     "taylor": TaylorImportance(), "head-mask": HeadMaskImportance()}
+
+
+def _gradient_pass(model, batches: list[Batch]) -> tuple[Scores, list[torch.Tensor]]:
+    """Taylor scores of every structure, and the summed |gradient| of a per-head gate on the input of the attention
+    output projection (equal to masking that head's attention probabilities), from one backward pass per batch."""
     d, bs = head_size(model), blocks(model)
     params = [p for b in bs for m in (*b.qkv, b.attn_out, b.ffn_in, b.ffn_out) for p in (m.weight, m.bias)]
     taylor = {p: torch.zeros_like(p) for p in params}
@@ -159,15 +202,13 @@ def gradient_scores(model, tokenizer, cfg: PruneConfig, ctx: Context) -> list[tu
     gate_grads = [torch.zeros_like(g) for g in gates]
     hooks = [b.attn_out.register_forward_pre_hook(lambda m, args, g=g: (args[0] * g.repeat_interleave(d),))
              for b, g in zip(bs, gates)]
-    order = torch.randperm(len(ctx.data.train), generator=torch.Generator().manual_seed(ctx.recipe.seed)).tolist()
-    examples = [ctx.data.train[i] for i in order[: cfg.batches * cfg.batch_size]]
     model.eval()  # no dropout: scores measure the model as it will run
     try:
-        for enc, labels in batches(tokenizer, examples, ctx.recipe.data.max_length, cfg.batch_size):
+        for inputs, labels in batches:
             model.zero_grad()
             for g in gates:
                 g.grad = None
-            cross_entropy(model, {k: torch.from_numpy(v) for k, v in enc.items()}, torch.from_numpy(labels)).backward()
+            cross_entropy(model, inputs, labels).backward()
             with torch.no_grad():
                 for p in params:
                     taylor[p] += (p * p.grad).abs()
@@ -177,10 +218,17 @@ def gradient_scores(model, tokenizer, cfg: PruneConfig, ctx: Context) -> list[tu
         for h in hooks:
             h.remove()
         model.zero_grad(set_to_none=True)
-    scores = [group_scores(b, taylor.__getitem__, d) for b in bs]
-    if cfg.importance == "head-mask":
-        scores = [(g / g.norm().clamp_min(1e-12), n) for g, (_, n) in zip(gate_grads, scores)]
-    return scores
+    return [group_scores(b, taylor.__getitem__, d) for b in bs], gate_grads
+
+
+def scoring_batches(tokenizer, cfg: PruneConfig, ctx: Context) -> list[Batch]:
+    """`cfg.batches` seeded-random training batches for the gradient criteria (none for magnitude)."""
+    if not IMPORTANCE[cfg.importance].needs_batches:
+        return []
+    order = torch.randperm(len(ctx.data.train), generator=torch.Generator().manual_seed(ctx.seed)).tolist()
+    examples = [ctx.data.train[i] for i in order[: cfg.batches * cfg.batch_size]]
+    return [({k: torch.from_numpy(v) for k, v in enc.items()}, torch.from_numpy(labels))
+            for enc, labels in batches(tokenizer, examples, ctx.max_length, cfg.batch_size)]
 
 
 def original_heads(model, block: Block) -> list[int]:
@@ -244,7 +292,7 @@ def check_reload(model, folder: Path, tokenizer, ctx: Context) -> float:
     """Max |logit difference| between the model in memory and `from_pretrained` of what was saved."""
     from transformers import AutoModelForSequenceClassification
 
-    enc = next(batches(tokenizer, ctx.data.dev[:16], ctx.recipe.data.max_length, 16))[0]
+    enc = next(batches(tokenizer, ctx.data.dev[:16], ctx.max_length, 16))[0]
     feed = {k: torch.from_numpy(v) for k, v in enc.items()}
     reloaded = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
     with torch.no_grad():
@@ -256,7 +304,7 @@ def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageR
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    model = load_classifier(parent.path, allow_pickle=ctx.recipe.model.allow_pickle)
+    model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle)
     blocks(model)  # unsupported architectures stop here, before any work
     before, start, history = encoder_parameters(model), time.perf_counter(), []
     heads = cfg.heads
@@ -267,11 +315,11 @@ def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageR
             if gone:
                 raise CompressError(f"prune: heads names layers {gone}, which drop_layers removes")
             heads = {renumber[i]: r for i, r in heads.items()}
-    width_orig = model.config.intermediate_size
+    width_orig, importance = model.config.intermediate_size, IMPORTANCE[cfg.importance]
+    scoring = scoring_batches(tokenizer, cfg, ctx)
     for round_ in range(1, cfg.iterations + 1):
         frac = round_ / cfg.iterations
-        scores = (magnitude_scores(model, int(cfg.importance[1])) if cfg.importance in ("l1", "l2")
-                  else gradient_scores(model, tokenizer, cfg, ctx))
+        scores = importance(model, scoring)
         if heads:
             chosen = heads_to_prune(model, [h for h, _ in scores], heads, frac)
             if chosen:
@@ -285,7 +333,7 @@ def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageR
                      cfg.iterations, [b.heads(head_size(model)) for b in blocks(model)],
                      model.config.intermediate_size, encoder_parameters(model))
         if cfg.recovery and round_ < cfg.iterations:
-            history.append(train(model, tokenizer, ctx.data, cfg.recovery, ctx))
+            history.append(train(model, tokenizer, cfg.recovery, ctx, f"{cfg.name} recovery"))
     save_checkpoint(model, tokenizer, out)
     reload_diff = check_reload(model, out, tokenizer, ctx)
     if reload_diff > 1e-4:

@@ -11,15 +11,14 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
-from compress.errors import CompressError
-
-if TYPE_CHECKING:
-    from compress.recipe import DataConfig
+from compress.core.config import Strict
+from compress.core.errors import CompressError
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,31 @@ def _bbc_news() -> tuple[pd.DataFrame, str | None]:
 BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
 # Unlabeled in-domain text a built-in source carries: (text, group) rows, grouped like its labelled rows.
 BUILTIN_UNLABELED = {"rotten_tomatoes": _rotten_tomatoes_plots}
+
+
+class SplitConfig(Strict):
+    dev_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    group_column: str | None = Field(None, description="Keep rows sharing this value in one split (user files).")
+
+
+class DataConfig(Strict):
+    source: str = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)} or a path.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "hf-disk"] = "auto"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    max_length: int = Field(64, ge=8, le=512)
+    split: SplitConfig = SplitConfig()
+    limit_train: int | None = Field(None, ge=1, description="Use only this many training examples (smoke runs).")
+    limit_eval: int | None = Field(None, ge=1, description="Use only this many dev and test examples each.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, v: str) -> str:
+        if v not in BUILTIN_DATASETS and not Path(v).exists():
+            raise ValueError(f"data file not found: {v!r} (built-in names: {sorted(BUILTIN_DATASETS)})")
+        return v
 
 
 def _unlabeled_outside(source: str, held_out: set[str]) -> list[str]:

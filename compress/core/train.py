@@ -1,4 +1,4 @@
-"""The training loop shared by fine-tuning and distillation.
+"""The training loop shared by the training stages: finetune, distill, qat and prune's recovery rounds.
 
 AdamW with linear warm-up and decay, evaluation on dev after every epoch, the best
 epoch's weights kept, early stopping. It runs under Hugging Face Accelerate so the same
@@ -14,24 +14,31 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from benchmarks.accuracy import evaluate
-from compress.data import Dataset, Example, encode
-from compress.errors import CompressError
-from compress.progress import progress
-from compress.stage import Context, StepConfig
+from compress.core.config import StepConfig, Strict
+from compress.core.data import Example, encode
+from compress.core.errors import CompressError
+from compress.core.evaluate import evaluate
+from compress.core.progress import progress
+from compress.core.stage import Context
 from runtimes.torch_runtime import TorchRuntime
 
 # loss(model, inputs, labels) -> scalar; distillation swaps in its own.
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 
-class TrainingConfig(StepConfig):
+class TrainingSettings(Strict):
+    """The optimisation keys every training stage shares (finetune, distill, qat, prune's recovery)."""
+
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a dev gain.")
+
+
+class TrainingConfig(StepConfig, TrainingSettings):
+    """A recipe step that trains."""
 
 
 def process_state():
@@ -57,10 +64,10 @@ class _WithExtra(torch.nn.Module):
         return self.model(**inputs)
 
 
-def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig, ctx: Context,
+def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context, name: str,
           loss_fn: LossFn = cross_entropy, train_examples: list[Example] | None = None,
           extra: torch.nn.Module | None = None, on_step: Callable[[int, int], None] | None = None) -> dict:
-    """Train in place; on return `model` holds the best dev epoch's weights. Returns the history.
+    """Train in place on ctx.data; on return `model` holds the best dev epoch's weights. Returns the history.
 
     `extra` modules are optimised with the model but not kept. `on_step(step, total)` runs before each optimizer
     step (schedules that live in the model, such as gradual layer sharing). `batch_size` is the global batch:
@@ -69,16 +76,16 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
     from accelerate import Accelerator, DataLoaderConfiguration
     from transformers import get_linear_schedule_with_warmup
 
-    seed, max_length = ctx.recipe.seed, ctx.recipe.data.max_length
+    seed, max_length, data = ctx.seed, ctx.max_length, ctx.data
     torch.manual_seed(seed)
     process_state()
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     if cfg.batch_size % accelerator.num_processes:
-        raise CompressError(f"{cfg.name}.batch_size: {cfg.batch_size} is not divisible by the "
+        raise CompressError(f"{name}.batch_size: {cfg.batch_size} is not divisible by the "
                             f"{accelerator.num_processes} processes")
     examples = train_examples or data.train
-    ctx.log.info("%s: training on %s, world size %d", cfg.name, accelerator.device, accelerator.num_processes)
+    ctx.log.info("%s: training on %s, world size %d", name, accelerator.device, accelerator.num_processes)
 
     def collate(chunk: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         enc = encode(tokenizer, chunk, max_length)
@@ -103,7 +110,7 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
     for epoch in range(cfg.epochs):
         wrapped.train()
         start, losses = time.perf_counter(), []
-        for inputs, labels in progress(loader, f"{cfg.name} epoch {epoch + 1}/{cfg.epochs}"):
+        for inputs, labels in progress(loader, f"{name} epoch {epoch + 1}/{cfg.epochs}"):
             if on_step:
                 on_step(step, steps)
             step += 1
@@ -115,10 +122,10 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
             losses.append(loss.item())
         model.eval()
         dev = evaluate(TorchRuntime(model, str(accelerator.device)).run, tokenizer, data.dev, data.labels,
-                       max_length, ctx.recipe.benchmark.eval_batch_size, desc=f"{cfg.name} dev")
+                       max_length, ctx.eval_batch_size, desc=f"{name} dev")
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_accuracy": dev["accuracy"],
                         "seconds": round(time.perf_counter() - start, 1)})
-        ctx.log.info("%s epoch %d: loss %.4f, dev accuracy %.4f", cfg.name, epoch + 1, history[-1]["train_loss"],
+        ctx.log.info("%s epoch %d: loss %.4f, dev accuracy %.4f", name, epoch + 1, history[-1]["train_loss"],
                      dev["accuracy"])
         if dev["accuracy"] > best_acc:
             best_acc, since_best = dev["accuracy"], 0
@@ -126,7 +133,7 @@ def train(model: torch.nn.Module, tokenizer, data: Dataset, cfg: TrainingConfig,
         else:
             since_best += 1
             if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
-                ctx.log.info("%s: early stop, no dev gain for %d epochs", cfg.name, since_best)
+                ctx.log.info("%s: early stop, no dev gain for %d epochs", name, since_best)
                 break
     model.load_state_dict(best_state)
     model.to("cpu").eval()

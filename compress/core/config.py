@@ -1,0 +1,34 @@
+"""The base classes of every recipe section, and what a step may check about the rest of the recipe."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+@dataclass(frozen=True)
+class RecipeShapes:
+    """The token shapes the recipe will feed the models it makes, each under the recipe field it comes from
+    (e.g. "data.max_length": 64, "benchmark.sequence_lengths": 128). Steps check these at validation time
+    without importing the recipe, which imports every step."""
+
+    sequence_lengths: dict[str, int]
+    batch_sizes: dict[str, int]
+
+
+class StepConfig(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Folder and report name of the artifact.")
+    from_: str | None = Field(None, alias="from", description="Input step, or 'source' for the recipe's model; default: the previous step.")
+
+    def references(self) -> dict[str, str]:
+        """Earlier hf-checkpoint steps this step reads besides its input, by field (e.g. a distillation teacher)."""
+        return {}
+
+    def check_shapes(self, shapes: RecipeShapes) -> None:
+        """Raise ValueError when this step cannot serve the shapes the recipe will feed it (e.g. too few positions)."""

@@ -1,0 +1,29 @@
+"""The two exceptions that mean "not a bug", and the one place that turns them into exit codes."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class CompressError(Exception):
+    """Bad recipe, data file, checkpoint or argument. The message names the culprit. Exit code 2.
+
+    Anything else that escapes is a bug in compress and keeps its traceback.
+    """
+
+
+class StageFailed(Exception):
+    """A stage ran but its result is not acceptable (e.g. ONNX parity beyond tolerance). Exit code 1."""
+
+
+def exit_code(body: Callable[[], int]) -> int:
+    """Run a command-line body; bad input prints `error: ...` and gives 2, a failed stage `stage failed: ...` and 1.
+    Every CLI of the project goes through here, so they all answer bad input the same way."""
+    try:
+        return body()
+    except CompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StageFailed as e:
+        print(f"stage failed: {e}", file=sys.stderr)
+        return 1
