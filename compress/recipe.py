@@ -80,12 +80,13 @@ class Recipe(Strict):
 
     def shapes(self) -> RecipeShapes:
         """The longest sequences and largest batches any model of this recipe will be fed, and by what."""
+        fed = {"data.max_length": self.data.max_length,
+               "benchmark.sequence_lengths": max(self.benchmark.sequence_lengths)}
         return RecipeShapes(
-            sequence_lengths={"data.max_length": self.data.max_length,
-                              "benchmark.sequence_lengths": max(self.benchmark.sequence_lengths),
-                              "the report's MACs sequence length": MACS_SEQUENCE_LENGTH},
+            sequence_lengths=fed,
             batch_sizes={"benchmark.batch_sizes": max(self.benchmark.batch_sizes),
-                         "benchmark.eval_batch_size": self.benchmark.eval_batch_size})
+                         "benchmark.eval_batch_size": self.benchmark.eval_batch_size},
+            positions=fed | {"the report's MACs sequence length": MACS_SEQUENCE_LENGTH})
 
     def context(self, run_dir: Path, log: logging.Logger) -> Context:
         """What the stages of this recipe get to see of it."""

@@ -14,12 +14,13 @@ class Strict(BaseModel):
 
 @dataclass(frozen=True)
 class RecipeShapes:
-    """The token shapes the recipe will feed the models it makes, each under the recipe field it comes from
+    """The shapes the recipe will ask of the models it makes, each under the recipe field it comes from
     (e.g. "data.max_length": 64, "benchmark.sequence_lengths": 128). Steps check these at validation time
     without importing the recipe, which imports every step."""
 
-    sequence_lengths: dict[str, int]
-    batch_sizes: dict[str, int]
+    sequence_lengths: dict[str, int]  # longest token sequence fed to a model (training, evaluation, latency)
+    batch_sizes: dict[str, int]  # largest batch fed to a model
+    positions: dict[str, int]  # positions a checkpoint's config must cover: the fed lengths, and the report's MACs
 
 
 class StepConfig(Strict):

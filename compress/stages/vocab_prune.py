@@ -67,7 +67,7 @@ class VocabPruneConfig(ParityChecked):
     def check_shapes(self, shapes: RecipeShapes) -> None:
         if self.max_positions is None:
             return
-        for field, length in shapes.sequence_lengths.items():
+        for field, length in shapes.positions.items():
             if length > self.max_positions:
                 raise ValueError(f"max_positions {self.max_positions} is shorter than {field} {length}")
 
