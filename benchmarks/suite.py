@@ -99,7 +99,13 @@ def _row_key(artifact: Artifact, backend: str) -> dict:
 
 
 def _not_measured(artifact: Artifact, backend: str, reason: str) -> dict:
+    """A back end that cannot run here (no GPU, missing package): a fact about the machine, not a failure."""
     return _row_key(artifact, backend) | {"status": "not measured", "reason": reason}
+
+
+def _failed(artifact: Artifact, backend: str, reason: str) -> dict:
+    """A back end that should have run and broke: the report says so and the gate counts it against the artifact."""
+    return _row_key(artifact, backend) | {"status": "failed", "reason": reason}
 
 
 def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, data: Dataset, max_length: int) -> dict:
@@ -141,8 +147,10 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
 
 
 def benchmark_isolated(artifact: Artifact, backend: str, cfg: BenchmarkConfig, data: Dataset, max_length: int) -> dict:
-    """`benchmark_artifact` in a fresh spawned process; a process that dies gives a row saying so. A back end this
-    machine cannot run at all (no GPU, no TensorRT) is answered here, without starting a process."""
+    """`benchmark_artifact` in a fresh spawned process. Whatever goes wrong in there (an execution provider that
+    will not start, a shape outside an engine's profile, CUDA out of memory, a crash that kills the process)
+    becomes a "failed" row with the reason, so one bad row never costs the report of a run whose stages all
+    finished. A back end this machine cannot run at all (no GPU, no TensorRT) is answered here, without a process."""
     reason = BACKENDS[backend].missing() if backend in BACKENDS else None
     if reason:
         return _not_measured(artifact, backend, reason)
@@ -150,5 +158,6 @@ def benchmark_isolated(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
         try:
             return pool.submit(benchmark_artifact, artifact, backend, cfg, data, max_length).result()
         except BrokenProcessPool as e:
-            return _not_measured(artifact, backend,
-                                 f"the benchmark process died (out of memory or a crash in the runtime): {e}")
+            return _failed(artifact, backend, f"the benchmark process died (out of memory or a crash in the runtime): {e}")
+        except Exception as e:  # noqa: BLE001  (any error in the row's process is that row's result)
+            return _failed(artifact, backend, f"{type(e).__name__}: {e}")

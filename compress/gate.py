@@ -28,18 +28,27 @@ class GateConfig(Strict):
 def violations(report: dict, max_drop: float, artifacts: list[str] | None = None) -> list[str]:
     base = report.get("baseline", {}).get("accuracy")
     if not isinstance(base, (int, float)):
-        return [f"baseline {report.get('baseline', {}).get('artifact')!r} has no measured accuracy"]
+        name = report.get("baseline", {}).get("artifact")
+        return [f"baseline {name!r} has no measured accuracy"] + failed_rows(report, name)
     names = artifacts or list(dict.fromkeys(r["artifact"] for r in report["rows"]))
     found: list[str] = []
     for name in names:
         measured = [r for r in report["rows"] if r["artifact"] == name and r.get("status") == "measured"]
-        if not measured:
+        failed = failed_rows(report, name)
+        found += failed
+        if not measured and not failed:
             found.append(f"{name}: no measured accuracy in the report")
         for row in measured:
             problem = drop_violation(row, base, "the baseline", max_drop)
             if problem:
                 found.append(problem)
     return found
+
+
+def failed_rows(report: dict, name: str) -> list[str]:
+    """A gated artifact whose benchmark broke on a back end has no figure there: that is a failure, never a pass."""
+    return [f"{name} on {r['backend']}: its benchmark failed ({r['reason']}); there is no accuracy to judge"
+            for r in report["rows"] if r["artifact"] == name and r.get("status") == "failed"]
 
 
 def drop_violation(row: dict, reference: float, against: str, max_drop: float) -> str | None:

@@ -97,7 +97,8 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
 
 
 def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
-    """Rows are cached by (artifact hash, back end, benchmark settings, hardware) so a re-run measures nothing."""
+    """Rows are cached by (artifact hash, back end, benchmark settings, hardware) so a re-run measures nothing;
+    a failed row is not cached, so the next run tries it again."""
     cache = ctx.run_dir / "benchmarks"
     cache.mkdir(exist_ok=True)
     rows = []
@@ -115,9 +116,12 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
                 continue
             ctx.log.info("benchmark %s on %s", artifact.name, backend)
             row = benchmark_isolated(artifact, backend, recipe.benchmark, ctx.data, recipe.data.max_length)
-            if row["status"] != "measured":
+            if row["status"] == "failed":
+                ctx.log.error("  %s on %s: failed: %s", artifact.name, backend, row["reason"])
+            elif row["status"] != "measured":
                 ctx.log.info("  %s on %s: not measured: %s", artifact.name, backend, row["reason"])
-            write_json_atomic(cached, {"key": key, "row": row})
+            if row["status"] != "failed":
+                write_json_atomic(cached, {"key": key, "row": row})
             rows.append(row)
     return rows
 

@@ -42,3 +42,13 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert "GATE FAILED: int8 on ort-cpu" in capsys.readouterr().err
     assert main([str(path), "--max-drop", "6.0"]) == 0
     assert main([str(tmp_path / "missing.json"), "--max-drop", "1"]) == 2
+
+
+def test_a_failed_row_fails_the_gate_with_its_reason_even_beside_a_measured_one():
+    failed = {**row("int8", None, "ort-cuda", "failed"), "reason": "RuntimeError: CUDA out of memory"}
+    found = violations(report([row("int8", 0.85), failed]), 1.0)
+    assert found == ["int8 on ort-cuda: its benchmark failed (RuntimeError: CUDA out of memory); there is no "
+                     "accuracy to judge"]
+    base_failed = {**row("teacher", None, "torch-cpu", "failed"), "reason": "the benchmark process died"}
+    found = violations(report([base_failed], base=None), 1.0)
+    assert found[0] == "baseline 'teacher' has no measured accuracy" and "process died" in found[1]

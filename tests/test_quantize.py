@@ -156,11 +156,53 @@ def test_accuracy_aware_returns_sensitive_nodes_to_fp32_until_goal_holds(tmp_pat
     assert m["parity_vs_fp32"]["max_abs_logit_diff"] <= 0.05
     assert m["fp32_nodes"] == [r["node"] for r in m["sensitivity"][: len(m["fp32_nodes"])]]  # most sensitive first
     assert "layer.0/attention" in m["fp32_nodes"][0]  # the node fed by the planted outlier channel
-    graph = onnx.load(str(art.file("model"))).graph
-    dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
-    kept = [n for n in graph.node if n.name in m["fp32_nodes"]]
-    assert len(kept) == len(m["fp32_nodes"]) and not any(dq & set(n.input) for n in kept)  # really left in FP32
+    assert int8_weight_inputs(art.file("model"), m["fp32_nodes"]) == {n: [] for n in m["fp32_nodes"]}
     assert m["quantized_nodes"] > 0
+
+
+def int8_weight_inputs(path, names: list[str]) -> dict[str, list[str]]:
+    """For each named node, the inputs it reads from a DequantizeLinear of an INT8 initializer (a quantized weight).
+
+    A node left in FP32 must have none. Its activation inputs may still come through a Q/DQ pair: ORT quantizes a
+    tensor once for all its consumers, so an FP32 node that shares its input with a quantized one (Q, K and V read
+    the same tensor) gets the dequantized copy. Which nodes the search leaves in FP32 depends on the CPU's INT8
+    kernels (VNNI or not), so only what holds for every node is asserted."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name for t in graph.initializer}
+    weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    nodes = {n.name: n for n in graph.node}
+    return {name: [i for i in nodes[name].input if i in weights] for name in names}
+
+
+def test_nodes_excluded_from_static_int8_keep_fp32_weights_whichever_are_chosen(tmp_path, trained):
+    """The property above for forced choices, not only the search's: each quantizable node alone, and the Q/K/V
+    MatMuls of one layer together, which read one shared tensor (the case where an FP32 node gets a DQ input)."""
+    import logging
+
+    from compress.core.calibration import calibration_reader, onnx_input_names
+    from compress.core.models import load_tokenizer
+    from compress.recipe import load_recipe
+    from compress.stages.quantize_accuracy_aware import quantizable_nodes
+    from compress.stages.quantize_methods import StaticConfig, quantize_qdq
+
+    recipe = write_recipe(tmp_path, *trained, [TEACHER, ONNX])
+    assert main([str(recipe), "--out", str(tmp_path / "runs")]) == 0
+    onnx_dir = tmp_path / "runs" / "tiny" / "01-onnx"
+    source, cache, cfg = onnx_dir / "model.raw.onnx", tmp_path / "calibration.json", StaticConfig(name="int8")
+    ctx = load_recipe(recipe).context(tmp_path, logging.getLogger("test"))
+    reader = calibration_reader(load_tokenizer(onnx_dir), ctx.data.train[:16], ctx.max_length, onnx_input_names(source))
+    quantize_qdq(cfg, source, tmp_path / "all.onnx", cache, reader)  # calibrates once; the ranges are cached
+    graph = onnx.load(str(source)).graph
+    inits = {t.name for t in graph.initializer}
+    nodes = quantizable_nodes(source, cfg.op_types)
+    weighted = [n.name for n in graph.node if n.name in nodes and inits & set(n.input)]
+    qkv = [n for n in weighted if "layer.0/attention/self/" in n]
+    assert len(qkv) == 3 and len(weighted) >= 12
+    for fp32 in [[n] for n in nodes] + [qkv]:
+        quantize_qdq(cfg, source, tmp_path / "some.onnx", cache, fp32_nodes=fp32)
+        found = int8_weight_inputs(tmp_path / "some.onnx", weighted)
+        assert all(found[n] == [] for n in fp32 if n in found)  # the excluded keep FP32 weights
+        assert all(found[n] for n in weighted if n not in fp32)  # and the check sees the others' INT8 weights
 
 
 def test_accuracy_aware_keeps_the_closest_model_when_the_goal_is_out_of_reach(tmp_path, fragile):

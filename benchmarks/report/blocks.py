@@ -104,7 +104,8 @@ def device_lines(report: dict) -> list[str]:
 
 
 def skipped_lines(report: dict) -> list[str]:
-    return [f"{r['artifact']} on {r['backend']}: not measured: {r['reason']}"
+    """Rows without figures and why: "not measured" (this machine cannot run the back end) or "failed"."""
+    return [f"{r['artifact']} on {r['backend']}: {r['status']}: {r['reason']}"
             for r in report["rows"] if r["status"] != "measured"]
 
 
@@ -209,7 +210,7 @@ def sections(report: dict) -> list[Block]:
         blocks += [("h2", "Against the reference"), ("note", reference_lines(report))]
     blocks += [("h2", "Pareto plots"), ("plots", list(PLOTS))]
     if skipped_lines(report):
-        blocks += [("h2", "Not measured here"), ("ul", skipped_lines(report))]
+        blocks += [("h2", "Not measured here, or failed"), ("ul", skipped_lines(report))]
     if fusion_lines(report):
         blocks += [("h2", "ONNX Runtime fusions not applied"), ("ul", fusion_lines(report))]
     if size_split_table(report)[1]:

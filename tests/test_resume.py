@@ -1,0 +1,108 @@
+"""A run killed anywhere resumes to the report an uninterrupted run gives; a row that breaks never costs the report."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from compress.run import main
+from tests.conftest import TINY_TRAINING, write_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = [
+    {"name": "teacher", "type": "finetune", **TINY_TRAINING},
+    {"name": "onnx", "type": "export"},
+    {"name": "int8", "type": "quantize", "method": "dynamic"},
+]
+# Figures that depend on the moment they were measured (timings, memory, load), and what is derived from them.
+VOLATILE = {"latency", "load_seconds", "rss_before_load_mb", "peak_rss_mb", "load_average_1min", "speedup", "pareto",
+            "path", "reference_note"}
+
+
+def stable(x):
+    """The report without the figures that differ between two measurements of the same files."""
+    if isinstance(x, dict):
+        return {k: stable(v) for k, v in x.items() if k not in VOLATILE and "seconds" not in k}
+    if isinstance(x, list):
+        return [stable(v) for v in x]
+    return x
+
+
+def start(recipe: Path, out: Path) -> subprocess.Popen:
+    """The pipeline in its own process group, as a CI job or a shell runs it: killing the group kills it whole."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-m", "compress.run", str(recipe), "--out", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill_when(proc: subprocess.Popen, reached, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not reached():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout} s"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_bert) -> tuple[Path, Path, dict]:
+    """(recipe, run folder, report.json) of a run that nobody interrupted."""
+    import pandas as pd
+
+    from tests.conftest import sentiment_rows
+
+    folder = tmp_path_factory.mktemp("resume")
+    data = folder / "reviews.csv"
+    pd.DataFrame(sentiment_rows(240)).to_csv(data, index=False)
+    recipe = write_recipe(folder, tiny_bert, data, STEPS, gate={"max_accuracy_drop": 5.0})
+    assert main([str(recipe), "--out", str(folder / "whole")]) == 0
+    run = folder / "whole" / "tiny"
+    return recipe, run, json.loads((run / "report.json").read_text())
+
+
+def test_killed_at_several_points_the_resumed_run_reports_what_an_uninterrupted_one_does(tmp_path, uninterrupted):
+    recipe, _, whole = uninterrupted
+    out = tmp_path / "killed"
+    run = out / "tiny"
+    points = [
+        ("fine-tuning has started", lambda: (run / "00-teacher.partial").is_dir()),
+        ("the export has started", lambda: (run / "01-onnx.partial").is_dir()),
+        ("the first benchmark row is written", lambda: any((run / "benchmarks").glob("*.json"))),
+    ]
+    for what, reached in points:
+        kill_when(start(recipe, out), reached, what)
+        assert not (run / "report.json").exists()
+        for folder in run.glob("0*"):  # a killed stage leaves a .partial folder, never one that looks complete
+            assert folder.name.endswith(".partial") or (folder / "manifest.json").is_file()
+    resumed = start(recipe, out)
+    assert resumed.wait(timeout=600) == 0
+    assert not list(run.glob("*.partial"))
+    report = json.loads((run / "report.json").read_text())
+    assert stable(report) == stable(whole)
+    assert [r["status"] for r in report["rows"]] == ["measured"] * 3
+
+
+def test_a_row_that_fails_in_its_process_is_reported_and_fails_the_gate(tmp_path, uninterrupted):
+    recipe, whole, _ = uninterrupted
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(whole, run)
+    (run / "01-onnx" / "model.onnx").write_bytes(b"not an onnx model")  # the manifest still says it is done
+    (run / "benchmarks" / "onnx.ort-cpu.json").unlink()  # so that row is measured again
+    assert main([str(recipe), "--out", str(tmp_path / "runs")]) == 1
+    report = json.loads((run / "report.json").read_text())
+    rows = {(r["artifact"], r["backend"]): r for r in report["rows"]}
+    failed = rows[("onnx", "ort-cpu")]
+    assert failed["status"] == "failed" and "onnx" in failed["reason"].lower()
+    assert rows[("int8", "ort-cpu")]["status"] == "measured"  # the other rows are there all the same
+    assert f"onnx on ort-cpu: failed: {failed['reason']}" in (run / "report.md").read_text()
+    log = (run / "run.log").read_text()
+    assert "GATE FAILED: onnx on ort-cpu: its benchmark failed" in log
+    assert not (run / "benchmarks" / "onnx.ort-cpu.json").exists()  # a failed row is tried again next run
