@@ -143,6 +143,8 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     artifacts = [a.to_json() for a in ctx.artifacts.values()]
     report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe())
     write_report(report, run_dir)
+    for warning in report["warnings"]:
+        ctx.log.warning("%s", warning)
     ctx.log.info("report: %s", run_dir / "report.md")
     if recipe.gate:
         found = violations(report, recipe.gate.max_accuracy_drop, recipe.gate.artifacts)

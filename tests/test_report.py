@@ -194,3 +194,23 @@ def test_vocabulary_section_gives_the_shrink_and_what_dev_and_test_lost():
         "vocab (of teacher): vocabulary 30,522 -> 15,200 tokens (50.2% pruned; 2,261 added back by fill_to); "
         "token occurrences no longer covered: dev 2.26% (764 words split into kept pieces, 0 now [UNK]); "
         "test 1.93% (1,234 words split into kept pieces, 7 now [UNK])"]
+
+
+def test_a_baseline_at_chance_is_warned_about_in_every_view():
+    from benchmarks.report.build import build_report
+    from benchmarks.report.markdown import to_markdown
+
+    def base_row(accuracy: float) -> dict:
+        per_class = {"fresh": {"precision": 0, "recall": 0, "f1": 0, "support": 60},
+                     "rotten": {"precision": 0, "recall": 0, "f1": 0, "support": 40}}
+        return {"artifact": "teacher", "backend": "torch-cpu", "status": "measured", "accuracy": accuracy,
+                "macro_f1": 0.5, "precision": "fp32", "size_bytes": 10, "parameters": None, "per_class": per_class}
+
+    hardware = {"isa": {}, "cpu": "x", "logical_cores": 1, "physical_cores": 1, "memory_gib": 1, "gpu": None,
+                "onnxruntime_providers": [], "python": "3", "os": "linux", "versions": {}}
+    at_chance = build_report("r", "teacher", [], [base_row(0.605)], hardware)  # majority class: 0.60
+    assert at_chance["warnings"] == ["the baseline teacher is at chance: test accuracy 0.6050 against 0.6000 for "
+                                     "always answering its most frequent class; it has learned nothing that a drop "
+                                     "could show (train it longer, or check the labels)"]
+    assert "## Warnings" in to_markdown(at_chance) and "is at chance" in to_markdown(at_chance)
+    assert build_report("r", "teacher", [], [base_row(0.62)], hardware)["warnings"] == []

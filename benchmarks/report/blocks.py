@@ -206,6 +206,8 @@ def baseline_line(report: dict) -> str:
 def sections(report: dict) -> list[Block]:
     blocks: list[Block] = [("h1", f"compress report: {report['recipe']}"), ("p", f"{baseline_line(report)} {INTRO}"),
                            ("table", ("summary", summary_table(report)))]
+    if report.get("warnings"):
+        blocks += [("h2", "Warnings"), ("note", report["warnings"])]
     if reference_lines(report):
         blocks += [("h2", "Against the reference"), ("note", reference_lines(report))]
     blocks += [("h2", "Pareto plots"), ("plots", list(PLOTS))]

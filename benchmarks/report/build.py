@@ -52,6 +52,24 @@ def _reference_note(rows: list[dict]) -> dict | None:
             "reference": pick(ref), "best": pick(best)}
 
 
+# A baseline within this many points of always answering the most frequent test class has learned nothing to lose.
+CHANCE_POINTS = 1.0
+
+
+def chance_warning(base: dict | None) -> str | None:
+    """Why the baseline's figures cannot show a loss, when it is at chance: every drop measured against a model that
+    predicts the majority class is meaningless, and a gate would pass anything."""
+    if base is None or not base.get("per_class"):
+        return None
+    support = [c["support"] for c in base["per_class"].values()]
+    majority = max(support) / sum(support)
+    if 100 * (base["accuracy"] - majority) > CHANCE_POINTS:
+        return None
+    return (f"the baseline {base['artifact']} is at chance: test accuracy {base['accuracy']:.4f} against "
+            f"{majority:.4f} for always answering its most frequent class; it has learned nothing that a drop "
+            f"could show (train it longer, or check the labels)")
+
+
 def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict) -> dict:
     """Ratios are against the baseline artifact's first measured row (the fine-tuned FP32 model on PyTorch).
     Rows of artifacts whose manifest metrics carry "reference" are labelled as the reference."""
@@ -78,4 +96,5 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
         "artifacts": artifacts,
         "rows": rows,
         "reference_note": _reference_note(done),
+        "warnings": [w for w in [chance_warning(base)] if w],
     }
