@@ -19,7 +19,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from runtimes import tensorrt_engine
+from compress.core.artifact import Artifact
+from runtimes import Unavailable, tensorrt_engine
+from runtimes.ort_runtime import OrtRuntime, session_plan
 from runtimes.tensorrt_engine import TrtEngine, build_engine
 
 SHAPES = {"input_ids": ((1, 1), (1, 8), (4, 8)), "attention_mask": ((1, 1), (1, 8), (4, 8)),
@@ -312,3 +314,48 @@ def test_a_shape_outside_the_profile_is_an_error_naming_input_shape_and_range(tr
     with pytest.raises(ValueError, match=r"input 'input_ids' of shape \(1, 9\) is outside the engine's optimization "
                                          r"profile \(1, 1\)\.\.\(4, 8\)"):
         engine.run({"input_ids": ids, "attention_mask": ids})
+
+
+# ---------------------------------------------------------------- ort-trt: ONNX Runtime's TensorRT provider
+
+
+def test_ort_trt_takes_the_plain_export_with_cuda_and_cpu_behind_and_caches_beside_the_artifact(tmp_path):
+    artifact = Artifact("onnx", "onnx", tmp_path / "01-onnx", "abc", files={"model": "model.onnx",
+                                                                           "raw": "model.raw.onnx"})
+    model, providers = session_plan(artifact, "trt")
+    cache = tmp_path / "cache" / "ort-trt"
+    assert model == tmp_path / "01-onnx" / "model.raw.onnx"
+    assert providers == [("TensorrtExecutionProvider", {
+        "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache / "abc"),
+        "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}),
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_other_providers_and_artifacts_without_a_plain_export_load_model_onnx(tmp_path):
+    quantized = Artifact("q", "onnx", tmp_path, "h", files={"model": "model.onnx"})
+    assert session_plan(quantized, "trt")[0] == tmp_path / "model.onnx"
+    exported = Artifact("e", "onnx", tmp_path, "h", files={"model": "model.onnx", "raw": "model.raw.onnx"})
+    assert session_plan(exported, "cpu") == (tmp_path / "model.onnx", ["CPUExecutionProvider"])
+
+
+def test_ort_trt_is_unavailable_when_tensorrt_did_not_initialise(tmp_path, monkeypatch):
+    """ONNX Runtime falls back to CUDA quietly when TensorRT fails; such a row must not pass for a TensorRT one."""
+    import onnxruntime
+
+    sessions = []
+
+    class FellBack:
+        def __init__(self, path: str, options, providers: list) -> None:
+            sessions.append((path, providers))
+
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["TensorrtExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", FellBack)
+    artifact = Artifact("onnx", "onnx", tmp_path / "01-onnx", "abc", files={"model": "model.onnx",
+                                                                           "raw": "model.raw.onnx"})
+    with pytest.raises(Unavailable, match="TensorrtExecutionProvider failed to initialise"):
+        OrtRuntime.open(artifact, "trt")
+    assert sessions == [(str(tmp_path / "01-onnx" / "model.raw.onnx"), session_plan(artifact, "trt")[1])]
+    assert (tmp_path / "cache" / "ort-trt" / "abc").is_dir()
