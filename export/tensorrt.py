@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from compress.core.artifact import Artifact
 from compress.core.calibration import calibration_examples, calibration_reader, onnx_input_names
-from compress.core.config import Strict
+from compress.core.config import RecipeShapes, Strict
 from compress.core.data import Example, encode
 from compress.core.models import copy_model_files, load_tokenizer
 from compress.core.parity import ParityChecked, compare_logits
@@ -41,14 +41,30 @@ class ShapeRange(Strict):
         return self
 
 
+def covering(key: str, given: ShapeRange | None, fed: dict[str, int], opt: int | None = None) -> ShapeRange:
+    """The `key` range that takes every size in `fed` (recipe field -> largest size it feeds). An explicit `given`
+    is checked: ValueError names the fields it is too small for. Unset, it runs from 1 to the largest fed size,
+    with `opt` (default: that size) as the shape TensorRT tunes for."""
+    largest = max(fed.values())
+    if given is None:
+        return ShapeRange(min=1, opt=opt or largest, max=largest)
+    beyond = [f"{field} {size}" for field, size in fed.items() if size > given.max]
+    if beyond:
+        raise ValueError(f"{key}.max {given.max} is smaller than {', '.join(beyond)}: the engine would refuse those "
+                         f"shapes; raise {key}.max or leave {key} unset (sized to what the recipe feeds)")
+    return given
+
+
 class TensorRTConfig(ParityChecked):
     """`parity`: the engine must predict as ONNX Runtime does on the input model."""
 
     PARITY_DEFAULTS = {"min_agreement": 0.98}
     type: Literal["tensorrt"] = "tensorrt"
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
-    batch: ShapeRange = ShapeRange(min=1, opt=1, max=32)
-    sequence: ShapeRange | None = Field(None, description="Token-length profile; default min 1, opt/max data.max_length.")
+    batch: ShapeRange | None = Field(None, description="Batch profile; default min 1, opt 1, max the largest batch "
+                                     "the recipe feeds (benchmark.batch_sizes, benchmark.eval_batch_size).")
+    sequence: ShapeRange | None = Field(None, description="Token-length profile; default min 1, opt/max the longest "
+                                        "sequence the recipe feeds (data.max_length, benchmark.sequence_lengths).")
     calibration_examples: int = Field(512, ge=1, description="Seeded random training examples that calibrate "
                                       "INT8 ranges.")
     workspace_mib: int = Field(2048, ge=64)
@@ -59,6 +75,17 @@ class TensorRTConfig(ParityChecked):
         if reason:
             raise ValueError(f"a tensorrt step cannot run on this machine: {reason}")
         return self
+
+    def profile(self, shapes: RecipeShapes) -> tuple[ShapeRange, ShapeRange]:
+        """(batch, sequence) ranges that take every shape in `shapes`: the explicit ones, checked, or sized to them."""
+        return (covering("batch", self.batch, shapes.batch_sizes, opt=1),
+                covering("sequence", self.sequence, shapes.sequence_lengths))
+
+    def check_shapes(self, shapes: RecipeShapes) -> None:
+        """An engine refuses shapes outside its profile, so the benchmark's batches and lengths must fit. Unset
+        ranges are sized here, into the config: the step's hash then covers them, and a longer benchmark sequence
+        rebuilds the engine instead of reusing one that cannot take it."""
+        self.batch, self.sequence = self.profile(shapes)
 
 
 def has_qdq(path: Path) -> bool:
@@ -96,7 +123,9 @@ def build_tensorrt(cfg: TensorRTConfig, parent: Artifact, ctx: Context, out: Pat
     from runtimes.tensorrt_engine import TrtEngine, build_engine
 
     max_length = ctx.max_length
-    seq = cfg.sequence or ShapeRange(min=1, opt=max_length, max=max_length)
+    # What this stage feeds; a recipe's check_shapes has sized the profile to the benchmark's shapes already.
+    batch, seq = cfg.profile(RecipeShapes({"data.max_length": max_length},
+                                          {"benchmark.eval_batch_size": ctx.eval_batch_size}, {}))
     tokenizer = load_tokenizer(parent.path)
     dev = ctx.data.dev[: cfg.parity.examples]
     calibration = calibration_examples(ctx.data.train, cfg.calibration_examples, ctx.seed)
@@ -104,11 +133,11 @@ def build_tensorrt(cfg: TensorRTConfig, parent: Artifact, ctx: Context, out: Pat
     reference = OrtRuntime(parent.file("model")).run
     onnx_parity = compare_logits(reference, OrtRuntime(network).run, tokenizer, dev, max_length)
     names = list(encode(tokenizer, dev[:1], max_length))
-    shapes = {n: ((cfg.batch.min, seq.min), (cfg.batch.opt, seq.opt), (cfg.batch.max, seq.max)) for n in names}
+    shapes = {n: ((batch.min, seq.min), (batch.opt, seq.opt), (batch.max, seq.max)) for n in names}
     log = build_engine(network, out / "model.engine", shapes, out / "timing.cache", workspace_mib=cfg.workspace_mib)
     (out / "build.log").write_text("\n".join(log) + "\n")
     parity = compare_logits(reference, TrtEngine(out / "model.engine").run, tokenizer, dev, max_length,
-                            batch_size=min(32, cfg.batch.max))
+                            batch_size=min(32, batch.max))
     ctx.log.info("%s: %s engine %.1f MB; agrees with ONNX Runtime on %.1f%% of %d dev predictions (max |diff| %.3g)",
                  cfg.name, cfg.precision, (out / "model.engine").stat().st_size / 1e6,
                  100 * parity["prediction_agreement"], parity["examples"], parity["max_abs_logit_diff"])
@@ -119,4 +148,4 @@ def build_tensorrt(cfg: TensorRTConfig, parent: Artifact, ctx: Context, out: Pat
         files["calibration_cache"] = "calibration.json"
     return StageResult("tensorrt-engine", files, {
         "precision": cfg.precision, "parity_vs_ort": parity, "prepared_onnx_parity": onnx_parity,
-        "profile": {"batch": cfg.batch.model_dump(), "sequence": seq.model_dump()}})
+        "profile": {"batch": batch.model_dump(), "sequence": seq.model_dump()}})

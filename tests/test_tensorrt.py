@@ -19,10 +19,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import export.tensorrt as stage
 from compress.core.artifact import Artifact
+from compress.core.config import RecipeShapes
+from compress.core.errors import CompressError
+from compress.recipe import load_recipe
+from export.tensorrt import ShapeRange, TensorRTConfig
 from runtimes import Unavailable, tensorrt_engine
 from runtimes.ort_runtime import OrtRuntime, session_plan
 from runtimes.tensorrt_engine import TrtEngine, build_engine
+from runtimes.tensorrt_runtime import tensorrt_missing
+from tests.conftest import write_recipe
 
 SHAPES = {"input_ids": ((1, 1), (1, 8), (4, 8)), "attention_mask": ((1, 1), (1, 8), (4, 8)),
           "token_type_ids": ((1, 1), (1, 8), (4, 8))}  # the stage passes every tokenizer output; the network takes two
@@ -359,3 +366,49 @@ def test_ort_trt_is_unavailable_when_tensorrt_did_not_initialise(tmp_path, monke
         OrtRuntime.open(artifact, "trt")
     assert sessions == [(str(tmp_path / "01-onnx" / "model.raw.onnx"), session_plan(artifact, "trt")[1])]
     assert (tmp_path / "cache" / "ort-trt" / "abc").is_dir()
+
+
+# ---------------------------------------------------------------- the profile: sized to what the recipe feeds
+
+@pytest.fixture
+def tensorrt_here(monkeypatch) -> None:
+    """Lets a TensorRTConfig be made on this machine: its validator refuses it where TensorRT cannot run."""
+    monkeypatch.setattr(stage, "tensorrt_missing", lambda: None)
+
+
+@pytest.mark.skipif(tensorrt_missing() is None, reason="TensorRT and a GPU are present: the step is accepted here")
+def test_a_tensorrt_step_is_still_refused_where_tensorrt_cannot_run():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="a tensorrt step cannot run on this machine"):
+        TensorRTConfig(name="trt")
+
+
+FED = RecipeShapes(sequence_lengths={"data.max_length": 16, "benchmark.sequence_lengths": 128},
+                   batch_sizes={"benchmark.batch_sizes": 8, "benchmark.eval_batch_size": 64}, positions={})
+
+
+def test_the_default_profile_takes_the_longest_sequence_and_largest_batch_fed(tensorrt_here):
+    cfg = TensorRTConfig(name="trt")
+    cfg.check_shapes(FED)
+    assert cfg.batch == ShapeRange(min=1, opt=1, max=64) and cfg.sequence == ShapeRange(min=1, opt=128, max=128)
+    assert cfg.model_dump()["sequence"]["max"] == 128  # in the step's hash: a longer benchmark rebuilds the engine
+
+
+@pytest.mark.parametrize("key, given, message", [
+    ("batch", {"min": 1, "opt": 1, "max": 32}, "batch.max 32 is smaller than benchmark.eval_batch_size 64"),
+    ("sequence", {"min": 1, "opt": 16, "max": 64}, "sequence.max 64 is smaller than benchmark.sequence_lengths 128"),
+])
+def test_an_explicit_profile_that_cannot_take_a_fed_shape_is_refused(tensorrt_here, key, given, message):
+    with pytest.raises(ValueError, match=message):
+        TensorRTConfig(name="trt", **{key: given}).check_shapes(FED)
+
+
+def test_the_recipe_refuses_a_profile_smaller_than_its_benchmark(tensorrt_here, tmp_path, tiny_bert, tiny_csv):
+    steps = [{"name": "onnx", "type": "export"}, {"name": "trt", "type": "tensorrt", "batch": {"min": 1, "opt": 1, "max": 32}}]
+    with pytest.raises(CompressError, match=r"steps\[1\] \(trt\): batch.max 32 is smaller than benchmark.eval_batch_size 64"):
+        load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps))
+    steps[1].pop("batch")
+    recipe = load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps,
+                                      benchmark={"backends": ["tensorrt"], "sequence_lengths": [128]}))
+    assert recipe.steps[1].batch.max == 64 and recipe.steps[1].sequence.max == 128
