@@ -7,18 +7,22 @@ removed BuilderFlag.FP16/INT8 and IInt8 calibrators and builds only strongly typ
   int8 - a Q/DQ model: taken as is when the input already has QuantizeLinear nodes, else made
          by ONNX Runtime's static quantizer calibrated on a seeded sample of the training split
          (compress.core.calibration, as static PTQ and QAT), ranges saved as `calibration.json`.
-The prepared ONNX is checked on ONNX Runtime (CPU) first, then the engine against ONNX Runtime.
-Without tensorrt or a GPU the recipe is refused at validation, before anything runs.
+The prepared ONNX is held to `parity` against the input on ONNX Runtime (CPU) first, then the engine against
+ONNX Runtime. The timing and calibration caches live in the run's `cache/tensorrt/` (the stage's own folder is
+emptied on every build) and are copied into the artifact. Without tensorrt or a GPU the recipe is refused at
+validation, before anything runs.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from compress.core.artifact import Artifact
+from compress.core.artifact import Artifact, digest
 from compress.core.calibration import calibration_examples, calibration_reader, onnx_input_names
 from compress.core.config import RecipeShapes, Strict
 from compress.core.data import Example, encode
@@ -56,7 +60,7 @@ def covering(key: str, given: ShapeRange | None, fed: dict[str, int], opt: int |
 
 
 class TensorRTConfig(ParityChecked):
-    """`parity`: the engine must predict as ONNX Runtime does on the input model."""
+    """`parity`: the prepared ONNX must predict as the input does, and the engine as ONNX Runtime does."""
 
     PARITY_DEFAULTS = {"min_agreement": 0.98}
     type: Literal["tensorrt"] = "tensorrt"
@@ -95,8 +99,9 @@ def has_qdq(path: Path) -> bool:
 
 
 def prepare_onnx(precision: str, parent: Artifact, tokenizer, calibration: list[Example], max_length: int,
-                 out: Path) -> Path:
-    """The ONNX whose types say the precision TensorRT must build; runs on ONNX Runtime too."""
+                 out: Path, cache: Path | None = None) -> Path:
+    """The ONNX whose types say the precision TensorRT must build; runs on ONNX Runtime too. INT8 ranges are read
+    from `cache` when it exists (no calibration then), else calibrated and kept there; a copy lands in `out`."""
     raw = parent.file("raw") if "raw" in parent.files else parent.file("model")
     if precision == "fp32" or (precision == "int8" and has_qdq(raw)):
         os.link(raw, out / "network.onnx")
@@ -109,13 +114,30 @@ def prepare_onnx(precision: str, parent: Artifact, tokenizer, calibration: list[
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         # Symmetric INT8 (zero point 0) on the matrix products: what TensorRT's explicit quantization accepts.
-        reader = calibration_reader(tokenizer, calibration, max_length, onnx_input_names(raw))
+        cache = cache or out / "calibration.json"
+        reader = None if cache.is_file() else calibration_reader(tokenizer, calibration, max_length,
+                                                                 onnx_input_names(raw))
         quantize_static(raw, out / "network.onnx", reader,
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=out / "calibration.json",
+                        calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache,
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        if cache != out / "calibration.json":
+            shutil.copyfile(cache, out / "calibration.json")
     return out / "network.onnx"
+
+
+def cache_files(cfg: TensorRTConfig, parent: Artifact, ctx: Context) -> tuple[Path, Path]:
+    """(timing cache, calibration cache) in the run's cache folder, which outlives the stage's own. Timings hold
+    for one TensorRT version on one GPU model; ranges for one input model, sample and padding length."""
+    import tensorrt as trt
+    import torch
+
+    folder = ctx.run_dir / "cache" / "tensorrt"
+    folder.mkdir(parents=True, exist_ok=True)
+    device = re.sub(r"[^A-Za-z0-9.-]+", "_", f"{trt.__version__}-{torch.cuda.get_device_name(0)}")
+    key = digest(parent.hash, cfg.calibration_examples, ctx.seed, ctx.max_length)
+    return folder / f"timing-{device}.cache", folder / f"calibration-{key}.json"
 
 
 @register(TensorRTConfig, accepts=("onnx",), produces="tensorrt-engine")
@@ -126,15 +148,18 @@ def build_tensorrt(cfg: TensorRTConfig, parent: Artifact, ctx: Context, out: Pat
     # What this stage feeds; a recipe's check_shapes has sized the profile to the benchmark's shapes already.
     batch, seq = cfg.profile(RecipeShapes({"data.max_length": max_length},
                                           {"benchmark.eval_batch_size": ctx.eval_batch_size}, {}))
+    timing_cache, calibration_cache = cache_files(cfg, parent, ctx)
     tokenizer = load_tokenizer(parent.path)
     dev = ctx.data.dev[: cfg.parity.examples]
     calibration = calibration_examples(ctx.data.train, cfg.calibration_examples, ctx.seed)
-    network = prepare_onnx(cfg.precision, parent, tokenizer, calibration, max_length, out)
+    network = prepare_onnx(cfg.precision, parent, tokenizer, calibration, max_length, out, calibration_cache)
     reference = OrtRuntime(parent.file("model")).run
     onnx_parity = compare_logits(reference, OrtRuntime(network).run, tokenizer, dev, max_length)
+    cfg.parity.enforce(onnx_parity, cfg.name, f"prepared {cfg.precision} ONNX vs the input on ONNX Runtime")
     names = list(encode(tokenizer, dev[:1], max_length))
     shapes = {n: ((batch.min, seq.min), (batch.opt, seq.opt), (batch.max, seq.max)) for n in names}
-    log = build_engine(network, out / "model.engine", shapes, out / "timing.cache", workspace_mib=cfg.workspace_mib)
+    log = build_engine(network, out / "model.engine", shapes, timing_cache, workspace_mib=cfg.workspace_mib)
+    shutil.copyfile(timing_cache, out / "timing.cache")
     (out / "build.log").write_text("\n".join(log) + "\n")
     parity = compare_logits(reference, TrtEngine(out / "model.engine").run, tokenizer, dev, max_length,
                             batch_size=min(32, batch.max))

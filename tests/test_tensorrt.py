@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import json
+import logging
 import sys
 import types
 from pathlib import Path
@@ -22,9 +23,12 @@ import pytest
 import export.tensorrt as stage
 from compress.core.artifact import Artifact
 from compress.core.config import RecipeShapes
-from compress.core.errors import CompressError
+from compress.core.data import DataConfig
+from compress.core.errors import CompressError, StageFailed
+from compress.core.models import copy_model_files, load_tokenizer
+from compress.core.stage import Context
 from compress.recipe import load_recipe
-from export.tensorrt import ShapeRange, TensorRTConfig
+from export.tensorrt import ShapeRange, TensorRTConfig, build_tensorrt
 from runtimes import Unavailable, tensorrt_engine
 from runtimes.ort_runtime import OrtRuntime, session_plan
 from runtimes.tensorrt_engine import TrtEngine, build_engine
@@ -412,3 +416,51 @@ def test_the_recipe_refuses_a_profile_smaller_than_its_benchmark(tensorrt_here, 
     recipe = load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps,
                                       benchmark={"backends": ["tensorrt"], "sequence_lengths": [128]}))
     assert recipe.steps[1].batch.max == 64 and recipe.steps[1].sequence.max == 128
+
+
+# ---------------------------------------------------------------- the stage: parity, caches, what TensorRT can build
+
+
+@pytest.fixture
+def parent(tmp_path, tiny_bert) -> Artifact:
+    """An ONNX artifact as an export leaves it: model, tokenizer, config.json."""
+    folder = tmp_path / "run" / "01-onnx"
+    copy_model_files(tiny_bert, folder)
+    tiny_classifier(folder / "model.onnx", len(load_tokenizer(folder)))
+    return Artifact("onnx", "onnx", folder, "parent-hash", files={"model": "model.onnx"})
+
+
+@pytest.fixture
+def ctx(tmp_path, tiny_csv, trt, tensorrt_here, monkeypatch) -> Context:
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda device=None: "Fake GPU 80GB")
+    return Context(tmp_path / "run", logging.getLogger("test"),
+                   DataConfig(source=str(tiny_csv), max_length=16, split={"group_column": "movie"}))
+
+
+def test_the_prepared_onnx_is_held_to_parity_before_an_engine_is_built(parent, ctx, trt, tmp_path):
+    cfg = TensorRTConfig(name="trt", precision="fp16", parity={"examples": 16, "max_logit_diff": 1e-9})
+    with pytest.raises(StageFailed, match="trt: prepared fp16 ONNX vs the input on ONNX Runtime: logits differ"):
+        build_tensorrt(cfg, parent, ctx, tmp_path)
+    assert trt.Builder.builds == []
+
+
+def test_the_caches_outlive_the_stage_folder_and_are_reused(parent, ctx, trt, tmp_path, monkeypatch):
+    calibrated = []
+    reader = stage.calibration_reader
+    monkeypatch.setattr(stage, "calibration_reader", lambda *args: calibrated.append(args) or reader(*args))
+    # The fake engine only sums ids, so its agreement with ONNX Runtime is not what this test is about.
+    cfg = TensorRTConfig(name="trt", precision="int8", calibration_examples=16, parity={"examples": 16,
+                                                                                        "min_agreement": 0.0})
+    for build in ("first", "second"):  # each into a fresh, empty folder, as the pipeline gives a rebuilt step
+        (tmp_path / build).mkdir()
+        result = build_tensorrt(cfg, parent, ctx, tmp_path / build)
+    cache = tmp_path / "run" / "cache" / "tensorrt"
+    [ranges] = cache.glob("calibration-*.json")
+    timing = cache / "timing-10.99.0-fake-Fake_GPU_80GB.cache"
+    assert len(calibrated) == 1  # the second build read the ranges the first one kept
+    assert [b.config.timing_read for b in trt.Builder.builds] == [b"", b"+tactics"]
+    assert timing.read_bytes() == (tmp_path / "second" / "timing.cache").read_bytes() == b"+tactics+tactics"
+    assert (tmp_path / "second" / "calibration.json").read_bytes() == ranges.read_bytes()
+    assert result.files["timing_cache"] == "timing.cache" and result.files["calibration_cache"] == "calibration.json"
+    assert result.metrics["profile"] == {"batch": {"min": 1, "opt": 1, "max": 64}, "sequence": {"min": 1, "opt": 16,
+                                                                                                "max": 16}}
