@@ -7,6 +7,7 @@ removed BuilderFlag.FP16/INT8 and IInt8 calibrators and builds only strongly typ
   int8 - a Q/DQ model: taken as is when the input already has QuantizeLinear nodes, else made
          by ONNX Runtime's static quantizer calibrated on a seeded sample of the training split
          (compress.core.calibration, as static PTQ and QAT), ranges saved as `calibration.json`.
+         A Q/DQ input must be symmetric INT8 (zero point 0): TensorRT builds nothing else.
 The prepared ONNX is held to `parity` against the input on ONNX Runtime (CPU) first, then the engine against
 ONNX Runtime. The timing and calibration caches live in the run's `cache/tensorrt/` (the stage's own folder is
 emptied on every build) and are copied into the artifact. Without tensorrt or a GPU the recipe is refused at
@@ -26,6 +27,7 @@ from compress.core.artifact import Artifact, digest
 from compress.core.calibration import calibration_examples, calibration_reader, onnx_input_names
 from compress.core.config import RecipeShapes, Strict
 from compress.core.data import Example, encode
+from compress.core.errors import CompressError
 from compress.core.models import copy_model_files, load_tokenizer
 from compress.core.parity import ParityChecked, compare_logits
 from compress.core.stage import Context, StageResult, register
@@ -98,12 +100,41 @@ def has_qdq(path: Path) -> bool:
     return any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def check_symmetric_int8(path: Path, parent: Artifact) -> None:
+    """TensorRT's explicit quantization takes only symmetric INT8 (zero point 0). ONNX Runtime's default static
+    quantization (asymmetric uint8 activations) is refused by TensorRT only at build time, far from the step that
+    made it, so it is refused here, naming that step and the settings that fix it."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {t.name: t for t in graph.initializer}
+    constants |= {n.output[0]: a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"}
+    for node in (n for n in graph.node if n.op_type == "QuantizeLinear"):
+        name = node.input[2] if len(node.input) > 2 else ""
+        if not name:
+            found = "uint8 (no zero point given: ONNX's default)"
+        elif name not in constants:
+            continue  # computed at run time: nothing to read here
+        else:
+            zero = numpy_helper.to_array(constants[name])
+            if constants[name].data_type == onnx.TensorProto.INT8 and not zero.any():
+                continue
+            found = f"{zero.dtype} with zero point {next((v for v in zero.ravel() if v), 0)}"
+        raise CompressError(f"{parent.name}: {path.name} quantizes {node.input[0]!r} to {found}; TensorRT builds "
+                            f"only symmetric int8 (zero point 0): quantize with `activation_type: int8, "
+                            f"symmetric_activations: true`")
+
+
 def prepare_onnx(precision: str, parent: Artifact, tokenizer, calibration: list[Example], max_length: int,
                  out: Path, cache: Path | None = None) -> Path:
     """The ONNX whose types say the precision TensorRT must build; runs on ONNX Runtime too. INT8 ranges are read
     from `cache` when it exists (no calibration then), else calibrated and kept there; a copy lands in `out`."""
     raw = parent.file("raw") if "raw" in parent.files else parent.file("model")
-    if precision == "fp32" or (precision == "int8" and has_qdq(raw)):
+    qdq = has_qdq(raw)
+    if qdq:
+        check_symmetric_int8(raw, parent)
+    if precision == "fp32" or (precision == "int8" and qdq):
         os.link(raw, out / "network.onnx")
     elif precision == "fp16":
         import onnx

@@ -28,7 +28,7 @@ from compress.core.errors import CompressError, StageFailed
 from compress.core.models import copy_model_files, load_tokenizer
 from compress.core.stage import Context
 from compress.recipe import load_recipe
-from export.tensorrt import ShapeRange, TensorRTConfig, build_tensorrt
+from export.tensorrt import ShapeRange, TensorRTConfig, build_tensorrt, prepare_onnx
 from runtimes import Unavailable, tensorrt_engine
 from runtimes.ort_runtime import OrtRuntime, session_plan
 from runtimes.tensorrt_engine import TrtEngine, build_engine
@@ -464,3 +464,40 @@ def test_the_caches_outlive_the_stage_folder_and_are_reused(parent, ctx, trt, tm
     assert result.files["timing_cache"] == "timing.cache" and result.files["calibration_cache"] == "calibration.json"
     assert result.metrics["profile"] == {"batch": {"min": 1, "opt": 1, "max": 64}, "sequence": {"min": 1, "opt": 16,
                                                                                                 "max": 16}}
+
+
+def qdq_model(path: Path, zero_point: np.ndarray | None) -> Path:
+    """x -> QuantizeLinear -> DequantizeLinear -> y, with `zero_point` (None: left out, ONNX's uint8 default)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    quantize_inputs = ["x", "scale"] + (["zero"] if zero_point is not None else [])
+    initializers = [numpy_helper.from_array(np.array(0.1, np.float32), "scale")]
+    initializers += [numpy_helper.from_array(zero_point, "zero")] if zero_point is not None else []
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", quantize_inputs, ["q"]),
+         helper.make_node("DequantizeLinear", ["q"] + quantize_inputs[1:], ["y"])], "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return path
+
+
+@pytest.mark.parametrize("zero_point, found", [(np.array(128, np.uint8), "uint8 with zero point 128"),
+                                               (None, r"uint8 \(no zero point given"),
+                                               (np.array(3, np.int8), "int8 with zero point 3")])
+def test_an_asymmetric_qdq_parent_is_refused_naming_it_and_the_fix(tmp_path, zero_point, found):
+    qdq_model(tmp_path / "model.onnx", zero_point)
+    parent = Artifact("static-u8", "onnx", tmp_path, "h", files={"model": "model.onnx"})
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CompressError, match=rf"static-u8: model.onnx quantizes 'x' to {found}.*"
+                                            r"`activation_type: int8, symmetric_activations: true`"):
+        prepare_onnx("int8", parent, None, [], 16, tmp_path / "out")
+
+
+def test_a_symmetric_int8_qdq_parent_is_taken_as_it_is(tmp_path):
+    qdq_model(tmp_path / "model.onnx", np.array(0, np.int8))
+    parent = Artifact("static-s8", "onnx", tmp_path, "h", files={"model": "model.onnx"})
+    (tmp_path / "out").mkdir()
+    network = prepare_onnx("int8", parent, None, [], 16, tmp_path / "out")
+    assert network.read_bytes() == (tmp_path / "model.onnx").read_bytes()
