@@ -28,7 +28,7 @@ def _ort(provider: str) -> Callable[[Artifact, int], Runtime]:
     def open_(artifact: Artifact, threads: int) -> Runtime:
         from runtimes.ort_runtime import OrtRuntime
 
-        return OrtRuntime(artifact.file("model"), provider, threads, artifact.metrics.get("precision", "fp32"))
+        return OrtRuntime.open(artifact, provider, threads)
 
     return open_
 

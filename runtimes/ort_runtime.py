@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtimes.base import Unavailable
+
+if TYPE_CHECKING:
+    from compress.core.artifact import Artifact
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "trt": "TensorrtExecutionProvider",
 }
+Provider = str | tuple[str, dict[str, str]]  # a name, or (name, options) as InferenceSession takes them
 
 
 def provider_missing(provider: str) -> str | None:
@@ -24,8 +29,31 @@ def provider_missing(provider: str) -> str | None:
     return None
 
 
+def trt_cache(artifact: Artifact) -> Path:
+    """The TensorRT EP's caches, beside the artifact (the run's cache/ort-trt), not in it: a committed artifact
+    does not change. Building engines takes minutes, and every benchmark row is a fresh process."""
+    return artifact.path.parent / "cache" / "ort-trt"
+
+
+def session_plan(artifact: Artifact, provider: str) -> tuple[Path, list[Provider]]:
+    """The file ONNX Runtime loads for `artifact` on `provider`, and the providers it tries, in order.
+
+    TensorRT gets the plain export when there is one: the fused model.onnx holds ONNX Runtime contrib ops
+    (Attention, SkipLayerNormalization) that TensorRT cannot parse. CUDA then CPU stand behind it for any node it
+    does not take. Engines are cached per artifact hash: ONNX Runtime keys an engine by the model's file name and
+    graph, not its weights, and every artifact's plain export is model.raw.onnx. Kernel timings hold across
+    artifacts, so they share one cache."""
+    if provider != "trt":
+        return artifact.file("model"), [PROVIDERS[provider]]
+    model = artifact.file("raw") if "raw" in artifact.files else artifact.file("model")
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache(artifact) / artifact.hash),
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(trt_cache(artifact))}
+    return model, [(PROVIDERS["trt"], options), PROVIDERS["cuda"], PROVIDERS["cpu"]]
+
+
 class OrtRuntime:
-    def __init__(self, model_path: Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32"):
+    def __init__(self, model_path: Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32",
+                 providers: list[Provider] | None = None):
         import onnxruntime as ort
 
         reason = provider_missing(provider)
@@ -36,13 +64,21 @@ class OrtRuntime:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_path), options, providers=[wanted])
+        self.session = ort.InferenceSession(str(model_path), options, providers=providers or [wanted])
         if self.session.get_providers()[0] != wanted:
             raise Unavailable(f"{wanted} failed to initialise; ONNX Runtime fell back to {self.session.get_providers()}")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.name = f"ort-{provider}"
         self.device = provider
         self.precision = precision
+
+    @classmethod
+    def open(cls, artifact: Artifact, provider: str, threads: int | None = None) -> OrtRuntime:
+        """`artifact` on `provider` as session_plan says; the TensorRT EP's cache folders are made first."""
+        model, providers = session_plan(artifact, provider)
+        if provider == "trt":
+            (trt_cache(artifact) / artifact.hash).mkdir(parents=True, exist_ok=True)
+        return cls(model, provider, threads, artifact.metrics.get("precision", "fp32"), providers)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(None, {k: inputs[k] for k in self.input_names})[0]

@@ -118,7 +118,7 @@ class TrtEngine:
     def __init__(self, engine_path: Path) -> None:
         import tensorrt as trt
 
-        self.trt, self.cuda = trt, Cuda()
+        self.cuda = Cuda()
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))  # must outlive the engine
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
@@ -128,21 +128,30 @@ class TrtEngine:
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output = next(n for n in names if n not in self.inputs)
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.profile = {n: [tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0)] for n in self.inputs}
         for name in self.inputs:
-            self.context.set_input_shape(name, tuple(self.engine.get_tensor_profile_shape(name, 0)[2]))
+            self._set_shape(name, self.profile[name][2])
         self.buffers = {n: self.cuda.malloc(int(np.prod(tuple(self.context.get_tensor_shape(n)))) * self.dtypes[n].itemsize)
                         for n in names}
         for name, ptr in self.buffers.items():
             self.context.set_tensor_address(name, ptr)
 
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """TensorRT answers a shape outside the profile with False (and a log line), not an exception; running on
+        would read stale shapes, and the buffers only hold the profile's largest one."""
+        if not self.context.set_input_shape(name, shape):
+            low, _, high = self.profile[name]
+            raise ValueError(f"input {name!r} of shape {tuple(shape)} is outside the engine's optimization profile "
+                             f"{low}..{high}: rebuild the engine with a profile that covers it")
+
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         for name in self.inputs:
             host = np.ascontiguousarray(inputs[name], dtype=self.dtypes[name])
-            self.cuda.copy(self.buffers[name], host.ctypes.data, host.nbytes, Cuda.H2D)
-            self.context.set_input_shape(name, host.shape)
+            self._set_shape(name, host.shape)
+            self.cuda.copy(self.buffers[name], host.ctypes.data, host.nbytes, self.cuda.H2D)
         out = np.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.dtypes[self.output])
         if not self.context.execute_async_v3(self.cuda.stream.value):
             raise RuntimeError("TensorRT execution failed")
         self.cuda.sync()
-        self.cuda.copy(out.ctypes.data, self.buffers[self.output], out.nbytes, Cuda.D2H)
+        self.cuda.copy(out.ctypes.data, self.buffers[self.output], out.nbytes, self.cuda.D2H)
         return out.astype(np.float32)
