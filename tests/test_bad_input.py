@@ -1,0 +1,145 @@
+"""Bad input of every kind: exit code 2, a message naming the file, field and value, no traceback, nothing written.
+
+Each case builds its bad input from the tiny session models and data (no downloads) and runs the real command
+line, `compress.run.main`, with a fresh `--out`: after it, `--out` must not exist (no run folder, manifest,
+report or run.log).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+import yaml
+
+from compress.run import main
+from tests.conftest import sentiment_rows, write_recipe, write_tokenizer
+
+FINETUNE = [{"name": "teacher", "type": "finetune", "epochs": 1}]
+ALBERTIZE = {"name": "albert", "type": "distill", "student": {"albertize": {"embedding_size": 8}}}
+
+
+@dataclass
+class Inputs:
+    """The good inputs a case spoils one thing of."""
+
+    tmp: Path
+    bert: Path
+    albert: Path
+    csv: Path
+
+    def recipe(self, steps: list[dict] = FINETUNE, model: Path | None = None, data: dict | None = None,
+               **sections) -> Path:
+        """A recipe for the tiny model and data; `data` keys are merged into the usual data section."""
+        path = write_recipe(self.tmp, model or self.bert, self.csv, steps, **sections)
+        raw = yaml.safe_load(path.read_text())
+        raw["data"] |= data or {}
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    def checkpoint(self, without: tuple[str, ...] = (), files: dict[str, bytes] | None = None) -> Path:
+        """A copy of the tiny BERT without some files (glob patterns) and with others written over."""
+        folder = self.tmp / "ckpt"
+        shutil.copytree(self.bert, folder, ignore=shutil.ignore_patterns(*without))
+        for name, content in (files or {}).items():
+            (folder / name).write_bytes(content)
+        return folder
+
+    def file(self, name: str, content: str | bytes | list[dict]) -> Path:
+        """A data or recipe file: text, raw bytes, or rows written as CSV."""
+        path = self.tmp / name
+        if isinstance(content, list):
+            pd.DataFrame(content).to_csv(path, index=False)
+        else:
+            path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+
+def truncated(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[: len(data) // 2]
+
+
+def gpt2(inputs: Inputs) -> Path:
+    """A tiny GPT-2 classifier folder, a tokenizer beside it: a well-formed checkpoint of an unsupported kind."""
+    from transformers import AutoModelForSequenceClassification, GPT2Config
+
+    folder = inputs.tmp / "gpt2"
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=1, n_head=2, num_labels=2)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder, safe_serialization=True)
+    write_tokenizer(folder)
+    return folder
+
+
+def rows(n: int = 60, **changes) -> list[dict]:
+    """Tiny sentiment rows (grouped by movie) with each key of `changes` set to one value in every row."""
+    return [r | changes for r in sentiment_rows(n)]
+
+
+# id: (what builds the recipe, substrings the message must hold: the file, field and value at fault)
+Case = tuple[Callable[[Inputs], Path], list[str]]
+CASES: dict[str, Case | pytest.param] = {
+    # the recipe file itself
+    "recipe-missing": (lambda i: i.tmp / "nope.yaml", ["nope.yaml", "not found"]),
+    "recipe-bad-yaml": (lambda i: i.file("broken.yaml", "name: [unclosed\n"), ["broken.yaml", "not valid YAML"]),
+    "recipe-not-a-mapping": (lambda i: i.file("list.yaml", "- a\n- b\n"), ["list.yaml", "a mapping"]),
+    # keys, types and values
+    "typo-key": (lambda i: i.recipe([{"name": "teacher", "type": "finetune", "epohcs": 1}]),
+                 ["recipe.yaml", "steps[0].epohcs", "Extra inputs are not permitted"]),
+    "typo-section": (lambda i: i.recipe(benchmrk={}), ["benchmrk", "Extra inputs are not permitted"]),
+    "wrong-type": (lambda i: i.recipe([{"name": "teacher", "type": "finetune", "epochs": "many"}]),
+                   ["steps[0].epochs", "'many'"]),
+    "out-of-range": (lambda i: i.recipe([{"name": "teacher", "type": "finetune", "learning_rate": 5}]),
+                     ["steps[0].learning_rate", "(got 5)"]),
+    "max-length-out-of-range": (lambda i: i.recipe(data={"max_length": 4}), ["data.max_length", "(got 4)"]),
+    "unknown-step-type": (lambda i: i.recipe([{"name": "a", "type": "sharpen"}]), ["steps[0]", "'sharpen'"]),
+    "bad-from": (lambda i: i.recipe([{"name": "a", "type": "export", "from": "later"}]),
+                 ["steps[0] (a).from", "'later' is not an earlier step"]),
+    "duplicate-step-names": (lambda i: i.recipe(FINETUNE + [{"name": "teacher", "type": "export"}]),
+                             ["steps[1] (teacher)", "'teacher' is taken"]),
+    "wrong-input-kind": (lambda i: i.recipe([{"name": "q", "type": "quantize"}]),
+                         ["steps[0] (q)", "takes ('onnx',)", "hf-checkpoint"]),
+    "unknown-quantize-method": (lambda i: i.recipe([{"name": "o", "type": "export"},
+                                                    {"name": "q", "type": "quantize", "method": "kl"}]),
+                                ["steps[1]", "method must be one of", "(got 'kl')"]),
+    "impossible-heads-ratio": (lambda i: i.recipe([{"name": "p", "type": "prune", "heads": 1.0}]),
+                               ["steps[0].heads", "heads[all] = 1.0", "would remove every head"]),
+    "impossible-ffn-ratio": (lambda i: i.recipe([{"name": "p", "type": "prune", "ffn": 1.5}]),
+                             ["steps[0].ffn", "ffn = 1.5"]),
+    "gate-unknown-baseline": (lambda i: i.recipe(gate={"baseline": "nope"}), ["gate", "'nope' is not a step name"]),
+    # the model source
+    "model-missing": (lambda i: i.recipe(model=i.tmp / "no-model"), ["model.source", "no-model", "not found"]),
+    "model-no-weights": (lambda i: i.recipe(model=i.checkpoint(without=("model.safetensors",))),
+                         ["model.source", "ckpt", "no weights"]),
+    "model-pickle-not-allowed": (lambda i: i.recipe(model=i.checkpoint(without=("model.safetensors",),
+                                                                       files={"pytorch_model.bin": b""})),
+                                 ["model.source", "ckpt", "allow_pickle"]),
+    # the data
+    "data-missing": (lambda i: i.recipe(data={"source": str(i.tmp / "nope.csv")}),
+                     ["data.source", "nope.csv", "not found"]),
+}
+
+
+@pytest.fixture
+def inputs(tmp_path, tiny_bert, tiny_albert, tiny_csv) -> Inputs:
+    return Inputs(tmp_path, tiny_bert, tiny_albert, tiny_csv)
+
+
+def assert_refused(argv: list[str], out: Path, expected: list[str], capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, f"{text!r} not in {err!r}"
+    assert not out.exists(), f"bad input left {sorted(p.name for p in out.rglob('*'))} in {out}"
+
+
+@pytest.mark.parametrize("build, expected", CASES.values(), ids=CASES.keys())
+def test_bad_input_exits_2_naming_it_and_writes_nothing(inputs, capsys, build, expected):
+    out = inputs.tmp / "runs"
+    assert_refused([str(build(inputs)), "--out", str(out)], out, expected, capsys)
