@@ -114,11 +114,22 @@ CASES: dict[str, Case | pytest.param] = {
     "gate-unknown-baseline": (lambda i: i.recipe(gate={"baseline": "nope"}), ["gate", "'nope' is not a step name"]),
     # the model source
     "model-missing": (lambda i: i.recipe(model=i.tmp / "no-model"), ["model.source", "no-model", "not found"]),
+    "model-no-tokenizer": (lambda i: i.recipe(model=i.checkpoint(without=("tokenizer*", "vocab.txt", "special*"))),
+                           ["model.source", "ckpt", "no tokenizer"]),
     "model-no-weights": (lambda i: i.recipe(model=i.checkpoint(without=("model.safetensors",))),
                          ["model.source", "ckpt", "no weights"]),
     "model-pickle-not-allowed": (lambda i: i.recipe(model=i.checkpoint(without=("model.safetensors",),
                                                                        files={"pytorch_model.bin": b""})),
                                  ["model.source", "ckpt", "allow_pickle"]),
+    "model-garbage-safetensors": (lambda i: i.recipe(model=i.checkpoint(files={"model.safetensors": b"\xff" * 64})),
+                                  ["model.source", "ckpt/model.safetensors", "not a safetensors file"]),
+    "model-truncated-safetensors": (
+        lambda i: i.recipe(model=i.checkpoint(files={"model.safetensors": truncated(i.bert / "model.safetensors")})),
+        ["model.source", "ckpt/model.safetensors", "truncated safetensors file"]),
+    "model-config-not-json": (lambda i: i.recipe(model=i.checkpoint(files={"config.json": b"{not json"})),
+                              ["model.source", "ckpt/config.json", "not a readable JSON file"]),
+    "model-gpt2-export-first": (lambda i: i.recipe([{"name": "o", "type": "export"}], model=gpt2(i)),
+                                ["model.source", "gpt2/config.json", "model_type 'gpt2' is not supported"]),
     # the data
     "data-missing": (lambda i: i.recipe(data={"source": str(i.tmp / "nope.csv")}),
                      ["data.source", "nope.csv", "not found"]),
