@@ -119,7 +119,11 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise CompressError(f"{path}: recipe file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CompressError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
+    except OSError as e:
+        raise CompressError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise CompressError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -86,6 +86,8 @@ Case = tuple[Callable[[Inputs], Path], list[str]]
 CASES: dict[str, Case | pytest.param] = {
     # the recipe file itself
     "recipe-missing": (lambda i: i.tmp / "nope.yaml", ["nope.yaml", "not found"]),
+    "recipe-not-utf8": (lambda i: i.file("latin1.yaml", b"name: caf\xe9\nsteps: []\n"),
+                        ["latin1.yaml", "not UTF-8", "byte 9"]),
     "recipe-bad-yaml": (lambda i: i.file("broken.yaml", "name: [unclosed\n"), ["broken.yaml", "not valid YAML"]),
     "recipe-not-a-mapping": (lambda i: i.file("list.yaml", "- a\n- b\n"), ["list.yaml", "a mapping"]),
     # keys, types and values
