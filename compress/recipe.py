@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from benchmarks.size import MACS_SEQUENCE_LENGTH
 from benchmarks.suite import BenchmarkConfig
-from compress.core.config import RecipeShapes, Strict
+from compress.core.config import Architecture, RecipeShapes, Strict
 from compress.core.data import DataConfig
 from compress.core.errors import CompressError
 from compress.core.models import ModelConfig
@@ -41,6 +41,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _steps_connect(self) -> Recipe:
         kinds: dict[str, str] = {}
+        architectures = {None: Architecture.of(self.model.source_config())}  # by step name; None: the source
         previous: str | None = None
         for i, step in enumerate(self.steps):
             where = f"steps[{i}] ({step.name})"
@@ -58,6 +59,8 @@ class Recipe(Strict):
                     raise ValueError(f"{where}.{field}: {ref!r} is not an earlier hf-checkpoint step")
             try:
                 step.check_shapes(self.shapes())
+                step.check_architecture(architectures[parent])
+                architectures[step.name] = step.output_architecture(architectures[parent])
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
             kinds[step.name] = spec.produces

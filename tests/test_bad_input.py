@@ -132,6 +132,16 @@ CASES: dict[str, Case | pytest.param] = {
                               ["model.source", "ckpt/config.json", "not a readable JSON file"]),
     "model-gpt2-export-first": (lambda i: i.recipe([{"name": "o", "type": "export"}], model=gpt2(i)),
                                 ["model.source", "gpt2/config.json", "model_type 'gpt2' is not supported"]),
+    # architecture along the chain of steps
+    "albertize-an-albert": (lambda i: i.recipe([ALBERTIZE, ALBERTIZE | {"name": "again"}]),
+                            ["steps[1] (again)", "student.albertize needs a BERT input, not albert"]),
+    "layer-drop-an-albert": (lambda i: i.recipe([{"name": "d", "type": "distill", "student": {"layer_drop": [0]}}],
+                                                model=i.albert),
+                             ["steps[0] (d)", "student.layer_drop needs a BERT input, not albert"]),
+    "prune-a-two-group-albert": (
+        lambda i: i.recipe([ALBERTIZE | {"student": {"albertize": {"embedding_size": 8, "num_groups": 2}}},
+                            {"name": "p", "type": "prune", "heads": 0.5}]),
+        ["steps[1] (p)", "prune supports bert and albert", "num_hidden_groups=2"]),
     # the data
     "data-missing": (lambda i: i.recipe(data={"source": str(i.tmp / "nope.csv")}),
                      ["data.source", "nope.csv", "not found"]),
@@ -156,3 +166,11 @@ def assert_refused(argv: list[str], out: Path, expected: list[str], capsys) -> N
 def test_bad_input_exits_2_naming_it_and_writes_nothing(inputs, capsys, build, expected):
     out = inputs.tmp / "runs"
     assert_refused([str(build(inputs)), "--out", str(out)], out, expected, capsys)
+
+
+def test_steps_carry_the_architecture_they_make(inputs):
+    from compress.recipe import load_recipe
+
+    # albertize makes an ALBERT of one shared layer, which prune takes; prune takes an ALBERT source too
+    assert load_recipe(inputs.recipe([ALBERTIZE, {"name": "p", "type": "prune", "heads": 0.5}]))
+    assert load_recipe(inputs.recipe([{"name": "p", "type": "prune", "heads": 0.5}], model=inputs.albert))
