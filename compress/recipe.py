@@ -81,6 +81,17 @@ class Recipe(Strict):
                                  f"artifacts need a measured accuracy")
         return self
 
+    @model_validator(mode="after")
+    def _lengths_fit_the_source(self) -> Recipe:
+        """The step that takes the source feeds it data.max_length, and the models made from it keep (vocab_prune:
+        trim) its positions and are measured at the benchmark's lengths: a longer one would fail only mid-run."""
+        positions = self.model.source_config().get("max_position_embeddings")
+        for field, length in self.shapes().sequence_lengths.items():
+            if positions is not None and length > positions:
+                raise ValueError(f"{field} {length} is longer than the max_position_embeddings {positions} of "
+                                 f"model.source {self.model.source!r}")
+        return self
+
     def shapes(self) -> RecipeShapes:
         """The longest sequences and largest batches any model of this recipe will be fed, and by what."""
         fed = {"data.max_length": self.data.max_length,

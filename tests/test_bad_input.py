@@ -132,6 +132,8 @@ CASES: dict[str, Case | pytest.param] = {
                               ["model.source", "ckpt/config.json", "not a readable JSON file"]),
     "model-gpt2-export-first": (lambda i: i.recipe([{"name": "o", "type": "export"}], model=gpt2(i)),
                                 ["model.source", "gpt2/config.json", "model_type 'gpt2' is not supported"]),
+    "max-length-beyond-positions": (lambda i: i.recipe(data={"max_length": 200}),
+                                    ["data.max_length 200", "max_position_embeddings 128", "model.source"]),
     # architecture along the chain of steps
     "albertize-an-albert": (lambda i: i.recipe([ALBERTIZE, ALBERTIZE | {"name": "again"}]),
                             ["steps[1] (again)", "student.albertize needs a BERT input, not albert"]),
