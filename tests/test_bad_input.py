@@ -147,6 +147,10 @@ CASES: dict[str, Case | pytest.param] = {
     # the data
     "data-missing": (lambda i: i.recipe(data={"source": str(i.tmp / "nope.csv")}),
                      ["data.source", "nope.csv", "not found"]),
+    "data-empty-file": (lambda i: i.recipe(data={"source": str(i.file("empty.csv", ""))}),
+                        ["empty.csv", "cannot read as csv"]),
+    "data-binary-file": (lambda i: i.recipe(data={"source": str(i.file("bin.csv", bytes(range(256)) * 4))}),
+                         ["bin.csv", "cannot read as csv"]),
 }
 
 
@@ -168,6 +172,14 @@ def assert_refused(argv: list[str], out: Path, expected: list[str], capsys) -> N
 def test_bad_input_exits_2_naming_it_and_writes_nothing(inputs, capsys, build, expected):
     out = inputs.tmp / "runs"
     assert_refused([str(build(inputs)), "--out", str(out)], out, expected, capsys)
+
+
+def test_out_under_a_regular_file_exits_2_naming_it(inputs, capsys):
+    blocker = inputs.file("not-a-folder", "x")
+    out = blocker / "runs"
+    assert_refused([str(inputs.recipe()), "--out", str(out)], out, [f"--out {str(out)!r}", "Not a directory"],
+                   capsys)
+    assert blocker.read_text() == "x"
 
 
 def test_steps_carry_the_architecture_they_make(inputs):
