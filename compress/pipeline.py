@@ -147,8 +147,9 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     if process_state().is_main_process:
         open_run_folder(ctx.log, run_dir, out_root)
     ctx.log.info("run %s -> %s", recipe.name, run_dir)
-    ctx.log.info("data %s: %d train / %d dev / %d test, labels %s", data.source, len(data.train), len(data.dev),
-                 len(data.test), data.labels)
+    ctx.log.info("data %s: %d train / %d dev / %d test, labels %s, rows left out: %s", data.source, len(data.train),
+                 len(data.dev), len(data.test), data.labels,
+                 ", ".join(f"{n} without {what}" for what, n in data.dropped.items()) or "none")
     for index, step in enumerate(recipe.steps):
         ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
     if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports

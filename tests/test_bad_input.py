@@ -147,10 +147,24 @@ CASES: dict[str, Case | pytest.param] = {
     # the data
     "data-missing": (lambda i: i.recipe(data={"source": str(i.tmp / "nope.csv")}),
                      ["data.source", "nope.csv", "not found"]),
+    "data-unknown-format": (lambda i: i.recipe(data={"source": str(i.file("d.txt", "a\n"))}),
+                            ["data.source", "d.txt", "cannot tell the format", "data.format"]),
     "data-empty-file": (lambda i: i.recipe(data={"source": str(i.file("empty.csv", ""))}),
                         ["empty.csv", "cannot read as csv"]),
     "data-binary-file": (lambda i: i.recipe(data={"source": str(i.file("bin.csv", bytes(range(256)) * 4))}),
                          ["bin.csv", "cannot read as csv"]),
+    "data-bad-jsonl-line": (lambda i: i.recipe(data={"source": str(i.file("d.jsonl", '{"text": "a"}\n[1, 2\n'))}),
+                            ["d.jsonl", "line 2 is not a JSON object: '[1, 2'"]),
+    "data-missing-column": (lambda i: i.recipe(data={"text_column": "review"}),
+                            ["reviews.csv", "no column 'review'", "data.text_column"]),
+    "data-one-class": (lambda i: i.recipe(data={"source": str(i.file("one.csv", rows(label="pos")))}),
+                       ["one.csv", "column 'label' has one label, 'pos'"]),
+    "data-every-row-dropped": (lambda i: i.recipe(data={"source": str(i.file("blank.csv", rows(text=" ")))}),
+                               ["blank.csv", "no row has a text and a label", "'text': 60"]),
+    "data-hf-disk-without-datasets": pytest.param(
+        lambda i: i.recipe(data={"source": str(i.tmp), "format": "hf-disk"}),
+        ["data.source", "hf-disk", "pip install datasets"],
+        marks=pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")),
 }
 
 
@@ -180,6 +194,49 @@ def test_out_under_a_regular_file_exits_2_naming_it(inputs, capsys):
     assert_refused([str(inputs.recipe()), "--out", str(out)], out, [f"--out {str(out)!r}", "Not a directory"],
                    capsys)
     assert blocker.read_text() == "x"
+
+
+class Stopped(Exception):
+    """Raised in place of the first stage: the test needs the pipeline's start only."""
+
+
+def stop(*args) -> None:
+    raise Stopped
+
+
+def test_rows_without_text_pair_or_label_are_dropped_counted_and_logged(inputs, capsys, monkeypatch):
+    import compress.pipeline
+    from compress.core.data import DataConfig, load_dataset
+
+    good = [r | {"pair": "p"} for r in sentiment_rows(60)]
+    data = good + [{"text": "", "label": "pos", "movie": "m1", "pair": "p"},
+                   {"text": "fine", "label": None, "movie": "m1", "pair": "p"},
+                   {"text": "fine", "label": "pos", "movie": "m1", "pair": None},
+                   {"text": "NA", "label": "pos", "movie": "m1", "pair": "None"}]  # words, not missing values
+    path = inputs.file("pairs.csv", data)
+    cfg = DataConfig(source=str(path), text_pair_column="pair", split={"group_column": "movie"})
+    ds = load_dataset(cfg, seed=0)
+    assert ds.dropped == {"text": 1, "text_pair": 1, "label": 1}
+    everything = ds.train + ds.dev + ds.test
+    assert len(everything) == 61 and "nan" not in {e.text_pair for e in everything}
+    assert {(e.text, e.text_pair) for e in everything} >= {("NA", "None")}
+
+    # the pipeline's "data" line says what was left out; stop it right after (a stage would train)
+    monkeypatch.setattr(compress.pipeline, "run_step", stop)
+    recipe = inputs.recipe(data={"source": str(path), "text_pair_column": "pair"})
+    with pytest.raises(Stopped):
+        main([str(recipe), "--out", str(inputs.tmp / "runs")])
+    assert "rows left out: 1 without text, 1 without text_pair, 1 without label" in capsys.readouterr().err
+
+
+def test_jsonl_labels_keep_their_spelling_when_a_row_has_none(tmp_path):
+    from compress.core.data import DataConfig, load_dataset
+
+    path = tmp_path / "d.jsonl"
+    lines = [{"text": f"t{i}", "label": i % 2} for i in range(40)] + [{"text": "x", "label": None}]
+    path.write_text("\n".join(map(json.dumps, lines)))
+    ds = load_dataset(DataConfig(source=str(path)), seed=0)
+    assert ds.labels == ["0", "1"] and ds.dropped == {"label": 1}
 
 
 def test_steps_carry_the_architecture_they_make(inputs):

