@@ -66,7 +66,7 @@ def source_artifact(recipe: Recipe) -> Artifact:
 
 
 def plan(recipe: Recipe) -> list[str]:
-    lines = [f"recipe {recipe.name}: model {recipe.model.source}, data {recipe.data.source}"]
+    lines = [f"recipe {recipe.name}: model {recipe.model.source}, data {recipe.data.origin}"]
     for i, step in enumerate(recipe.steps):
         settings = step.model_dump(exclude={"name", "type", "from_"}, exclude_defaults=True)
         if "method" in type(step).model_fields:  # a variant's own default still says which variant it is

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from benchmarks.size import MACS_SEQUENCE_LENGTH
 from benchmarks.suite import BenchmarkConfig
 from compress.core.config import Architecture, RecipeShapes, Strict
-from compress.core.data import DataConfig
+from compress.core.data import SOURCE_TAGS, DataConfig
 from compress.core.errors import CompressError
 from compress.core.models import ModelConfig
 from compress.core.stage import STAGES, Context, step_classes
@@ -24,9 +24,10 @@ from compress.stages import distill, finetune, prune, qat, quantize, vocab_prune
 from export import edge, mobile, onnx, tensorrt  # noqa: F401  (register)
 
 Step = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="type")]
-# Union tags pydantic puts in an error's path (steps[0].quantize.static.calibration): stage types, quantize methods.
+# Union tags pydantic puts in an error's path (steps[0].quantize.static.calibration): stage types, quantize methods,
+# the kinds of data.source.
 TAGS = set(STAGES) | {c.model_fields["method"].default for spec in STAGES.values() for c in step_classes(spec.config)
-                      if "method" in c.model_fields}
+                      if "method" in c.model_fields} | set(SOURCE_TAGS)
 
 
 class Recipe(Strict):

@@ -165,6 +165,23 @@ CASES: dict[str, Case | pytest.param] = {
         lambda i: i.recipe(data={"source": str(i.tmp), "format": "hf-disk"}),
         ["data.source", "hf-disk", "pip install datasets"],
         marks=pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")),
+    "split-column-bad-values": (
+        lambda i: i.recipe(data={"source": str(i.file("s.csv", rows(fold="validation"))),
+                                 "split": {"column": "fold"}}),
+        ["s.csv", "column 'fold' (data.split.column)", "['validation']"]),
+    "split-column-and-fractions": (lambda i: i.recipe(data={"split": {"column": "fold", "dev_fraction": 0.2}}),
+                                   ["data.split", "column 'fold' gives the splits", "dev_fraction"]),
+    "split-column-on-builtin": (lambda i: i.recipe(data={"source": "bbc_news", "split": {"column": "fold"}}),
+                                ["data", "split.column", "'bbc_news'"]),
+    "split-files-unknown-key": (
+        lambda i: i.recipe(data={"source": {"train": str(i.csv), "dev": str(i.csv), "tset": str(i.csv)}}),
+        ["data.source.tset", "Extra inputs are not permitted", "data.source.test: Field required"]),
+    "split-files-missing-file": (
+        lambda i: i.recipe(data={"source": {"train": str(i.csv), "dev": str(i.tmp / "dev.csv"), "test": str(i.csv)}}),
+        ["data.source", "dev: data file not found", "dev.csv"]),
+    "split-files-and-fractions": (
+        lambda i: i.recipe(data={"source": {"train": str(i.csv), "dev": str(i.csv), "test": str(i.csv)}}),
+        ["data", "one file per split", "['group_column']"]),
 }
 
 
@@ -237,6 +254,23 @@ def test_jsonl_labels_keep_their_spelling_when_a_row_has_none(tmp_path):
     path.write_text("\n".join(map(json.dumps, lines)))
     ds = load_dataset(DataConfig(source=str(path)), seed=0)
     assert ds.labels == ["0", "1"] and ds.dropped == {"label": 1}
+
+
+def test_split_column_and_split_files_give_the_users_splits(tmp_path):
+    from compress.core.data import DataConfig, load_dataset
+
+    data = [r | {"fold": ("train", "train", "dev", "test")[i % 4]} for i, r in enumerate(sentiment_rows(80))]
+    pd.DataFrame(data).to_csv(tmp_path / "all.csv", index=False)
+    by_column = load_dataset(DataConfig(source=str(tmp_path / "all.csv"), split={"column": "fold"}), seed=0)
+    assert (len(by_column.train), len(by_column.dev), len(by_column.test)) == (40, 20, 20)
+    assert [e.text for e in by_column.dev] == [r["text"] for r in data if r["fold"] == "dev"]  # file order
+    files = {}
+    for split in ("train", "dev", "test"):
+        files[split] = str(tmp_path / f"{split}.csv")
+        pd.DataFrame([r for r in data if r["fold"] == split]).to_csv(files[split], index=False)
+    by_file = load_dataset(DataConfig(source=files), seed=1)  # the seed plays no part in the user's splits
+    assert (by_file.train, by_file.dev, by_file.test) == (by_column.train, by_column.dev, by_column.test)
+    assert by_file.source == f"train {files['train']}, dev {files['dev']}, test {files['test']}"
 
 
 def test_steps_carry_the_architecture_they_make(inputs):

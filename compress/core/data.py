@@ -1,9 +1,9 @@
 """Labelled text from built-in offline packages or user files, with fixed seeded splits.
 
-Splits are a pure function of (rows, seed, fractions): the same recipe always trains,
-selects and reports on the same examples, and rows sharing a group (a movie) never
-straddle two splits. Rows without a text, text pair or label are left out and counted,
-never silently.
+Splits are a pure function of the inputs: the user's own (a split column, or one file per
+split), else of (rows, seed, fractions), so the same recipe always trains, selects and
+reports on the same examples, and rows sharing a group (a movie) never straddle two splits.
+Rows without a text, text pair or label are left out and counted, never silently.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal, Union
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from compress.core.config import Strict
 from compress.core.errors import CompressError
@@ -96,6 +96,39 @@ class SplitConfig(Strict):
     dev_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     group_column: str | None = Field(None, description="Keep rows sharing this value in one split (user files).")
+    column: str | None = Field(None, description="A column whose values (train, dev, test) are the splits, for "
+                               "data split beforehand; fractions and groups then do not apply.")
+
+    def seeded_keys(self) -> list[str]:
+        """The keys given that only a seeded split reads: an error beside splits the user fixed."""
+        return sorted((self.model_fields_set & {"dev_fraction", "test_fraction"})
+                      | ({"group_column"} if self.group_column else set()))
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SplitConfig:
+        if self.column and self.seeded_keys():
+            raise ValueError(f"column {self.column!r} gives the splits, so {self.seeded_keys()} do not apply")
+        return self
+
+
+class SplitFiles(Strict):
+    """One file per split, for data split beforehand (the three are read alike: same format and columns)."""
+
+    train: str
+    dev: str
+    test: str
+
+
+SOURCE_TAGS = ("path", "per-split")  # the union's tags, which pydantic puts in an error's path
+Source = Annotated[Union[Annotated[str, Tag(SOURCE_TAGS[0])], Annotated[SplitFiles, Tag(SOURCE_TAGS[1])]],
+                   Discriminator(lambda v: SOURCE_TAGS[isinstance(v, (dict, SplitFiles))])]
+
+
+def _files(source: str | SplitFiles) -> dict[str | None, Path]:
+    """A user's data files by split (None: one file, split here); none for a built-in source."""
+    if isinstance(source, SplitFiles):
+        return {split: Path(path) for split, path in source.model_dump().items()}
+    return {} if source in BUILTIN_DATASETS else {None: Path(source)}
 
 
 def _file_format(path: Path, fmt: str) -> str | None:
@@ -104,7 +137,8 @@ def _file_format(path: Path, fmt: str) -> str | None:
 
 class DataConfig(Strict):
     format: Literal["auto", "csv", "tsv", "jsonl", "hf-disk"] = "auto"
-    source: str = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)} or a path.")
+    source: Source = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)}, a path, or "
+                           "{train: path, dev: path, test: path}.")
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -115,24 +149,45 @@ class DataConfig(Strict):
 
     @field_validator("source")
     @classmethod
-    def _file_readable(cls, v: str, info: ValidationInfo) -> str:
-        """A file that exists, in a format we can read (`format` is declared first, so it is known here)."""
-        if v in BUILTIN_DATASETS:
-            return v
-        path = Path(v)
-        if not path.exists():
-            raise ValueError(f"data file not found: {v!r} (built-in names: {sorted(BUILTIN_DATASETS)})")
-        fmt = _file_format(path, info.data.get("format", "auto"))
-        if fmt is None:
-            raise ValueError(f"cannot tell the format of {v!r}; set data.format to csv, tsv, jsonl or hf-disk")
-        if fmt == "hf-disk" and importlib.util.find_spec("datasets") is None:
-            raise ValueError(f"{v!r} is read as format hf-disk, which needs the `datasets` package (not a "
-                             "dependency of compress): pip install datasets")
+    def _files_readable(cls, v: str | SplitFiles, info: ValidationInfo) -> str | SplitFiles:
+        """Files that exist, in a format we can read (`format` is declared first, so it is known here)."""
+        for split, path in _files(v).items():
+            where = f"{split}: " if split else ""
+            if not path.exists():
+                raise ValueError(f"{where}data file not found: {str(path)!r} (built-in names: "
+                                 f"{sorted(BUILTIN_DATASETS)})")
+            fmt = _file_format(path, info.data.get("format", "auto"))
+            if fmt is None:
+                raise ValueError(f"{where}cannot tell the format of {str(path)!r}; set data.format to csv, tsv, "
+                                 "jsonl or hf-disk")
+            if fmt == "hf-disk" and importlib.util.find_spec("datasets") is None:
+                raise ValueError(f"{where}{str(path)!r} is read as format hf-disk, which needs the `datasets` "
+                                 "package (not a dependency of compress): pip install datasets")
         return v
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> DataConfig:
+        if self.builtin and (self.split.column or self.split.group_column):
+            raise ValueError(f"split.column and split.group_column apply to user files, not the built-in "
+                             f"{self.source!r} (split by its own groups, if any)")
+        fixed = (["column"] if self.split.column else []) + self.split.seeded_keys()
+        if isinstance(self.source, SplitFiles) and fixed:
+            raise ValueError(f"source gives one file per split, so split keys {fixed} do not apply")
+        return self
 
     @property
     def builtin(self) -> bool:
-        return self.source in BUILTIN_DATASETS
+        return isinstance(self.source, str) and self.source in BUILTIN_DATASETS
+
+    @property
+    def files(self) -> dict[str | None, Path]:
+        return _files(self.source)
+
+    @property
+    def origin(self) -> str:
+        """The source as messages and the log name it."""
+        return ", ".join(f"{split} {path}" if split else str(path) for split, path in self.files.items()) or \
+            str(self.source)
 
 
 def _unlabeled_outside(source: str, held_out: set[str]) -> list[str]:
@@ -181,17 +236,20 @@ def _read_user_file(path: Path, fmt: str) -> pd.DataFrame:
 
 
 def _user_rows(cfg: DataConfig) -> pd.DataFrame:
-    """The user's rows under role names (text, text_pair, label, group)."""
+    """The user's rows under role names (text, text_pair, label, group, split), every file in one frame."""
     fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
-              "group": "split.group_column"}
+              "group": "split.group_column", "split": "split.column"}
     columns = {role: c for role, c in zip(fields, [cfg.text_column, cfg.text_pair_column, cfg.label_column,
-                                                  cfg.split.group_column]) if c}
-    path = Path(cfg.source)
-    df = _read_user_file(path, _file_format(path, cfg.format))
-    for role, col in columns.items():
-        if col not in df.columns:
-            raise CompressError(f"{path}: no column {col!r} (data.{fields[role]}; columns: {list(df.columns)})")
-    return pd.DataFrame({role: df[col] for role, col in columns.items()})
+                                                  cfg.split.group_column, cfg.split.column]) if c}
+    frames = []
+    for split, path in cfg.files.items():
+        df = _read_user_file(path, _file_format(path, cfg.format))
+        for role, col in columns.items():
+            if col not in df.columns:
+                raise CompressError(f"{path}: no column {col!r} (data.{fields[role]}; columns: {list(df.columns)})")
+        frames.append(pd.DataFrame({role: df[col] for role, col in columns.items()}).assign(
+            **({"split": split} if split else {})))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _drop_incomplete(rows: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -209,6 +267,18 @@ def _drop_incomplete(rows: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dic
     return rows.reset_index(drop=True), dropped
 
 
+def _split_rows(rows: pd.DataFrame, groups: np.ndarray | None, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """Indices of each split: the user's own (split column or one file per split), else seeded fractions."""
+    if "split" in rows:
+        named = rows["split"].astype(str)
+        other = sorted(set(named) - set(SPLITS))
+        if other:
+            raise CompressError(f"{cfg.origin}: column {cfg.split.column!r} (data.split.column) has values other "
+                                f"than {list(SPLITS)}: {other}")
+        return {s: np.flatnonzero(named == s) for s in SPLITS}
+    return split_indices(len(rows), groups, cfg.split.dev_fraction, cfg.split.test_fraction, seed)
+
+
 def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, seed: int) -> dict[str, np.ndarray]:
     """Seeded train/dev/test indices; whole groups move together when `groups` is given."""
     rng = np.random.RandomState(seed)
@@ -223,23 +293,23 @@ def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, se
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     rows = BUILTIN_DATASETS[cfg.source]() if cfg.builtin else _user_rows(cfg)
-    rows, dropped = _drop_incomplete(rows, cfg.source)
+    rows, dropped = _drop_incomplete(rows, cfg.origin)
     rows = rows.assign(label=rows["label"].astype(str))
     if rows["label"].nunique() < 2:
-        raise CompressError(f"{cfg.source}: column {cfg.label_column!r} has one label, {rows['label'].iloc[0]!r}: "
+        raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has one label, {rows['label'].iloc[0]!r}: "
                             f"a classifier needs two or more (rows left out: {dropped or 'none'})")
     groups = rows["group"].astype(str).to_numpy() if "group" in rows else None
-    idx = split_indices(len(rows), groups, cfg.split.dev_fraction, cfg.split.test_fraction, seed)
+    idx = _split_rows(rows, groups, cfg, seed)
     labels = sorted(rows["label"].iloc[idx["train"]].unique().tolist())
     if len(labels) < 2:
-        raise CompressError(f"{cfg.source}: column {cfg.label_column!r} has fewer than two labels in the train split")
+        raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has fewer than two labels in the train split")
     label_id = {l: i for i, l in enumerate(labels)}
 
     def examples(split: str, limit: int | None) -> list[Example]:
         part = rows.iloc[idx[split][:limit] if limit else idx[split]]
         unseen = sorted(set(part["label"]) - set(labels))
         if unseen:
-            raise CompressError(f"{cfg.source}: column {cfg.label_column!r} has labels in {split} not seen in "
+            raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has labels in {split} not seen in "
                                 f"train: {unseen}")
         pairs = part["text_pair"].astype(str).tolist() if "text_pair" in part else [None] * len(part)
         return [Example(str(t), label_id[l], p) for t, l, p in zip(part["text"].tolist(), part["label"], pairs)]
@@ -249,11 +319,12 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     if cfg.limit_eval:
         idx["dev"], idx["test"] = (np.random.RandomState(seed).permutation(idx[s]) for s in ("dev", "test"))
     held_out = set(groups[np.concatenate([idx["dev"], idx["test"]])].tolist()) if groups is not None else set()
+    unlabeled = _unlabeled_outside(cfg.source, held_out) if cfg.builtin else []
     ds = Dataset(labels, examples("train", cfg.limit_train), examples("dev", cfg.limit_eval),
-                 examples("test", cfg.limit_eval), cfg.source, _unlabeled_outside(cfg.source, held_out), dropped)
+                 examples("test", cfg.limit_eval), cfg.origin, unlabeled, dropped)
     for split in SPLITS:
         if not ds.split(split):
-            raise CompressError(f"{cfg.source}: the {split} split is empty; use more data or other fractions")
+            raise CompressError(f"{cfg.origin}: the {split} split is empty; use more data or other fractions")
     return ds
 
 
