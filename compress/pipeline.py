@@ -20,6 +20,7 @@ from benchmarks.report.build import build_report
 from benchmarks.report.write import write_report
 from benchmarks.suite import METHOD_VERSION, benchmark_isolated
 from compress.core.artifact import Artifact, commit, digest, write_json_atomic
+from compress.core.errors import CompressError
 from compress.core.models import resolve_source
 from compress.core.stage import STAGES, Context
 from compress.core.train import process_state
@@ -28,16 +29,33 @@ from compress.recipe import Recipe
 from runtimes import BACKENDS
 
 
-def setup_logging(log_file: Path, main_process: bool = True) -> logging.Logger:
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+
+
+def setup_logging() -> logging.Logger:
+    """The run's logger, on stderr; `open_run_folder` adds run.log once the inputs have loaded."""
     log = logging.getLogger("compress")
     log.setLevel(logging.INFO)
     log.handlers.clear()
     log.propagate = False  # some libraries configure the root logger; do not print twice
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    for handler in (logging.StreamHandler(sys.stderr), *([logging.FileHandler(log_file)] if main_process else [])):
-        handler.setFormatter(fmt)
-        log.addHandler(handler)
+    log_to(log, logging.StreamHandler(sys.stderr))
     return log
+
+
+def log_to(log: logging.Logger, handler: logging.Handler) -> None:
+    handler.setFormatter(LOG_FORMAT)
+    log.addHandler(handler)
+
+
+def open_run_folder(log: logging.Logger, run_dir: Path, out_root: Path) -> None:
+    """Create the run folder and log to its run.log. Called once the inputs have loaded, so bad input leaves no
+    folder; a folder that cannot be written (--out is, or is under, a regular file) is bad input too."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_to(log, logging.FileHandler(run_dir / "run.log"))
+    except OSError as e:
+        raise CompressError(f"--out {str(out_root)!r}: cannot write the run folder {str(run_dir)!r}: "
+                            f"{e.strerror or e}") from None
 
 
 def source_artifact(recipe: Recipe) -> Artifact:
@@ -48,7 +66,7 @@ def source_artifact(recipe: Recipe) -> Artifact:
 
 
 def plan(recipe: Recipe) -> list[str]:
-    lines = [f"recipe {recipe.name}: model {recipe.model.source}, data {recipe.data.source}"]
+    lines = [f"recipe {recipe.name}: model {recipe.model.source}, data {recipe.data.origin}"]
     for i, step in enumerate(recipe.steps):
         settings = step.model_dump(exclude={"name", "type", "from_"}, exclude_defaults=True)
         if "method" in type(step).model_fields:  # a variant's own default still says which variant it is
@@ -128,13 +146,14 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
 
 def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     run_dir = out_root / recipe.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = recipe.context(run_dir, setup_logging(run_dir / "run.log", process_state().is_main_process))
+    ctx = recipe.context(run_dir, setup_logging())
+    data, source = ctx.data, source_artifact(recipe)  # bad data fails here, before anything is written
+    if process_state().is_main_process:
+        open_run_folder(ctx.log, run_dir, out_root)
     ctx.log.info("run %s -> %s", recipe.name, run_dir)
-    data = ctx.data  # load and split before any stage folder exists: bad data fails first
-    ctx.log.info("data %s: %d train / %d dev / %d test, labels %s", data.source, len(data.train), len(data.dev),
-                 len(data.test), data.labels)
-    source = source_artifact(recipe)
+    ctx.log.info("data %s: %d train / %d dev / %d test, labels %s, rows left out: %s", data.source, len(data.train),
+                 len(data.dev), len(data.test), data.labels,
+                 ", ".join(f"{n} without {what}" for what, n in data.dropped.items()) or "none")
     for index, step in enumerate(recipe.steps):
         ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
     if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports

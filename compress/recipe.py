@@ -14,8 +14,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from benchmarks.size import MACS_SEQUENCE_LENGTH
 from benchmarks.suite import BenchmarkConfig
-from compress.core.config import RecipeShapes, Strict
-from compress.core.data import DataConfig
+from compress.core.config import Architecture, RecipeShapes, Strict
+from compress.core.data import SOURCE_TAGS, DataConfig
 from compress.core.errors import CompressError
 from compress.core.models import ModelConfig
 from compress.core.stage import STAGES, Context, step_classes
@@ -24,9 +24,10 @@ from compress.stages import distill, finetune, prune, qat, quantize, vocab_prune
 from export import edge, mobile, onnx, tensorrt  # noqa: F401  (register)
 
 Step = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="type")]
-# Union tags pydantic puts in an error's path (steps[0].quantize.static.calibration): stage types, quantize methods.
+# Union tags pydantic puts in an error's path (steps[0].quantize.static.calibration): stage types, quantize methods,
+# the kinds of data.source.
 TAGS = set(STAGES) | {c.model_fields["method"].default for spec in STAGES.values() for c in step_classes(spec.config)
-                      if "method" in c.model_fields}
+                      if "method" in c.model_fields} | set(SOURCE_TAGS)
 
 
 class Recipe(Strict):
@@ -41,6 +42,7 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _steps_connect(self) -> Recipe:
         kinds: dict[str, str] = {}
+        architectures = {None: Architecture.of(self.model.source_config())}  # by step name; None: the source
         previous: str | None = None
         for i, step in enumerate(self.steps):
             where = f"steps[{i}] ({step.name})"
@@ -58,6 +60,8 @@ class Recipe(Strict):
                     raise ValueError(f"{where}.{field}: {ref!r} is not an earlier hf-checkpoint step")
             try:
                 step.check_shapes(self.shapes())
+                step.check_architecture(architectures[parent])
+                architectures[step.name] = step.output_architecture(architectures[parent])
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
             kinds[step.name] = spec.produces
@@ -76,6 +80,17 @@ class Recipe(Strict):
             if left_out:
                 raise ValueError(f"benchmark.artifacts leaves out {left_out}: the report's baseline and the gate's "
                                  f"artifacts need a measured accuracy")
+        return self
+
+    @model_validator(mode="after")
+    def _lengths_fit_the_source(self) -> Recipe:
+        """The step that takes the source feeds it data.max_length, and the models made from it keep (vocab_prune:
+        trim) its positions and are measured at the benchmark's lengths: a longer one would fail only mid-run."""
+        positions = self.model.source_config().get("max_position_embeddings")
+        for field, length in self.shapes().sequence_lengths.items():
+            if positions is not None and length > positions:
+                raise ValueError(f"{field} {length} is longer than the max_position_embeddings {positions} of "
+                                 f"model.source {self.model.source!r}")
         return self
 
     def shapes(self) -> RecipeShapes:
@@ -119,7 +134,11 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise CompressError(f"{path}: recipe file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CompressError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
+    except OSError as e:
+        raise CompressError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise CompressError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

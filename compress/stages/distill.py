@@ -14,14 +14,15 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from compress.core.artifact import Artifact
-from compress.core.config import Strict
+from compress.core.config import Architecture, Strict
 from compress.core.data import Example, encode
 from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
 from compress.core.train import TrainingConfig, train
-from compress.stages.students import GradualSharing, StudentSpec, build_student, embedding_row_counts, parameter_split
+from compress.stages.students import (GradualSharing, StudentSpec, build_student, embedding_row_counts,
+                                      parameter_split, student_architecture)
 from runtimes.torch_runtime import TorchRuntime
 
 
@@ -54,6 +55,12 @@ class DistillConfig(TrainingConfig):
 
     def references(self) -> dict[str, str]:
         return {"teacher": self.teacher} if self.teacher else {}
+
+    def check_architecture(self, given: Architecture) -> None:
+        student_architecture(self.student, given)
+
+    def output_architecture(self, given: Architecture) -> Architecture:
+        return student_architecture(self.student, given)
 
 
 UNLABELED = -100  # F.cross_entropy's ignore_index

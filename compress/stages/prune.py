@@ -36,12 +36,15 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from compress.core.artifact import Artifact
-from compress.core.config import StepConfig
+from compress.core.config import Architecture, StepConfig
 from compress.core.data import batches
 from compress.core.errors import CompressError, StageFailed
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
 from compress.core.train import TrainingSettings, cross_entropy, train
+
+
+PRUNABLE = ("bert", "albert")  # the layouts `blocks` knows
 
 
 class RecoveryConfig(TrainingSettings):
@@ -95,6 +98,10 @@ class PruneConfig(StepConfig):
             raise ValueError(f"drop_layers {self.drop_layers}: distinct indices >= 0")
         return self
 
+    def check_architecture(self, given: Architecture) -> None:
+        if given.model_type not in PRUNABLE or given.sharing != (1, 1):
+            raise ValueError(f"prune supports {' and '.join(PRUNABLE)} (ALBERT with one shared layer), not {given}")
+
 
 @dataclass
 class Block:
@@ -122,7 +129,7 @@ def blocks(model: torch.nn.Module) -> list[Block]:
                                 f"{cfg.inner_group_num} is not supported (only one shared layer)")
         a = model.albert.encoder.albert_layer_groups[0].albert_layers[0]
         return [Block(0, (a.attention.query, a.attention.key, a.attention.value), a.attention.dense, a.ffn, a.ffn_output)]
-    raise CompressError(f"prune: model_type {cfg.model_type!r} is not supported (bert, albert)")
+    raise CompressError(f"prune: model_type {cfg.model_type!r} is not supported ({', '.join(PRUNABLE)})")
 
 
 def head_size(model: torch.nn.Module) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from compress.core.config import Strict
+from compress.core.config import Architecture, Strict
 from compress.core.errors import CompressError
 
 
@@ -46,6 +46,16 @@ class Fresh(Strict):
 
 
 StudentSpec = Literal["parent"] | LayerDrop | Albertize | Fresh
+
+
+def student_architecture(spec: StudentSpec, given: Architecture) -> Architecture:
+    """The architecture of the student built from an input of `given` (albertize makes an ALBERT of its groups);
+    ValueError when the student cannot be built from it: layer_drop and albertize read a BERT encoder's layers."""
+    if isinstance(spec, (LayerDrop, Albertize)) and given.model_type != "bert":
+        raise ValueError(f"student.{next(iter(spec.model_dump()))} needs a BERT input, not {given}")
+    if isinstance(spec, Albertize):
+        return Architecture("albert", (spec.albertize.num_groups, spec.albertize.layers_per_group))
+    return given
 
 
 def _encoder(model) -> torch.nn.Module:
