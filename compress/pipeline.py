@@ -19,7 +19,7 @@ from benchmarks.ingest import ingested_rows
 from benchmarks.report.build import build_report
 from benchmarks.report.write import write_report
 from benchmarks.suite import METHOD_VERSION, benchmark_isolated
-from compress.core.artifact import Artifact, commit, digest, write_json_atomic
+from compress.core.artifact import MANIFEST, Artifact, commit, digest, write_json_atomic
 from compress.core.errors import CompressError
 from compress.core.models import resolve_source
 from compress.core.stage import STAGES, Context
@@ -56,6 +56,14 @@ def open_run_folder(log: logging.Logger, run_dir: Path, out_root: Path) -> None:
     except OSError as e:
         raise CompressError(f"--out {str(out_root)!r}: cannot write the run folder {str(run_dir)!r}: "
                             f"{e.strerror or e}") from None
+
+
+def discard_run_folder(log: logging.Logger, created: Path) -> None:
+    """Remove what this run created (the run folder, or the --out folder it made for it), its run.log first."""
+    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        handler.close()
+        log.removeHandler(handler)
+    shutil.rmtree(created, ignore_errors=True)
 
 
 def source_artifact(recipe: Recipe) -> Artifact:
@@ -148,14 +156,22 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     run_dir = out_root / recipe.name
     ctx = recipe.context(run_dir, setup_logging())
     data, source = ctx.data, source_artifact(recipe)  # bad data fails here, before anything is written
+    created = next((p for p in (out_root, run_dir) if not p.exists()), None)  # the outermost folder this run makes
     if process_state().is_main_process:
         open_run_folder(ctx.log, run_dir, out_root)
     ctx.log.info("run %s -> %s", recipe.name, run_dir)
     ctx.log.info("data %s: %d train / %d dev / %d test, labels %s, rows left out: %s", data.source, len(data.train),
                  len(data.dev), len(data.test), data.labels,
                  ", ".join(f"{n} without {what}" for what, n in data.dropped.items()) or "none")
-    for index, step in enumerate(recipe.steps):
-        ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
+    try:
+        for index, step in enumerate(recipe.steps):
+            ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
+    except CompressError:
+        # Bad input only a stage could see (e.g. drop_layers beyond the model's depth): when no step of this new
+        # run finished, nothing is worth keeping, so exit 2 leaves nothing behind, run.log included.
+        if created and process_state().is_main_process and not any(run_dir.glob(f"*/{MANIFEST}")):
+            discard_run_folder(ctx.log, created)
+        raise
     if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports
         return 0
     rows = benchmark_rows(recipe, ctx) + ingested_rows(run_dir)

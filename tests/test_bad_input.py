@@ -144,6 +144,9 @@ CASES: dict[str, object] = {  # a Case, or pytest.param of one where it needs a 
         lambda i: i.recipe([ALBERTIZE | {"student": {"albertize": {"embedding_size": 8, "num_groups": 2}}},
                             {"name": "p", "type": "prune", "heads": 0.5}]),
         ["steps[1] (p)", "prune supports bert and albert", "num_hidden_groups=2"]),
+    # found only when a stage runs (the first step): the run folder it had made is removed again
+    "stage-drop-layers-beyond-depth": (lambda i: i.recipe([{"name": "p", "type": "prune", "drop_layers": [5]}]),
+                                       ["prune: drop_layers [5] with 2 layers"]),
     # the data
     "data-missing": (lambda i: i.recipe(data={"source": str(i.tmp / "nope.csv")}),
                      ["data.source", "nope.csv", "not found"]),
