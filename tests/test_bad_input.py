@@ -22,6 +22,7 @@ from tests.conftest import sentiment_rows, write_recipe, write_tokenizer
 
 FINETUNE = [{"name": "teacher", "type": "finetune", "epochs": 1}]
 ALBERTIZE = {"name": "albert", "type": "distill", "student": {"albertize": {"embedding_size": 8}}}
+TWO_GROUPS = ALBERTIZE | {"student": {"albertize": {"embedding_size": 8, "num_groups": 2}}}
 
 
 @dataclass
@@ -137,12 +138,11 @@ CASES: dict[str, object] = {  # a Case, or pytest.param of one where it needs a 
     # architecture along the chain of steps
     "albertize-an-albert": (lambda i: i.recipe([ALBERTIZE, ALBERTIZE | {"name": "again"}]),
                             ["steps[1] (again)", "student.albertize needs a BERT input, not albert"]),
-    "layer-drop-an-albert": (lambda i: i.recipe([{"name": "d", "type": "distill", "student": {"layer_drop": [0]}}],
-                                                model=i.albert),
-                             ["steps[0] (d)", "student.layer_drop needs a BERT input, not albert"]),
+    "layer-drop-uneven-over-albert-groups": (
+        lambda i: i.recipe([TWO_GROUPS, {"name": "d", "type": "distill", "student": {"layer_drop": [0]}}]),
+        ["steps[1] (d)", "student.layer_drop: 1 layers do not split evenly", "2 shared groups"]),
     "prune-a-two-group-albert": (
-        lambda i: i.recipe([ALBERTIZE | {"student": {"albertize": {"embedding_size": 8, "num_groups": 2}}},
-                            {"name": "p", "type": "prune", "heads": 0.5}]),
+        lambda i: i.recipe([TWO_GROUPS, {"name": "p", "type": "prune", "heads": 0.5}]),
         ["steps[1] (p)", "prune supports bert and albert", "num_hidden_groups=2"]),
     # found only when a stage runs (the first step): the run folder it had made is removed again
     "stage-drop-layers-beyond-depth": (lambda i: i.recipe([{"name": "p", "type": "prune", "drop_layers": [5]}]),

@@ -22,6 +22,7 @@ from compress.run import main
 from compress.stages.students import (AlbertizeSpec, GradualSharing, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
                                parameter_split)
 from tests.conftest import save_tiny_model, write_recipe
+from tests.test_prune import fresh_process_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 INPUTS = {"input_ids": torch.tensor([[2, 5, 9, 11, 3, 0], [2, 7, 8, 3, 0, 0]]),
@@ -154,6 +155,40 @@ def test_layer_drop_keeps_chosen_teacher_layers(tiny_bert):
     assert len(teacher.bert.encoder.layer) == 2  # the teacher is untouched
     with pytest.raises(CompressError, match="layer_drop"):
         layer_drop(teacher, [0, 2])
+
+
+def test_layer_drop_of_an_albert_applies_its_shared_groups_fewer_times_and_reloads_identically(tmp_path):
+    teacher = load(save_tiny_model(tmp_path / "albert", "albert", num_hidden_layers=4))
+    student = layer_drop(teacher, [0, 2])
+    assert student.config.num_hidden_layers == 2 and teacher.config.num_hidden_layers == 4
+    torch.testing.assert_close(student.state_dict(), teacher.state_dict())  # same shared weights, fewer applications
+    assert len(student(**INPUTS, output_hidden_states=True).hidden_states) == 3
+    student.save_pretrained(tmp_path / "student")
+    ids = torch.randint(5, 30, (3, 12))
+    with torch.no_grad():
+        mine = student(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.equal(fresh_process_logits(tmp_path / "student", ids), mine)
+    for keep, message in [([0, 4], r"0\.\.3"), ([1, 1], "distinct")]:
+        with pytest.raises(CompressError, match=message):
+            layer_drop(teacher, keep)
+    two_groups = load(save_tiny_model(tmp_path / "two", "albert", num_hidden_layers=4, num_hidden_groups=2))
+    assert layer_drop(two_groups, [0, 1]).config.num_hidden_layers == 2
+    with pytest.raises(CompressError, match="do not split evenly over the ALBERT's 2 shared groups"):
+        layer_drop(two_groups, [0, 1, 2])
+    inner = load(save_tiny_model(tmp_path / "inner", "albert", num_hidden_layers=4, inner_group_num=2))
+    with pytest.raises(CompressError, match="fewer than its 2 inner layers"):
+        layer_drop(inner, [0])
+
+
+def test_recipe_distills_a_shallower_albert_from_an_albert_source(tmp_path, tiny_csv):
+    source = save_tiny_model(tmp_path / "albert", "albert", num_hidden_layers=4)
+    steps = [{"name": "shallow", "type": "distill", "student": {"layer_drop": [0, 2]},
+              "epochs": 1, "batch_size": 16, "learning_rate": 1e-3}]
+    out = tmp_path / "runs"
+    assert main([str(write_recipe(tmp_path, source, tiny_csv, steps)), "--out", str(out)]) == 0
+    shallow = out / "tiny" / "00-shallow"
+    assert Artifact.load(shallow).metrics["kept_layers"] == [0, 2]
+    assert load(shallow).config.num_hidden_layers == 2
 
 
 def test_losses_vanish_on_a_perfect_copy_and_project_different_widths(tmp_path, tiny_bert):

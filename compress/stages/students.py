@@ -1,4 +1,5 @@
-"""Students for distillation, built from a BERT-style classifier: fewer layers, ALBERT, or a fresh config.
+"""Students for distillation, built from a BERT-style classifier: fewer layers (of a BERT or an ALBERT), ALBERT, or a
+fresh config.
 
 Each builder returns a stock `transformers` model, so the student saves with `save_pretrained`
 and loads anywhere without this package.
@@ -18,7 +19,7 @@ from compress.core.errors import CompressError
 
 
 class LayerDrop(Strict):
-    layer_drop: list[int] = Field(min_length=1, description="Teacher layers (0-based) the student keeps, in order.")
+    layer_drop: list[int] = Field(min_length=1, description="Teacher layers (0-based) the student keeps, in order; an ALBERT shares its layers, so there only their number matters.")
 
 
 class AlbertizeSpec(Strict):
@@ -50,12 +51,31 @@ StudentSpec = Literal["parent"] | LayerDrop | Albertize | Fresh
 
 def student_architecture(spec: StudentSpec, given: Architecture) -> Architecture:
     """The architecture of the student built from an input of `given` (albertize makes an ALBERT of its groups);
-    ValueError when the student cannot be built from it: layer_drop and albertize read a BERT encoder's layers."""
-    if isinstance(spec, (LayerDrop, Albertize)) and given.model_type != "bert":
+    ValueError when the student cannot be built from it: albertize reads a BERT encoder's layers, layer_drop a
+    BERT's or an ALBERT's whose groups can share the new depth."""
+    if isinstance(spec, LayerDrop) and given.model_type == "albert":
+        problem = albert_depth_problem(len(spec.layer_drop), given.sharing)
+        if problem:
+            raise ValueError(f"student.layer_drop: {problem}")
+    elif isinstance(spec, (LayerDrop, Albertize)) and given.model_type != "bert":
         raise ValueError(f"student.{next(iter(spec.model_dump()))} needs a BERT input, not {given}")
     if isinstance(spec, Albertize):
         return Architecture("albert", (spec.albertize.num_groups, spec.albertize.layers_per_group))
     return given
+
+
+def albert_depth_problem(layers: int, sharing: tuple[int, int]) -> str | None:
+    """Why an ALBERT with (num_hidden_groups, inner_group_num) `sharing` cannot apply its groups `layers` times, or
+    None. transformers gives each group an equal block of num_hidden_layers / num_hidden_groups applications, and
+    hands it a head-mask slice of that length, one entry per inner layer: a shorter block crashes the forward."""
+    groups, inner = sharing
+    if layers % groups:
+        return (f"{layers} layers do not split evenly over the ALBERT's {groups} shared groups (num_hidden_groups); "
+                f"keep a multiple of {groups}")
+    if layers // groups < inner:
+        return (f"{layers} layers give each of the {groups} groups {layers // groups} applications, fewer than its "
+                f"{inner} inner layers (inner_group_num), which transformers' ALBERT cannot run")
+    return None
 
 
 def _encoder(model) -> torch.nn.Module:
@@ -66,18 +86,28 @@ def _encoder(model) -> torch.nn.Module:
 
 
 def layer_drop(model, keep: list[int]):
-    """A copy keeping only the `keep` encoder layers, each initialised from the teacher layer of that index."""
-    layers = _encoder(model).layer
-    bad = [i for i in keep if not 0 <= i < len(layers)]
+    """A copy keeping only the `keep` encoder layers, each initialised from the teacher layer of that index.
+    An ALBERT's layers are applications of its shared groups, so its copy applies them len(keep) times: there
+    the indices only say how many."""
+    config = model.config
+    albert = config.model_type == "albert"
+    depth = config.num_hidden_layers if albert else len(_encoder(model).layer)
+    bad = [i for i in keep if not 0 <= i < depth]
     if bad or len(set(keep)) != len(keep):
-        raise CompressError(f"student.layer_drop: {keep} must be distinct layer indices in 0..{len(layers) - 1}")
+        raise CompressError(f"student.layer_drop: {keep} must be distinct layer indices in 0..{depth - 1}")
+    problem = albert_depth_problem(len(keep), (config.num_hidden_groups, config.inner_group_num)) if albert else None
+    if problem:
+        raise CompressError(f"student.layer_drop: {problem}")
     student = copy.deepcopy(model)
+    student.config.num_hidden_layers = len(keep)  # the copy's modules read this same (deep-copied) config
+    if albert:
+        return student
+    layers = _encoder(model).layer
     kept = torch.nn.ModuleList([copy.deepcopy(layers[i]) for i in keep])
     for new, layer in enumerate(kept):  # attention modules that know their index (KV caches) must be renumbered
         if hasattr(layer.attention.self, "layer_idx"):
             layer.attention.self.layer_idx = new
     _encoder(student).layer = kept
-    student.config.num_hidden_layers = len(keep)
     return student
 
 
