@@ -1,13 +1,17 @@
 """One benchmark row: an artifact on a back end — accuracy on test, size, parameters, load time, peak memory and a
-latency sweep over batch sizes and sequence lengths, with and without tokenization.
+latency sweep over batch sizes and sequence lengths, with and without tokenization; batch-1 latency on the test
+split's own lengths, and achieved GMAC/s beside the CPU's nominal peak.
 
 Each row is measured in a fresh child process (`benchmark_isolated`): its peak resident memory, load time and
 thread settings are then its own, not left over from the previous model or the pipeline that trained it.
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
+import random
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -17,8 +21,9 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from benchmarks.hardware import describe, nominal_peak
 from benchmarks.latency import measure_latency
-from benchmarks.size import architecture_cost, model_bytes, parameter_count, size_split
+from benchmarks.size import MACS_SEQUENCE_LENGTH, architecture_cost, model_bytes, parameter_count, size_split
 from compress.core.artifact import Artifact
 from compress.core.config import Strict
 from compress.core.data import Dataset, encode
@@ -27,7 +32,7 @@ from compress.core.models import load_tokenizer
 from runtimes import BACKENDS, Unavailable, open_runtime
 
 # Part of the pipeline's cache key: bump it when the figures a row holds change, so old rows are re-measured.
-METHOD_VERSION = 3
+METHOD_VERSION = 4
 
 
 class BenchmarkConfig(Strict):
@@ -46,6 +51,8 @@ class BenchmarkConfig(Strict):
                                "max_seconds): a shared machine's load swings over seconds.")
     max_seconds: float = Field(8.0, gt=0, description="Time budget per latency point.")
     eval_batch_size: int = Field(64, ge=1)
+    dynamic_examples: int = Field(200, ge=1, description="Test examples (a seeded sample) timed one at a time at "
+                                  "their own token lengths, as a user sending single texts sees latency.")
     artifacts: list[str] | None = Field(None, description="Steps whose artifacts are measured; default: all. "
                                         "Each row costs a process and a pass over the test split.")
 
@@ -94,6 +101,26 @@ def _latency_sweep(runtime, tokenizer, data: Dataset, cfg: BenchmarkConfig) -> l
     return points
 
 
+def _dynamic_latency(runtime, tokenizer, data: Dataset, cfg: BenchmarkConfig, max_length: int) -> dict:
+    """Batch 1 at the test split's own lengths: the fixed-shape sweep pads every text to `seq`, which a server
+    feeding single texts never does. A seeded sample of test examples, each tokenized alone (truncated at
+    max_length, no padding), cycled; at least one call per example unless max_seconds runs out first."""
+    sample = random.Random(0).sample(data.test, min(cfg.dynamic_examples, len(data.test)))
+    inputs = [encode(tokenizer, [e], max_length) for e in sample]
+    calls = itertools.cycle(inputs)
+    timing = measure_latency(lambda: runtime.run(next(calls)), cfg.warmup, max(cfg.min_repeats, len(inputs)),
+                             cfg.max_seconds, 1, cfg.min_seconds)
+    return {"examples": len(inputs), "mean_tokens": round(statistics.mean(x["input_ids"].shape[1] for x in inputs), 1),
+            **timing}
+
+
+def achieved_gmacs_per_s(macs: int | None, latency: list[dict]) -> float | None:
+    """GMAC/s the kernels achieved: one sequence-128 example's MACs over the p50 of the batch-1, sequence-128
+    latency point; None where the sweep has no such point or the architecture's MACs are unknown."""
+    point = next((p for p in latency if (p["batch_size"], p["sequence_length"]) == (1, MACS_SEQUENCE_LENGTH)), None)
+    return round(macs / (point["p50_ms"] / 1e3) / 1e9, 2) if macs and point else None
+
+
 def _row_key(artifact: Artifact, backend: str) -> dict:
     return {"artifact": artifact.name, "backend": backend, "kind": artifact.kind}
 
@@ -124,6 +151,9 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
                     desc=f"{artifact.name} on {backend}: test")
     load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # others' work skews timing
     latency = _latency_sweep(runtime, tokenizer, data, cfg)
+    cost = architecture_cost(artifact.path) or {}  # encoder_parameters, macs_seq128
+    hw = describe()
+    peak = nominal_peak(hw["isa"], hw["cpu_hz"], cfg.threads, runtime.precision) if runtime.device == "cpu" else None
     return row | {
         "status": "measured",
         "device": runtime.device,
@@ -136,13 +166,16 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
         "test_examples": test["examples"],
         "size_bytes": model_bytes(artifact),
         "parameters": parameter_count(artifact),
-        **(architecture_cost(artifact.path) or {}),  # encoder_parameters, macs_seq128
+        **cost,
         "size_split": size_split(artifact),
         "load_seconds": round(load_seconds, 3),
         "rss_before_load_mb": rss_before,
         "peak_rss_mb": _rss_mb("VmHWM"),
         "load_average_1min": load_average,
         "latency": latency,
+        "dynamic_latency": _dynamic_latency(runtime, tokenizer, data, cfg, max_length),
+        "gmacs_per_s": achieved_gmacs_per_s(cost.get("macs_seq128"), latency),
+        "nominal_peak": peak,
     }
 
 

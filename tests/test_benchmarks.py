@@ -6,6 +6,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -172,3 +173,42 @@ def test_a_back_end_this_machine_lacks_is_answered_without_a_benchmark_process(f
     data = Dataset(["neg", "pos"], [], [], [Example("good film", 1)], "inline")
     row = suite.benchmark_isolated(open_folder(folders["hf"]), "torch-cuda", BenchmarkConfig(), data, 16)
     assert row["status"] == "not measured" and "no CUDA device" in row["reason"]
+
+
+def test_dynamic_latency_times_each_test_text_alone_at_its_own_length(tiny_bert):
+    from transformers import AutoTokenizer
+
+    import benchmarks.suite as suite
+    from compress.core.data import Dataset, Example
+    from runtimes.torch_runtime import TorchRuntime
+
+    runtime, tokenizer = TorchRuntime.open(tiny_bert, threads=1), AutoTokenizer.from_pretrained(tiny_bert)
+    texts = ["good film", "a very good film with a plot", "dull " * 30]  # the last one is truncated at 16
+    seen: list[dict] = []
+    record = SimpleNamespace(run=lambda inputs: seen.append(inputs) or runtime.run(inputs))
+    data = Dataset(["neg", "pos"], [], [], [Example(t, 1) for t in texts], "inline")
+    cfg = suite.BenchmarkConfig(warmup=0, min_repeats=5, min_seconds=0, max_seconds=1)
+    figures = suite._dynamic_latency(record, tokenizer, data, cfg, 16)
+    own = sorted(len(tokenizer(t, truncation=True, max_length=16)["input_ids"]) for t in texts)
+    assert sorted({x["input_ids"].shape for x in seen}) == [(1, n) for n in own]
+    assert all(x["attention_mask"].all() for x in seen)  # no padding
+    assert figures["examples"] == 3 and figures["mean_tokens"] == pytest.approx(sum(own) / 3, abs=0.05)
+    assert 0 < figures["p50_ms"] <= figures["p95_ms"]
+
+
+def test_achieved_gmacs_use_the_batch_1_sequence_128_point_and_the_peak_needs_a_known_clock():
+    from benchmarks.hardware import nominal_peak
+    from benchmarks.suite import achieved_gmacs_per_s
+
+    sweep = [{"batch_size": 1, "sequence_length": 64, "p50_ms": 1.0},
+             {"batch_size": 1, "sequence_length": 128, "p50_ms": 4.0}]
+    assert achieved_gmacs_per_s(2_000_000_000, sweep) == 500.0  # 2 GMAC in 4 ms
+    assert achieved_gmacs_per_s(2_000_000_000, sweep[:1]) is None and achieved_gmacs_per_s(None, sweep) is None
+    clock = {"hz": 2.5e9, "source": "py-cpuinfo hz_advertised"}
+    avx512 = {"avx2": True, "avx512f": True, "avx512_vnni": True}
+    assert nominal_peak(avx512, clock, 2, "fp32") == {
+        "gmacs_per_s": 160.0, "basis": "32 fp32 MAC/cycle/core (avx512f) x 2.50 GHz (py-cpuinfo hz_advertised) x 2 threads"}
+    assert nominal_peak(avx512, clock, 1, "int8")["gmacs_per_s"] == 320.0  # VNNI: 4x fp32's
+    assert nominal_peak({"avx2": True}, clock, 1, "fp32")["gmacs_per_s"] == 40.0
+    assert nominal_peak({"avx2": True}, clock, 1, "int8") is None  # no VNNI: no figure rather than a guess
+    assert nominal_peak(avx512, None, 1, "fp32") is None and nominal_peak(avx512, clock, 1, "fp16") is None

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report.blocks import distill_lines, summary_table, vocab_lines
+from benchmarks.report.blocks import distill_lines, hardware_lines, summary_table, vocab_lines
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS
@@ -108,6 +108,9 @@ def test_json_md_and_html_agree_on_every_figure(run_dir):
     for row, cells in zip(measured, body):
         assert cells[head.index("accuracy")] == f"{row['accuracy']:.4f}"
         assert cells[head.index("p50 ms")] == str(row["latency"][0]["p50_ms"])
+        own = row["dynamic_latency"]  # batch 1 at the test texts' own lengths, at most max_length 16
+        assert cells[head.index("own-length p50 ms")] == str(own["p50_ms"]) and own["p50_ms"] > 0
+        assert cells[head.index("mean tokens")] == str(own["mean_tokens"]) and 0 < own["mean_tokens"] <= 16
         assert row["peak_rss_mb"] > 0 and row["load_seconds"] > 0
         point = row["latency"][0]
         assert point["with_tokenization"]["p50_ms"] > 0 and point["repeats"] >= 5
@@ -214,3 +217,23 @@ def test_a_baseline_at_chance_is_warned_about_in_every_view():
                                      "could show (train it longer, or check the labels)"]
     assert "## Warnings" in to_markdown(at_chance) and "is at chance" in to_markdown(at_chance)
     assert build_report("r", "teacher", [], [base_row(0.62)], hardware)["warnings"] == []
+
+
+def test_summary_sets_achieved_gmacs_beside_the_nominal_peak_and_hardware_says_where_the_peak_comes_from():
+    peak = {"gmacs_per_s": 160.0, "basis": "32 fp32 MAC/cycle/core (avx512f) x 2.50 GHz (py-cpuinfo hz_advertised) "
+                                           "x 2 threads"}
+    row = {"artifact": "teacher", "backend": "torch-cpu", "status": "measured", "precision": "fp32", "threads": 2,
+           "accuracy": 0.9, "macro_f1": 0.9, "size_bytes": 10, "parameters": None, "gmacs_per_s": 40.0,
+           "nominal_peak": peak, "dynamic_latency": {"p50_ms": 1.5, "p95_ms": 2.5, "mean_tokens": 23.4}}
+    hardware = {"isa": {"avx512f": True}, "cpu": "x", "logical_cores": 2, "physical_cores": 2, "memory_gib": 1,
+                "gpu": None, "onnxruntime_providers": [], "python": "3", "os": "linux", "versions": {}}
+    report = {"rows": [row], "hardware": hardware}
+    head, [cells] = summary_table(report)
+    assert [cells[head.index(c)] for c in ("own-length p50 ms", "own-length p95 ms", "mean tokens", "GMAC/s",
+                                           "% nominal peak")] == ["1.5", "2.5", "23.4", "40.0", "25.0%"]
+    assert ("Nominal peak (an upper bound from the ISA flags and clock, not a measured figure): " + peak["basis"]
+            + " = 160.0 GMAC/s") in hardware_lines(report)
+    no_peak = summary_table({"rows": [row | {"nominal_peak": None}]})
+    assert no_peak[1][0][head.index("% nominal peak")] == ""
+    assert not any(l.startswith("Nominal peak") for l in hardware_lines({"rows": [row | {"nominal_peak": None}],
+                                                                          "hardware": hardware}))

@@ -44,20 +44,28 @@ def size_split_table(report: dict) -> Table:
     return ["artifact", "embeddings", "encoder", "head"], body
 
 
+def peak_share(row: dict) -> str:
+    """Achieved GMAC/s as a share of the row's nominal peak, where both are known."""
+    peak = row.get("nominal_peak")
+    return f"{100 * row['gmacs_per_s'] / peak['gmacs_per_s']:.1f}%" if row.get("gmacs_per_s") and peak else ""
+
+
 def summary_table(report: dict) -> Table:
     head = ["artifact", "back end", "precision", "threads", "accuracy", "macro-F1", "drop (pts)", "size", "size×",
             "params", "encoder params", "GMACs @128", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×",
-            "Pareto"]
+            "own-length p50 ms", "own-length p95 ms", "mean tokens", "GMAC/s", "% nominal peak", "Pareto"]
     body = []
     for r in measured(report):
-        lat = first_latency(r) or {}
+        lat, own = first_latency(r) or {}, r.get("dynamic_latency") or {}
         front = [k for k, on in r.get("pareto", {}).items() if on]
         body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{r['accuracy']:.4f}",
                      f"{r['macro_f1']:.4f}", _s(r.get("accuracy_drop_points")), mb(r["size_bytes"]),
                      _s(r.get("size_ratio")), millions(r["parameters"]),
                      millions(r.get("encoder_parameters")), giga(r.get("macs_seq128")), _s(r.get("load_seconds")),
                      _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")),
-                     _s(lat.get("p95_ms")), _s(lat.get("p99_ms")), _s(r.get("speedup")), ", ".join(front)])
+                     _s(lat.get("p95_ms")), _s(lat.get("p99_ms")), _s(r.get("speedup")), _s(own.get("p50_ms")),
+                     _s(own.get("p95_ms")), _s(own.get("mean_tokens")), _s(r.get("gmacs_per_s")), peak_share(r),
+                     ", ".join(front)])
     return head, body
 
 
@@ -173,12 +181,15 @@ def hardware_lines(report: dict) -> list[str]:
     loads = [r["load_average_1min"] for r in measured(report) if r.get("load_average_1min") is not None]
     busy = (f"; 1-minute load average when rows were measured: {min(loads)}–{max(loads)} on "
             f"{hw['logical_cores']} logical cores" if loads else "")
+    bases = sorted({f"{p['basis']} = {p['gmacs_per_s']} GMAC/s" for r in measured(report) if (p := r.get("nominal_peak"))})
     return [
         f"CPU: {hw['cpu']} ({hw['logical_cores']} logical / {hw['physical_cores']} physical cores, "
         f"{hw['memory_gib']} GiB); ISA: {isa}",
         f"GPU: {hw['gpu'] or 'none'}; ONNX Runtime providers: {', '.join(hw['onnxruntime_providers'])}",
         f"Inference threads: {', '.join(threads) or 'n/a'} (fixed per row; each row measured in its own process)"
         + busy,
+        *([f"Nominal peak (an upper bound from the ISA flags and clock, not a measured figure): {'; '.join(bases)}"]
+          if bases else []),
         f"Python {hw['python']} on {hw['os']}",
         ", ".join(f"{k} {v}" for k, v in hw["versions"].items()),
     ]
@@ -187,7 +198,11 @@ def hardware_lines(report: dict) -> list[str]:
 INTRO = ("Drop is in accuracy points, size× and speed-up× are baseline ÷ row at the first latency point. "
          "Model latency is on pre-tokenized inputs; '+tokenize' is text in, logits out. "
          "Peak RSS is the peak resident memory of the process that measured the row (libraries included; "
-         "'before load' is that process before the model was opened).")
+         "'before load' is that process before the model was opened). "
+         "'Own-length' latency is batch 1 on a seeded sample of test texts, each tokenized alone at its own length "
+         "(no padding; 'mean tokens' is their mean); the other latencies are at the sweep's fixed shapes. "
+         "GMAC/s is the MACs of one sequence-128 example over the batch-1, sequence-128 p50; '% nominal peak' sets it "
+         "against the CPU's nominal peak for the row's precision and threads (see Hardware), not a measured figure.")
 
 PLOTS = {"latency": ("pareto-latency.png", "Accuracy vs p50 latency"),
          "size": ("pareto-size.png", "Accuracy vs size on disk")}
