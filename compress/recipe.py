@@ -44,6 +44,7 @@ class Recipe(Strict):
         kinds: dict[str, str] = {}
         architectures = {None: Architecture.of(self.model.source_config())}  # by step name; None: the source
         previous: str | None = None
+        shapes = self.shapes()
         for i, step in enumerate(self.steps):
             where = f"steps[{i}] ({step.name})"
             if step.name in kinds or step.name == "source":
@@ -59,7 +60,7 @@ class Recipe(Strict):
                 if kinds.get(ref) != "hf-checkpoint":
                     raise ValueError(f"{where}.{field}: {ref!r} is not an earlier hf-checkpoint step")
             try:
-                step.check_shapes(self.shapes())
+                step.check_shapes(shapes)
                 step.check_architecture(architectures[parent])
                 architectures[step.name] = step.output_architecture(architectures[parent])
             except ValueError as e:

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from compress.core.artifact import Artifact
 from compress.core.errors import StageFailed
-from compress.core.models import copy_model_files, load_tokenizer
+from compress.core.models import copy_model_files
 from compress.core.parity import ParityChecked, compare_logits
 from compress.core.stage import Context, StageResult, register
 from runtimes.ort_runtime import OrtRuntime
@@ -45,8 +45,8 @@ def ort_mobile(cfg: OrtMobileConfig, parent: Artifact, ctx: Context, out: Path) 
         raise StageFailed(f"{cfg.name}: the converter wrote no model.ort + operator config "
                           f"(files: {sorted(p.name for p in out.iterdir())})")
     config = configs[0]
-    copy_model_files(parent.path, out)
-    parity = compare_logits(OrtRuntime(parent.file("model")).run, OrtRuntime(model).run, load_tokenizer(out),
+    tokenizer = copy_model_files(parent.path, out)
+    parity = compare_logits(OrtRuntime(parent.file("model")).run, OrtRuntime(model).run, tokenizer,
                             ctx.data.dev[: cfg.parity.examples], ctx.max_length)
     ctx.log.info("%s: .ort %.1f MB (ONNX %.1f MB), agrees with ONNX on %.1f%% of %d dev predictions", cfg.name,
                  model.stat().st_size / 1e6, parent.file("model").stat().st_size / 1e6,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from operator import attrgetter
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -239,8 +240,7 @@ def _user_rows(cfg: DataConfig) -> pd.DataFrame:
     """The user's rows under role names (text, text_pair, label, group, split), every file in one frame."""
     fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
               "group": "split.group_column", "split": "split.column"}
-    columns = {role: c for role, c in zip(fields, [cfg.text_column, cfg.text_pair_column, cfg.label_column,
-                                                  cfg.split.group_column, cfg.split.column]) if c}
+    columns = {role: col for role, path in fields.items() if (col := attrgetter(path)(cfg))}
     frames = []
     for split, path in cfg.files.items():
         df = _read_user_file(path, _file_format(path, cfg.format))

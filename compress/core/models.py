@@ -182,10 +182,13 @@ def load_tokenizer(folder: Path):
     return tokenizer
 
 
-def copy_model_files(source: Path, out: Path) -> None:
+def copy_model_files(source: Path, out: Path):
     """The tokenizer (checked against the model) and config.json of `source`, written into `out`: every exported
-    or quantized artifact carries them, so runtimes and benchmarks can tokenize and count without its parent."""
+    or quantized artifact carries them, so runtimes and benchmarks can tokenize and count without its parent.
+    Returns the tokenizer, for the caller's parity check."""
     from transformers import AutoConfig
 
-    load_tokenizer(source).save_pretrained(out)
+    tokenizer = load_tokenizer(source)
+    tokenizer.save_pretrained(out)
     AutoConfig.from_pretrained(source).save_pretrained(out)
+    return tokenizer

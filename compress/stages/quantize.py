@@ -12,7 +12,7 @@ from typing import Annotated, Any, Union
 from pydantic import Discriminator, Tag
 
 from compress.core.artifact import Artifact
-from compress.core.models import copy_model_files, load_tokenizer
+from compress.core.models import copy_model_files
 from compress.core.parity import compare_logits
 from compress.core.stage import Context, StageResult, register
 from compress.stages.quantize_accuracy_aware import AccuracyAwareConfig
@@ -38,9 +38,9 @@ QuantizeConfig = Annotated[
 @register(QuantizeConfig, accepts=("onnx",), produces="onnx")
 def quantize(cfg: QuantizeBase, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     details = cfg.apply(parent, ctx, out)
-    copy_model_files(parent.path, out)
+    tokenizer = copy_model_files(parent.path, out)
     parity = compare_logits(OrtRuntime(parent.file("model")).run, OrtRuntime(out / "model.onnx").run,
-                            load_tokenizer(out), ctx.data.dev[: cfg.parity.examples], ctx.max_length)
+                            tokenizer, ctx.data.dev[: cfg.parity.examples], ctx.max_length)
     ctx.log.info("%s: %s INT8 agrees with FP32 on %.1f%% of %d dev predictions (max |logit diff| %.3g)", cfg.name,
                  cfg.method, 100 * parity["prediction_agreement"], parity["examples"], parity["max_abs_logit_diff"])
     cfg.judge_parity(parity, ctx)
