@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 from benchmarks.size import MACS_SEQUENCE_LENGTH
 from benchmarks.suite import BenchmarkConfig
 from compress.core.config import Architecture, RecipeShapes, Strict
-from compress.core.data import SOURCE_TAGS, DataConfig
+from compress.core.data import BUILTIN_TASKS, SOURCE_TAGS, TASKS, DataConfig
 from compress.core.errors import CompressError
 from compress.core.models import ModelConfig
 from compress.core.stage import STAGES, Context, step_classes
@@ -33,6 +33,8 @@ TAGS = set(STAGES) | {c.model_fields["method"].default for spec in STAGES.values
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
+    task: Literal[TASKS] = Field(TASKS[0], description="What the model does: one label per text (or text pair), "
+                                 "or one tag per word (NER); the data must hold that kind of labels.")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     steps: list[Step] = Field(min_length=1)
@@ -84,6 +86,15 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _data_fits_the_task(self) -> Recipe:
+        held = BUILTIN_TASKS.get(self.data.source, TASKS[0]) if self.data.builtin else self.task
+        if held != self.task:
+            raise ValueError(f"data.source {self.data.source!r} is {held} data; set task: {held}")
+        if self.task == TASKS[1] and self.data.text_pair_column:
+            raise ValueError("data.text_pair_column: token classification tags one text's words, not a pair")
+        return self
+
+    @model_validator(mode="after")
     def _lengths_fit_the_source(self) -> Recipe:
         """The step that takes the source feeds it data.max_length, and the models made from it keep (vocab_prune:
         trim) its positions and are measured at the benchmark's lengths: a longer one would fail only mid-run."""
@@ -106,7 +117,8 @@ class Recipe(Strict):
 
     def context(self, run_dir: Path, log: logging.Logger) -> Context:
         """What the stages of this recipe get to see of it."""
-        return Context(run_dir, log, self.data, self.seed, self.benchmark.eval_batch_size, self.model.allow_pickle)
+        return Context(run_dir, log, self.data, self.seed, self.benchmark.eval_batch_size, self.model.allow_pickle,
+                       task=self.task)
 
     def baseline_step(self) -> str:
         """The step every row is compared with: the gate's baseline, else the first step."""

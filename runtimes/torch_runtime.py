@@ -23,14 +23,16 @@ class TorchRuntime:
 
     @classmethod
     def open(cls, folder: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> TorchRuntime:
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoConfig
+
+        from compress.core.models import head_class, task_of
 
         reason = cuda_missing() if device.startswith("cuda") else None
         if reason:
             raise Unavailable(reason)
         if threads:
             torch.set_num_threads(threads)
-        model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+        model = head_class(task_of(AutoConfig.from_pretrained(folder))).from_pretrained(folder, use_safetensors=True)
         model = model.to(device, dtype=torch.float16 if precision == "fp16" else torch.float32)
         return cls(model, device, precision)
 

@@ -24,11 +24,19 @@ from compress.core.config import Strict
 from compress.core.errors import CompressError
 
 
+TASKS = ("sequence-classification", "token-classification")
+IGNORE = -100  # a position with no label: torch's cross_entropy ignore_index, as Hugging Face token heads use
+
+
 @dataclass(frozen=True)
 class Example:
+    """One labelled input. Sequence classification: a text (and pair) with one class id. Token classification:
+    pre-split `words` with one tag id per word in `label`, and `text` their words joined by spaces."""
+
     text: str
-    label: int
+    label: int | tuple[int, ...]
     text_pair: str | None = None
+    words: tuple[str, ...] | None = None
 
 
 SPLITS = ("train", "dev", "test")
@@ -43,6 +51,7 @@ class Dataset:
     source: str
     unlabeled: list[str] = field(default_factory=list)  # in-domain text without labels (distillation's soft losses)
     dropped: dict[str, int] = field(default_factory=dict)  # rows left out, by what they lack: text, text_pair, label
+    task: str = TASKS[0]
 
     def split(self, name: str) -> list[Example]:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
@@ -86,11 +95,49 @@ def _bbc_news() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# Built-in sources give their rows under the role names (text, label and, where rows are grouped, group).
-BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news}
+def read_conll(path: Path) -> pd.DataFrame:
+    """A CoNLL column file: one token a line (the first column its word, the last its tag), a blank line between
+    sentences, `-DOCSTART-` lines between documents. One row per sentence: word and tag lists, and the document
+    (its group, so a seeded split never puts two sentences of one article in different splits)."""
+    rows, words, tags, document = [], [], [], 0
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines() + [""]
+    except (OSError, UnicodeDecodeError) as e:
+        raise CompressError(f"{path}: cannot read as conll: {e}") from None
+    for number, line in enumerate(lines, 1):
+        fields = line.split()
+        if fields and fields[0] == "-DOCSTART-":
+            document += 1
+            fields = []
+        if fields:
+            if len(fields) < 2:
+                raise CompressError(f"{path}: line {number} has one column ({line[:80]!r}); conll lines are "
+                                    "`word ... tag`")
+            words.append(fields[0])
+            tags.append(fields[-1])
+        elif words:
+            rows.append({"text": words, "label": tags, "group": f"{path.name}:{document}"})
+            words, tags = [], []
+    if not rows:
+        raise CompressError(f"{path}: no sentence found (conll: one `word ... tag` line per token)")
+    return pd.DataFrame(rows)
+
+
+def _conll2003() -> pd.DataFrame:
+    """CoNLL-2003 English (Reuters, IOB2 tags for PER/ORG/LOC/MISC) with its own train/valid/test splits."""
+    root = _package_file("neuroner", "data/conll2003/en")
+    return pd.concat([read_conll(root / f"{name}.txt").assign(split=split)
+                      for split, name in (("train", "train"), ("dev", "valid"), ("test", "test"))], ignore_index=True)
+
+
+# Built-in sources give their rows under the role names (text, label and, where rows are grouped or split
+# beforehand, group and split). Token-classification rows hold lists: words and one tag per word.
+BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news, "conll2003": _conll2003}
+BUILTIN_TASKS = {"conll2003": TASKS[1]}  # the others: sequence classification
+TASK_FORMATS = {TASKS[0]: ("csv", "tsv", "jsonl", "hf-disk"), TASKS[1]: ("conll", "jsonl")}
 # Unlabeled in-domain text a built-in source carries: (text, group) rows, grouped like its labelled rows.
 BUILTIN_UNLABELED = {"rotten_tomatoes": _rotten_tomatoes_plots}
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".conll": "conll"}
 
 
 class SplitConfig(Strict):
@@ -137,12 +184,14 @@ def _file_format(path: Path, fmt: str) -> str | None:
 
 
 class DataConfig(Strict):
-    format: Literal["auto", "csv", "tsv", "jsonl", "hf-disk"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "conll", "hf-disk"] = "auto"
     source: Source = Field("rotten_tomatoes", description=f"Built-in name {sorted(BUILTIN_DATASETS)}, a path, or "
                            "{train: path, dev: path, test: path}.")
-    text_column: str = "text"
+    text_column: str = Field("text", description="Token classification (jsonl): the column of word lists; "
+                             "default there: tokens.")
     text_pair_column: str | None = None
-    label_column: str = "label"
+    label_column: str = Field("label", description="Token classification (jsonl): the column of tag lists; "
+                              "default there: tags.")
     max_length: int = Field(64, ge=8, le=512)
     split: SplitConfig = SplitConfig()
     limit_train: int | None = Field(None, ge=1, description="Use only this many training examples (smoke runs).")
@@ -160,7 +209,7 @@ class DataConfig(Strict):
             fmt = _file_format(path, info.data.get("format", "auto"))
             if fmt is None:
                 raise ValueError(f"{where}cannot tell the format of {str(path)!r}; set data.format to csv, tsv, "
-                                 "jsonl or hf-disk")
+                                 "jsonl, conll or hf-disk")
             if fmt == "hf-disk" and importlib.util.find_spec("datasets") is None:
                 raise ValueError(f"{where}{str(path)!r} is read as format hf-disk, which needs the `datasets` "
                                  "package (not a dependency of compress): pip install datasets")
@@ -175,6 +224,15 @@ class DataConfig(Strict):
         if isinstance(self.source, SplitFiles) and fixed:
             raise ValueError(f"source gives one file per split, so split keys {fixed} do not apply")
         return self
+
+    def columns(self, task: str) -> dict[str, str]:
+        """The user file's column for each role: token classification reads `tokens`/`tags` unless told."""
+        fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
+                  "group": "split.group_column", "split": "split.column"}
+        defaults = {"text_column": "tokens", "label_column": "tags"} if task == TASKS[1] else {}
+        return {role: col for role, path in fields.items()
+                if (col := attrgetter(path)(self) if path in self.model_fields_set or path not in defaults
+                    else defaults[path])}
 
     @property
     def builtin(self) -> bool:
@@ -219,6 +277,8 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
 def _read_user_file(path: Path, fmt: str) -> pd.DataFrame:
     """Every value as the file spells it: csv/tsv cells are strings ("NA", "None" and "nan" are text, only an
     empty cell is missing), JSON values stay JSON values."""
+    if fmt == "conll":
+        return read_conll(path)
     try:
         if fmt in ("csv", "tsv"):
             df = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
@@ -236,20 +296,38 @@ def _read_user_file(path: Path, fmt: str) -> pd.DataFrame:
     return df
 
 
-def _user_rows(cfg: DataConfig) -> pd.DataFrame:
+def _user_rows(cfg: DataConfig, task: str) -> pd.DataFrame:
     """The user's rows under role names (text, text_pair, label, group, split), every file in one frame."""
+    columns = cfg.columns(task)
     fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
               "group": "split.group_column", "split": "split.column"}
-    columns = {role: col for role, path in fields.items() if (col := attrgetter(path)(cfg))}
     frames = []
     for split, path in cfg.files.items():
-        df = _read_user_file(path, _file_format(path, cfg.format))
-        for role, col in columns.items():
-            if col not in df.columns:
-                raise CompressError(f"{path}: no column {col!r} (data.{fields[role]}; columns: {list(df.columns)})")
-        frames.append(pd.DataFrame({role: df[col] for role, col in columns.items()}).assign(
-            **({"split": split} if split else {})))
+        fmt = _file_format(path, cfg.format)
+        if fmt not in TASK_FORMATS[task]:
+            raise CompressError(f"{path}: {task} reads {', '.join(TASK_FORMATS[task])} files, not {fmt}")
+        df = _read_user_file(path, fmt)
+        if fmt != "conll":  # conll columns are positional: read_conll names them
+            for role, col in columns.items():
+                if col not in df.columns:
+                    raise CompressError(f"{path}: no column {col!r} (data.{fields[role]}; columns: "
+                                        f"{list(df.columns)})")
+            df = pd.DataFrame({role: df[col] for role, col in columns.items()})
+        frames.append(df.assign(**({"split": split} if split else {})))
     return pd.concat(frames, ignore_index=True)
+
+
+def _check_tagged(rows: pd.DataFrame, origin: str) -> pd.DataFrame:
+    """Token rows: a list of words and a list of as many string tags. Anything else is an error naming the row,
+    not a row to drop: a misaligned tag list means the file is not what the recipe says it is."""
+    for i, (words, tags) in enumerate(zip(rows["text"], rows["label"])):
+        if not (isinstance(words, list) and isinstance(tags, list)):
+            raise CompressError(f"{origin}: row {i}: token classification needs lists of words and tags, got "
+                                f"{type(words).__name__} and {type(tags).__name__} ({str(words)[:60]!r})")
+        if len(words) != len(tags):
+            raise CompressError(f"{origin}: row {i}: {len(words)} words but {len(tags)} tags ({words[:8]!r})")
+    return rows.assign(text=rows["text"].map(lambda w: [str(x) for x in w]),
+                       label=rows["label"].map(lambda t: [str(x) for x in t]))
 
 
 def _drop_incomplete(rows: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -258,7 +336,8 @@ def _drop_incomplete(rows: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dic
     dropped = {}
     for role in ("text", "text_pair", "label"):
         if role in rows:
-            empty = rows[role].isna() | rows[role].astype(str).str.strip().eq("")
+            empty = rows[role].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v))
+                                   or (isinstance(v, list) and not v) or str(v).strip() == "")
             if empty.any():
                 dropped[role] = int(empty.sum())
                 rows = rows[~empty]
@@ -291,28 +370,38 @@ def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, se
     return {s: np.flatnonzero(assigned == s) for s in SPLITS}
 
 
-def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
-    rows = BUILTIN_DATASETS[cfg.source]() if cfg.builtin else _user_rows(cfg)
+def load_dataset(cfg: DataConfig, seed: int, task: str = TASKS[0]) -> Dataset:
+    builtin_task = BUILTIN_TASKS.get(cfg.source, TASKS[0]) if cfg.builtin else task
+    if builtin_task != task:
+        raise CompressError(f"data.source {cfg.source!r} is {builtin_task} data, but the recipe's task is {task}")
+    tagged = task == TASKS[1]
+    rows = BUILTIN_DATASETS[cfg.source]() if cfg.builtin else _user_rows(cfg, task)
     rows, dropped = _drop_incomplete(rows, cfg.origin)
-    rows = rows.assign(label=rows["label"].astype(str))
-    if rows["label"].nunique() < 2:
-        raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has one label, {rows['label'].iloc[0]!r}: "
+    rows = _check_tagged(rows, cfg.origin) if tagged else rows.assign(label=rows["label"].astype(str))
+    values = lambda part: set(part.explode() if tagged else part)  # noqa: E731  (every tag, or every label)
+    what = "tags" if tagged else f"column {cfg.label_column!r}"
+    if len(values(rows["label"])) < 2:
+        raise CompressError(f"{cfg.origin}: {what} has one label, {sorted(values(rows['label']))[0]!r}: "
                             f"a classifier needs two or more (rows left out: {dropped or 'none'})")
     groups = rows["group"].astype(str).to_numpy() if "group" in rows else None
     idx = _split_rows(rows, groups, cfg, seed)
-    labels = sorted(rows["label"].iloc[idx["train"]].unique().tolist())
+    labels = sorted(values(rows["label"].iloc[idx["train"]]))
     if len(labels) < 2:
-        raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has fewer than two labels in the train split")
+        raise CompressError(f"{cfg.origin}: {what} has fewer than two labels in the train split")
     label_id = {l: i for i, l in enumerate(labels)}
+
+    def example(text, label, pair) -> Example:
+        if tagged:
+            return Example(" ".join(text), tuple(label_id[t] for t in label), None, tuple(text))
+        return Example(str(text), label_id[label], pair)
 
     def examples(split: str, limit: int | None) -> list[Example]:
         part = rows.iloc[idx[split][:limit] if limit else idx[split]]
-        unseen = sorted(set(part["label"]) - set(labels))
+        unseen = sorted(values(part["label"]) - set(labels))
         if unseen:
-            raise CompressError(f"{cfg.origin}: column {cfg.label_column!r} has labels in {split} not seen in "
-                                f"train: {unseen}")
+            raise CompressError(f"{cfg.origin}: {what} has labels in {split} not seen in train: {unseen}")
         pairs = part["text_pair"].astype(str).tolist() if "text_pair" in part else [None] * len(part)
-        return [Example(str(t), label_id[l], p) for t, l, p in zip(part["text"].tolist(), part["label"], pairs)]
+        return [example(t, l, p) for t, l, p in zip(part["text"].tolist(), part["label"], pairs)]
 
     if cfg.limit_train:  # a random subset, not the first rows of a file sorted by label
         idx["train"] = np.random.RandomState(seed).permutation(idx["train"])
@@ -321,15 +410,41 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     held_out = set(groups[np.concatenate([idx["dev"], idx["test"]])].tolist()) if groups is not None else set()
     unlabeled = _unlabeled_outside(cfg.source, held_out) if cfg.builtin else []
     ds = Dataset(labels, examples("train", cfg.limit_train), examples("dev", cfg.limit_eval),
-                 examples("test", cfg.limit_eval), cfg.origin, unlabeled, dropped)
+                 examples("test", cfg.limit_eval), cfg.origin, unlabeled, dropped, task)
     for split in SPLITS:
         if not ds.split(split):
             raise CompressError(f"{cfg.origin}: the {split} split is empty; use more data or other fractions")
     return ds
 
 
+def is_tagged(examples: list[Example]) -> bool:
+    """Token-classification examples (pre-split words, a tag per word)."""
+    return bool(examples) and examples[0].words is not None
+
+
+def encode_words(tokenizer, examples: list[Example], max_length: int,
+                 pad_to_max: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Token ids of pre-split words, and at each position the index of the word whose first piece it is (-1 on
+    later pieces, specials and padding): where a word's tag is trained and read."""
+    if not tokenizer.is_fast:
+        raise CompressError(f"token classification needs a fast tokenizer (its word_ids map pieces to words); "
+                            f"{type(tokenizer).__name__} is not one: save the model with a tokenizer.json")
+    enc = tokenizer([list(e.words) for e in examples], is_split_into_words=True, truncation=True,
+                    max_length=max_length, padding="max_length" if pad_to_max else "longest", return_tensors="np")
+    first = np.full(enc["input_ids"].shape, -1, dtype=np.int64)
+    for i in range(len(examples)):
+        previous = None
+        for j, word in enumerate(enc.word_ids(i)):
+            if word is not None and word != previous:
+                first[i, j] = word
+            previous = word
+    return {k: v.astype(np.int64) for k, v in enc.items()}, first
+
+
 def encode(tokenizer, examples: list[Example], max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
     """Token ids as int64 numpy arrays, the common currency of every runtime."""
+    if is_tagged(examples):
+        return encode_words(tokenizer, examples, max_length, pad_to_max)[0]
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     enc = tokenizer(
@@ -339,8 +454,20 @@ def encode(tokenizer, examples: list[Example], max_length: int, pad_to_max: bool
     return {k: v.astype(np.int64) for k, v in enc.items()}
 
 
+def encode_labeled(tokenizer, examples: list[Example], max_length: int,
+                   pad_to_max: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inputs and training targets: a class id per example, or per position the tag of the word it starts
+    (labels on first pieces, IGNORE on the rest, as Hugging Face's token-classification recipes do)."""
+    if not is_tagged(examples):
+        return encode(tokenizer, examples, max_length, pad_to_max), np.array([e.label for e in examples])
+    inputs, first = encode_words(tokenizer, examples, max_length, pad_to_max)
+    labels = np.full(first.shape, IGNORE, dtype=np.int64)
+    for i, e in enumerate(examples):
+        starts = first[i] >= 0
+        labels[i, starts] = np.asarray(e.label, dtype=np.int64)[first[i, starts]]
+    return inputs, labels
+
+
 def batches(tokenizer, examples: list[Example], max_length: int, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
     for i in range(0, len(examples), batch_size):
-        chunk = examples[i : i + batch_size]
-        yield encode(tokenizer, chunk, max_length), np.array([e.label for e in chunk])
-
+        yield encode_labeled(tokenizer, examples[i : i + batch_size], max_length)

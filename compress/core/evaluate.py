@@ -1,4 +1,8 @@
-"""Task metrics from any runtime: one prediction loop, so every back end is scored identically."""
+"""Task metrics from any runtime: one prediction loop, so every back end is scored identically.
+
+Every metrics dict has `score` (the task's headline figure, which dev selection, the gate and the report read)
+and `metric` (its name): accuracy for sequence classification, entity-level micro-F1 for token classification.
+"""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,25 +10,33 @@ from typing import Callable
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-from compress.core.data import Example, batches
+from compress.core.data import Example, batches, encode_words, is_tagged
 from compress.core.progress import progress
 
 RunBatch = Callable[[dict[str, np.ndarray]], np.ndarray]
+OUTSIDE = "O"  # the IOB tag of a word in no entity: what a word cut off by max_length is predicted as
 
 
 def predict_logits(run: RunBatch, tokenizer, examples: list[Example], max_length: int, batch_size: int,
                    desc: str = "evaluate") -> np.ndarray:
+    """Logits of every decision: a row per example, or (token classification) a row per real token in order,
+    so two runtimes fed the same examples give arrays parity can compare row by row."""
     chunks = batches(tokenizer, examples, max_length, batch_size)
     n = (len(examples) + batch_size - 1) // batch_size
-    return np.concatenate([run(inputs) for inputs, _ in progress(chunks, desc, total=n)])
+    rows = []
+    for inputs, _ in progress(chunks, desc, total=n):
+        logits = run(inputs)
+        rows.append(logits if logits.ndim == 2 else logits[inputs["attention_mask"].astype(bool)])
+    return np.concatenate(rows)
 
 
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, names: list[str]) -> dict:
     pred = logits.argmax(-1)
     ids = list(range(len(names)))
     p, r, f, s = precision_recall_fscore_support(labels, pred, labels=ids, zero_division=0)
+    accuracy = float(accuracy_score(labels, pred))
     return {
-        "accuracy": float(accuracy_score(labels, pred)),
+        "metric": "accuracy", "score": accuracy, "accuracy": accuracy,
         "macro_f1": float(f1_score(labels, pred, labels=ids, average="macro", zero_division=0)),
         "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, n in enumerate(names)},
@@ -32,7 +44,49 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, names: list[s
     }
 
 
+def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level scores as CoNLL's conlleval (seqeval's default mode): an entity counts only when its type
+    and both boundaries match. `per_class` is per entity type."""
+    from seqeval.metrics import accuracy_score as token_accuracy
+    from seqeval.metrics import classification_report
+
+    report = classification_report(gold, predicted, output_dict=True, zero_division=0)
+    micro, macro = report.pop("micro avg"), report.pop("macro avg")
+    types = {k: v for k, v in report.items() if not k.endswith(" avg")}
+    f1 = float(micro["f1-score"])
+    return {
+        "metric": "entity_f1", "score": f1, "entity_f1": f1, "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]), "macro_f1": float(macro["f1-score"]),
+        "token_accuracy": float(token_accuracy(gold, predicted)),
+        "per_class": {t: {"precision": float(v["precision"]), "recall": float(v["recall"]),
+                          "f1": float(v["f1-score"]), "support": int(v["support"])} for t, v in sorted(types.items())},
+        "examples": len(gold),
+    }
+
+
+def word_predictions(logits: np.ndarray, first: np.ndarray, examples: list[Example], outside: int) -> list[list[int]]:
+    """A tag id per word, read at the word's first piece; words past max_length get `outside` (a miss, not a
+    word left out of the score)."""
+    tags = [[outside] * len(e.words) for e in examples]
+    for i, j in zip(*np.nonzero(first >= 0)):
+        tags[i][first[i, j]] = int(logits[i, j].argmax())
+    return tags
+
+
+def _evaluate_tags(run: RunBatch, tokenizer, examples: list[Example], names: list[str], max_length: int,
+                   batch_size: int, desc: str) -> dict:
+    outside = names.index(OUTSIDE) if OUTSIDE in names else 0
+    predicted = []
+    for i in progress(range(0, len(examples), batch_size), desc, total=(len(examples) + batch_size - 1) // batch_size):
+        chunk = examples[i : i + batch_size]
+        inputs, first = encode_words(tokenizer, chunk, max_length)
+        predicted += word_predictions(run(inputs), first, chunk, outside)
+    return entity_metrics([[names[t] for t in e.label] for e in examples], [[names[t] for t in p] for p in predicted])
+
+
 def evaluate(run: RunBatch, tokenizer, examples: list[Example], names: list[str], max_length: int,
              batch_size: int, desc: str = "evaluate") -> dict:
+    if is_tagged(examples):
+        return _evaluate_tags(run, tokenizer, examples, names, max_length, batch_size, desc)
     logits = predict_logits(run, tokenizer, examples, max_length, batch_size, desc)
     return classification_metrics(np.array([e.label for e in examples]), logits, names)

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 
 from compress.core.config import Strict
+from compress.core.data import TASKS
 from compress.core.errors import CompressError
 
 
@@ -124,9 +125,28 @@ def resolve_source(source: str) -> Path:
     return Path(source)
 
 
-def load_classifier(folder: Path, labels: list[str] | None = None, allow_pickle: bool = False):
-    """A sequence classifier from `folder`; with `labels`, a fresh head when the labels differ."""
-    from transformers import AutoModelForSequenceClassification
+HEADS = {TASKS[0]: "ForSequenceClassification", TASKS[1]: "ForTokenClassification"}  # architecture suffixes
+
+
+def task_of(config) -> str:
+    """The task a checkpoint's head does, read off its config's architectures: a bare encoder (no head yet)
+    counts as sequence classification, the default task."""
+    archs = getattr(config, "architectures", None) or []
+    return next((task for task, suffix in HEADS.items() if any(a.endswith(suffix) for a in archs)), TASKS[0])
+
+
+def head_class(task: str):
+    """transformers' Auto class for the task's head."""
+    import transformers
+
+    return getattr(transformers, f"AutoModel{HEADS[task]}")
+
+
+def load_classifier(folder: Path, labels: list[str] | None = None, allow_pickle: bool = False,
+                    task: str | None = None):
+    """The task's model from `folder` (task None: the one its head does); with `labels`, a fresh head when the
+    labels differ."""
+    from transformers import AutoConfig
 
     try:
         check_checkpoint_folder(folder, allow_pickle)
@@ -141,16 +161,16 @@ def load_classifier(folder: Path, labels: list[str] | None = None, allow_pickle:
             label2id={l: i for i, l in enumerate(labels)},
             ignore_mismatched_sizes=True,
         )
-    return AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
+    return head_class(task or task_of(AutoConfig.from_pretrained(folder))).from_pretrained(folder, **kwargs)
 
 
-def is_classifier_for(folder: Path, labels: list[str]) -> bool:
-    """True when `folder` already holds a sequence classifier trained for exactly these labels."""
+def is_classifier_for(folder: Path, labels: list[str], task: str) -> bool:
+    """True when `folder` already holds a `task` head trained for exactly these labels."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
     archs = config.architectures or []
-    return any(a.endswith("ForSequenceClassification") for a in archs) and [
+    return any(a.endswith(HEADS[task]) for a in archs) and [
         config.id2label[i] for i in range(len(config.id2label))
     ] == labels
 

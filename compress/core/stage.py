@@ -13,7 +13,7 @@ from typing import Any, Callable, get_args
 
 from compress.core.artifact import Artifact, ArtifactKind
 from compress.core.config import StepConfig
-from compress.core.data import DataConfig, Dataset, load_dataset
+from compress.core.data import TASKS, DataConfig, Dataset, load_dataset
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Context:
     eval_batch_size: int = 64  # batch of every accuracy pass (dev evaluation, parity)
     allow_pickle: bool = False  # the recipe's model.allow_pickle: also for checkpoints the run wrote itself
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    task: str = TASKS[0]  # the recipe's task: which head finetune puts on, which data the source must hold
 
     @property
     def max_length(self) -> int:
@@ -42,7 +43,7 @@ class Context:
 
     @cached_property
     def data(self) -> Dataset:
-        return load_dataset(self.data_config, seed=self.seed)
+        return load_dataset(self.data_config, seed=self.seed, task=self.task)
 
 
 StageFn = Callable[[Any, Artifact, Context, Path], StageResult]

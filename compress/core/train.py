@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from compress.core.config import StepConfig, Strict
-from compress.core.data import Example, encode
+from compress.core.data import IGNORE, Example, encode_labeled
 from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
 from compress.core.progress import progress
@@ -49,8 +49,14 @@ def process_state():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def token_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decisions, classes) and (decisions,) for either task: a token head's (B, T, C) logits become (B*T, C),
+    so one cross-entropy (IGNORE skips unlabelled positions) serves both."""
+    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+
+
 def cross_entropy(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(model(**inputs).logits, labels)
+    return torch.nn.functional.cross_entropy(*token_rows(model(**inputs).logits, labels), ignore_index=IGNORE)
 
 
 class _WithExtra(torch.nn.Module):
@@ -88,8 +94,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
     ctx.log.info("%s: training on %s, world size %d", name, accelerator.device, accelerator.num_processes)
 
     def collate(chunk: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        enc = encode(tokenizer, chunk, max_length)
-        return {k: torch.from_numpy(v) for k, v in enc.items()}, torch.tensor([e.label for e in chunk])
+        enc, labels = encode_labeled(tokenizer, chunk, max_length)
+        return {k: torch.from_numpy(v) for k, v in enc.items()}, torch.from_numpy(labels)
 
     loader = torch.utils.data.DataLoader(
         examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
@@ -106,7 +112,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(unit, optimizer, loader, scheduler)
 
-    history, best_acc, best_state, since_best, step = [], -1.0, None, 0, 0
+    history, best_score, best_state, since_best, step = [], -1.0, None, 0, 0
     for epoch in range(cfg.epochs):
         wrapped.train()
         start, losses = time.perf_counter(), []
@@ -123,12 +129,12 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
         model.eval()
         dev = evaluate(TorchRuntime(model, str(accelerator.device)).run, tokenizer, data.dev, data.labels,
                        max_length, ctx.eval_batch_size, desc=f"{name} dev")
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_accuracy": dev["accuracy"],
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_score": dev["score"],
                         "seconds": round(time.perf_counter() - start, 1)})
-        ctx.log.info("%s epoch %d: loss %.4f, dev accuracy %.4f", name, epoch + 1, history[-1]["train_loss"],
-                     dev["accuracy"])
-        if dev["accuracy"] > best_acc:
-            best_acc, since_best = dev["accuracy"], 0
+        ctx.log.info("%s epoch %d: loss %.4f, dev %s %.4f", name, epoch + 1, history[-1]["train_loss"],
+                     dev["metric"], dev["score"])
+        if dev["score"] > best_score:
+            best_score, since_best = dev["score"], 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
@@ -137,4 +143,4 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
                 break
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    return {"history": history, "best_dev_accuracy": best_acc}
+    return {"history": history, "metric": dev["metric"], "best_dev_score": best_score}

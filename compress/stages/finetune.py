@@ -1,4 +1,4 @@
-"""finetune: turn a pretrained encoder into a classifier for the recipe's labels."""
+"""finetune: turn a pretrained encoder into a classifier (or tagger) for the recipe's labels."""
 from __future__ import annotations
 
 import time
@@ -24,8 +24,8 @@ def finetune(cfg: FinetuneConfig, parent: Artifact, ctx: Context, out: Path) -> 
 
     labels = ctx.data.labels
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    model = load_classifier(parent.path, labels, ctx.allow_pickle)
-    if not cfg.force and is_classifier_for(parent.path, labels):
+    model = load_classifier(parent.path, labels, ctx.allow_pickle, ctx.task)
+    if not cfg.force and is_classifier_for(parent.path, labels, ctx.task):
         ctx.log.info("%s: input already classifies %s; kept as is (force: true to train anyway)", cfg.name, labels)
         save_checkpoint(model, tokenizer, out)
         return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {"skipped": "already fine-tuned"})
