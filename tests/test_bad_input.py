@@ -82,6 +82,7 @@ def rows(n: int = 60, **changes) -> list[dict]:
     return [r | changes for r in sentiment_rows(n)]
 
 
+TOKEN = "token-classification"
 # id: (what builds the recipe, substrings the message must hold: the file, field and value at fault)
 Case = tuple[Callable[[Inputs], Path], list[str]]
 CASES: dict[str, object] = {  # a Case, or pytest.param of one where it needs a mark
@@ -182,6 +183,24 @@ CASES: dict[str, object] = {  # a Case, or pytest.param of one where it needs a 
     "split-files-missing-file": (
         lambda i: i.recipe(data={"source": {"train": str(i.csv), "dev": str(i.tmp / "dev.csv"), "test": str(i.csv)}}),
         ["data.source", "dev: data file not found", "dev.csv"]),
+    # token classification
+    "unknown-task": (lambda i: i.recipe(task="qa"), ["task", "(got 'qa')"]),
+    "conll2003-without-task": (lambda i: i.recipe(data={"source": "conll2003", "split": {}}),
+                               ["data.source 'conll2003' is token-classification data",
+                                "set task: token-classification"]),
+    "ner-from-csv": (lambda i: i.recipe(task=TOKEN), ["reviews.csv", "token-classification reads conll, jsonl"]),
+    "ner-text-pair": (lambda i: i.recipe(task=TOKEN, data={"text_pair_column": "q"}),
+                      ["data.text_pair_column", "tags one text's words"]),
+    "ner-misaligned-tags": (
+        lambda i: i.recipe(task=TOKEN, data={"source": str(i.file("t.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}'
+                                                                  '\n')), "split": {}}),
+        ["t.jsonl", "row 0: 2 words but 1 tags"]),
+    "ner-conll-line-without-tag": (
+        lambda i: i.recipe(task=TOKEN, data={"source": str(i.file("c.conll", "good B-ORG\nfilm\n")), "split": {}}),
+        ["c.conll", "line 2 has one column", "'film'"]),
+    "ner-conll-with-group-column": (
+        lambda i: i.recipe(task=TOKEN, data={"source": str(i.file("g.conll", "good B-ORG\n"))}),
+        ["g.conll", "data.split.group_column does not apply"]),
     "split-files-and-fractions": (
         lambda i: i.recipe(data={"source": {"train": str(i.csv), "dev": str(i.csv), "test": str(i.csv)}}),
         ["data", "one file per split", "['group_column']"]),

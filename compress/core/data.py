@@ -98,7 +98,8 @@ def _bbc_news() -> pd.DataFrame:
 def read_conll(path: Path) -> pd.DataFrame:
     """A CoNLL column file: one token a line (the first column its word, the last its tag), a blank line between
     sentences, `-DOCSTART-` lines between documents. One row per sentence: word and tag lists, and the document
-    (its group, so a seeded split never puts two sentences of one article in different splits)."""
+    (its group, so a seeded split never puts two sentences of one article in different splits); in a file with
+    no `-DOCSTART-`, each sentence is a group of its own."""
     rows, words, tags, document = [], [], [], 0
     try:
         lines = path.read_text(encoding="utf-8").splitlines() + [""]
@@ -120,7 +121,8 @@ def read_conll(path: Path) -> pd.DataFrame:
             words, tags = [], []
     if not rows:
         raise CompressError(f"{path}: no sentence found (conll: one `word ... tag` line per token)")
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    return df if document else df.assign(group=[f"{path.name}:s{i}" for i in range(len(df))])
 
 
 def _conll2003() -> pd.DataFrame:
@@ -306,6 +308,9 @@ def _user_rows(cfg: DataConfig, task: str) -> pd.DataFrame:
         fmt = _file_format(path, cfg.format)
         if fmt not in TASK_FORMATS[task]:
             raise CompressError(f"{path}: {task} reads {', '.join(TASK_FORMATS[task])} files, not {fmt}")
+        if fmt == "conll" and cfg.split.group_column:
+            raise CompressError(f"{path}: data.split.group_column does not apply to a conll file, whose sentences "
+                                "are grouped by its -DOCSTART- documents")
         df = _read_user_file(path, fmt)
         if fmt != "conll":  # conll columns are positional: read_conll names them
             for role, col in columns.items():

@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 
 from compress.core.config import StepConfig, Strict
-from compress.core.data import IGNORE, Example, encode_labeled
+from compress.core.data import IGNORE, Example, encode, encode_labeled
 from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
 from compress.core.progress import progress
@@ -35,6 +35,9 @@ class TrainingSettings(Strict):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a dev gain.")
+    group_by_length: bool = Field(False, description="Batch examples of similar token counts together (random "
+                                  "order otherwise): far less padding to compute on when lengths vary, as NER "
+                                  "sentences do.")
 
 
 class TrainingConfig(StepConfig, TrainingSettings):
@@ -57,6 +60,16 @@ def token_rows(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 
 def cross_entropy(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(*token_rows(model(**inputs).logits, labels), ignore_index=IGNORE)
+
+
+def length_grouped(tokenizer, examples: list[Example], max_length: int, batch_size: int,
+                   generator: torch.Generator) -> torch.utils.data.Sampler:
+    """Hugging Face Trainer's group_by_length order: random runs of 50 batches, each run sorted by token count."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    lengths = [int(n) for i in range(0, len(examples), 1024)
+               for n in encode(tokenizer, examples[i : i + 1024], max_length)["attention_mask"].sum(1)]
+    return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
 
 
 class _WithExtra(torch.nn.Module):
@@ -97,10 +110,10 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
         enc, labels = encode_labeled(tokenizer, chunk, max_length)
         return {k: torch.from_numpy(v) for k, v in enc.items()}, torch.from_numpy(labels)
 
-    loader = torch.utils.data.DataLoader(
-        examples, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    generator = torch.Generator().manual_seed(seed)
+    order = {"sampler": length_grouped(tokenizer, examples, max_length, cfg.batch_size, generator)} \
+        if cfg.group_by_length else {"shuffle": True, "generator": generator}
+    loader = torch.utils.data.DataLoader(examples, batch_size=cfg.batch_size, collate_fn=collate, **order)
     unit = model if extra is None else _WithExtra(model, extra)
     decay = [p for p in unit.parameters() if p.ndim > 1]
     no_decay = [p for p in unit.parameters() if p.ndim <= 1]
