@@ -107,7 +107,7 @@ def check_wordpiece(tokenizer, folder: Path) -> None:
                             f"{model_type or type(tokenizer).__name__} (SentencePiece/Unigram is not supported)")
 
 
-def kept_ids(tokenizer, config, texts: list[str], min_count: int, keep_characters: bool) -> list[int]:
+def kept_ids(tokenizer, config, texts: list[Text], min_count: int, keep_characters: bool) -> list[int]:
     """Ids the corpus uses at least `min_count` times, plus every special or added token (and, with
     `keep_characters`, the single-character pieces of the corpus's characters), sorted."""
     counts = Counter(i for ids in tokenize(tokenizer, texts, add_special_tokens=False)["input_ids"] for i in ids)
