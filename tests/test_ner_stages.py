@@ -261,7 +261,7 @@ def test_unlabeled_lines_become_untagged_word_examples(tmp_path, teacher):
     assert (labels == IGNORE).all() and labels.shape == inputs["input_ids"].shape
 
 
-def test_distill_bert_students_per_token_parent_layer_drop_albertize(tmp_path, teacher, conll):
+def test_distill_bert_students_per_token_parent_layer_drop_albertize_fresh(tmp_path, teacher, conll):
     art, ctx = teacher
     unlabeled = tmp_path / "unlabeled.txt"
     unlabeled.write_text("anna smith went to london\nthe smithson said today\n")
@@ -272,12 +272,16 @@ def test_distill_bert_students_per_token_parent_layer_drop_albertize(tmp_path, t
          "loss": {"hidden": 1.0, "attention": 1.0}, **TRAIN},
         {"name": "albert", "type": "distill", "from": "source", "student": {"albertize": {"embedding_size": 16}},
          **TRAIN},
+        # a random student and the soft loss alone: only the teacher's per-token distributions can teach it
+        {"name": "fresh", "type": "distill", "from": "source", "student": {"fresh": {"num_hidden_layers": 1}},
+         "loss": {"kl": 1.0, "ce": 0.0}, **TRAIN},
     ]
     arts, run_ctx = run_steps(tmp_path, art.path, conll, steps)
     teacher_f1 = art.metrics["best_dev_score"]
     for name, cls, layers, least in [("self", "BertForTokenClassification", 2, teacher_f1 - 0.05),
                                      ("shallow", "BertForTokenClassification", 1, 0.85),
-                                     ("albert", "AlbertForTokenClassification", 2, 0.85)]:
+                                     ("albert", "AlbertForTokenClassification", 2, 0.85),
+                                     ("fresh", "BertForTokenClassification", 1, 0.9)]:
         m = arts[name].metrics
         model = load(arts[name].path)
         assert type(model).__name__ == cls and model.config.num_hidden_layers == layers, name
@@ -286,6 +290,7 @@ def test_distill_bert_students_per_token_parent_layer_drop_albertize(tmp_path, t
         assert dev_f1(arts[name].path, run_ctx) == pytest.approx(m["best_dev_score"])
     assert arts["self"].metrics["unlabeled_examples"] == 2
     assert arts["self"].metrics["dev_score_before"] == pytest.approx(teacher_f1)  # the parent is the teacher
+    assert arts["fresh"].metrics["dev_score_before"] < 0.3  # it learnt the tags from the teacher's soft labels
     assert arts["albert"].metrics["student_parameters"]["embeddings"] < arts["albert"].metrics["teacher_parameters"][
         "embeddings"]
 
