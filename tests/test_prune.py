@@ -19,19 +19,18 @@ from compress.core.stage import Context
 from tests.conftest import save_tiny_model, write_recipe
 
 FRESH_LOAD = """
-import json, sys, torch
-from transformers import AutoModelForSequenceClassification
+import json, sys, torch, transformers
 assert not any(m.split('.')[0] in ('compress', 'export', 'benchmarks') for m in sys.modules)
-model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1]).eval()
+model = getattr(transformers, sys.argv[3]).from_pretrained(sys.argv[1]).eval()
 ids = torch.tensor(json.loads(sys.argv[2]))
 with torch.no_grad():
     print(json.dumps(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.tolist()))
 """
 
 
-def fresh_process_logits(folder, ids: torch.Tensor) -> torch.Tensor:
-    """Logits from stock transformers in a new interpreter that never imported compress."""
-    out = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(folder), json.dumps(ids.tolist())],
+def fresh_process_logits(folder, ids: torch.Tensor, auto: str = "AutoModelForSequenceClassification") -> torch.Tensor:
+    """Logits from stock transformers (its Auto class `auto`) in a new interpreter that never imported compress."""
+    out = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(folder), json.dumps(ids.tolist()), auto],
                          capture_output=True, text=True, check=True, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     return torch.tensor(json.loads(out.stdout.splitlines()[-1]))
 

@@ -15,12 +15,12 @@ from pydantic import Field, field_validator
 
 from compress.core.artifact import Artifact
 from compress.core.config import Architecture, Strict
-from compress.core.data import Example, encode
+from compress.core.data import IGNORE, TASKS, Example, encode
 from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
-from compress.core.train import TrainingConfig, train
+from compress.core.train import TrainingConfig, token_rows, train
 from compress.stages.students import (GradualSharing, StudentSpec, build_student, embedding_row_counts,
                                       parameter_split, student_architecture)
 from runtimes.torch_runtime import TorchRuntime
@@ -63,9 +63,6 @@ class DistillConfig(TrainingConfig):
         return student_architecture(self.student, given)
 
 
-UNLABELED = -100  # F.cross_entropy's ignore_index
-
-
 class Term:
     """One loss term: (student outputs, teacher outputs, labels, attention mask) -> scalar."""
 
@@ -76,17 +73,24 @@ class Term:
 
 
 class SoftKL(Term):
+    """KL per decision, averaged over decisions: per example for a sequence head (torch's batchmean), per real
+    token for a token head, so padding never counts and a batch of long sentences weighs as much per token as one
+    of short ones."""
+
     def __call__(self, s, t, labels, mask):
         T = self.cfg.temperature
-        return F.kl_div(F.log_softmax(s.logits / T, -1), F.log_softmax(t.logits / T, -1), reduction="batchmean",
-                        log_target=True) * T * T
+        kl = F.kl_div(F.log_softmax(s.logits / T, -1), F.log_softmax(t.logits / T, -1), reduction="none",
+                      log_target=True).sum(-1)  # (B,) or (B, T)
+        return (kl[mask.bool()] if kl.dim() == 2 else kl).mean() * T * T
 
 
 class HardCE(Term):
+    """Cross-entropy on the labelled decisions: examples, or the first pieces of words (IGNORE elsewhere)."""
+
     def __call__(self, s, t, labels, mask):
-        if (labels == UNLABELED).all():
+        if (labels == IGNORE).all():
             return s.logits.sum() * 0.0
-        return F.cross_entropy(s.logits, labels, ignore_index=UNLABELED)
+        return F.cross_entropy(*token_rows(s.logits, labels), ignore_index=IGNORE)
 
 
 def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -177,6 +181,15 @@ class DistillLoss:
         return sum(w * term(s, t, labels, mask) for w, term in self.terms.values())
 
 
+def unlabeled_example(line: str, task: str) -> Example:
+    """A line of extra text as an example without labels: a text, or for token classification its
+    whitespace-separated words, each tagged IGNORE (the soft losses read every token, the hard one none)."""
+    if task == TASKS[1]:
+        words = tuple(line.split())
+        return Example(" ".join(words), (IGNORE,) * len(words), None, words)
+    return Example(line, IGNORE)
+
+
 def read_unlabeled(source: Path | str | None, ctx: Context) -> list[Example]:
     if source is None:
         return []
@@ -187,7 +200,7 @@ def read_unlabeled(source: Path | str | None, ctx: Context) -> list[Example]:
         lines = ctx.data.unlabeled
     else:
         lines = [l.strip() for l in Path(source).read_text(encoding="utf-8", errors="replace").splitlines()]
-    return [Example(l, UNLABELED) for l in lines if l]
+    return [unlabeled_example(l, ctx.task) for l in lines if l.strip()]
 
 
 @register(DistillConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
@@ -200,19 +213,20 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
     if AutoTokenizer.from_pretrained(teacher_art.path).get_vocab() != tokenizer.get_vocab():
         raise CompressError(f"{cfg.name}: teacher {teacher_art.name!r} and input {parent.name!r} use different "
                             "vocabularies; distillation feeds both the same token ids")
-    teacher = load_classifier(teacher_art.path, labels, allow_pickle)
+    teacher = load_classifier(teacher_art.path, labels, allow_pickle, ctx.task)
     extra = read_unlabeled(cfg.unlabeled, ctx)
-    parent_model = load_classifier(parent.path, labels, allow_pickle)
+    parent_model = load_classifier(parent.path, labels, allow_pickle, ctx.task)
     row_counts = lambda: sum(  # noqa: E731  (apart: unlabeled lines carry no text pair)
         embedding_row_counts(encode(tokenizer, part, ctx.max_length), parent_model.config)
         for part in (ctx.data.train, extra) if part)
     student, built = build_student(cfg.student, parent_model, row_counts)
     sharing = GradualSharing.of(student)
     loss = DistillLoss(cfg.loss, teacher, student)
-    before = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.max_length,
-                      ctx.eval_batch_size, desc=f"{cfg.name} dev")["accuracy"]
-    ctx.log.info("%s: student %s%s; dev accuracy before distillation %.4f", cfg.name, type(student).__name__,
-                 f", shared gradually over {sharing.anneal:.0%} of training" if sharing else "", before)
+    dev = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.max_length,
+                   ctx.eval_batch_size, desc=f"{cfg.name} dev")
+    before = dev["score"]
+    ctx.log.info("%s: student %s%s; dev %s before distillation %.4f", cfg.name, type(student).__name__,
+                 f", shared gradually over {sharing.anneal:.0%} of training" if sharing else "", dev["metric"], before)
     start = time.perf_counter()
     result = train(student, tokenizer, cfg, ctx, cfg.name, loss_fn=loss, extra=loss.projections or None,
                    train_examples=ctx.data.train + extra if extra else None, on_step=sharing)
@@ -223,7 +237,7 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
     save_checkpoint(student, tokenizer, out)
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
         **result, "train_seconds": round(time.perf_counter() - start, 1), "teacher": teacher_art.name,
-        "dev_accuracy_before": before, "student": cfg.student if isinstance(cfg.student, str) else
+        "dev_score_before": before, "student": cfg.student if isinstance(cfg.student, str) else
         next(iter(cfg.student.model_dump())), "student_parameters": parameter_split(student),
         "teacher_parameters": parameter_split(teacher), "unlabeled_examples": len(extra), **built,
     })

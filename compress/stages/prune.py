@@ -39,7 +39,7 @@ from compress.core.artifact import Artifact
 from compress.core.config import Architecture, StepConfig
 from compress.core.data import batches
 from compress.core.errors import CompressError, StageFailed
-from compress.core.models import load_classifier, save_checkpoint
+from compress.core.models import head_class, load_classifier, save_checkpoint, task_of
 from compress.core.stage import Context, StageResult, register
 from compress.core.train import TrainingSettings, cross_entropy, train
 
@@ -296,12 +296,14 @@ def drop_layers(model, drop: list[int]) -> dict[int, int]:
 
 
 def check_reload(model, folder: Path, tokenizer, ctx: Context) -> float:
-    """Max |logit difference| between the model in memory and `from_pretrained` of what was saved."""
-    from transformers import AutoModelForSequenceClassification
+    """Max |logit difference| between the model in memory and `from_pretrained` of what was saved, through the
+    Auto class a user would pick for the saved head (its config's architectures): a tagger must reload as one."""
+    from transformers import AutoConfig
 
     enc = next(batches(tokenizer, ctx.data.dev[:16], ctx.max_length, 16))[0]
     feed = {k: torch.from_numpy(v) for k, v in enc.items()}
-    reloaded = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True).eval()
+    auto = head_class(task_of(AutoConfig.from_pretrained(folder)))
+    reloaded = auto.from_pretrained(folder, use_safetensors=True).eval()
     with torch.no_grad():
         return float((model.eval()(**feed).logits - reloaded(**feed).logits).abs().max())
 
@@ -311,7 +313,7 @@ def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageR
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle)
+    model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle, task=ctx.task)
     blocks(model)  # unsupported architectures stop here, before any work
     before, start, history = encoder_parameters(model), time.perf_counter(), []
     heads = cfg.heads

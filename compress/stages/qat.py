@@ -130,7 +130,7 @@ def qat(cfg: QatConfig, parent: Artifact, ctx: Context, out: Path) -> StageResul
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
-    model = load_classifier(parent.path, ctx.data.labels, ctx.allow_pickle)
+    model = load_classifier(parent.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
     wrapped = add_fake_quant(model, cfg.reduce_range)
     max_length = ctx.max_length
     model.eval()
@@ -144,6 +144,7 @@ def qat(cfg: QatConfig, parent: Artifact, ctx: Context, out: Path) -> StageResul
     to_onnx(model, encode(tokenizer, ctx.data.dev[:2], max_length), out / "model.onnx", cfg.opset)
     folded = fold_weight_quantizers(out / "model.onnx")
     tokenizer.save_pretrained(out)
+    model.config.architectures = [type(model).__name__]  # runtimes read the head (its task) off config.json
     model.config.save_pretrained(out)
     parity = compare_logits(TorchRuntime(model).run, OrtRuntime(out / "model.onnx").run, tokenizer,
                             ctx.data.dev[: cfg.parity.examples], max_length)

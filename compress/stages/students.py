@@ -1,5 +1,5 @@
-"""Students for distillation, built from a BERT-style classifier: fewer layers (of a BERT or an ALBERT), ALBERT, or a
-fresh config.
+"""Students for distillation, built from a BERT-style classifier or tagger: fewer layers (of a BERT or an ALBERT),
+ALBERT, or a fresh config. A student has its input's head (sequence or token classification).
 
 Each builder returns a stock `transformers` model, so the student saves with `save_pretrained`
 and loads anywhere without this package.
@@ -15,7 +15,9 @@ import torch
 from pydantic import Field
 
 from compress.core.config import Architecture, Strict
+from compress.core.data import TASKS
 from compress.core.errors import CompressError
+from compress.core.models import HEADS, head_class
 
 
 class LayerDrop(Strict):
@@ -111,10 +113,15 @@ def layer_drop(model, keep: list[int]):
     return student
 
 
-def fresh(model, overrides: dict):
-    """The input's architecture and vocabulary with `overrides` applied, randomly initialised."""
-    from transformers import AutoModelForSequenceClassification
+def head_task(model) -> str:
+    """The task of a model in memory, read off its class: its config's `architectures` still name the checkpoint
+    it was loaded from, whose head may have been another (finetune puts a token head on a bare encoder)."""
+    name = type(model).__name__
+    return next((task for task, suffix in HEADS.items() if name.endswith(suffix)), TASKS[0])
 
+
+def fresh(model, overrides: dict):
+    """The input's architecture, vocabulary and head with `overrides` applied, randomly initialised."""
     config = copy.deepcopy(model.config)
     unknown = sorted(k for k in overrides if not hasattr(config, k))
     if unknown:
@@ -124,7 +131,7 @@ def fresh(model, overrides: dict):
     if config.hidden_size % config.num_attention_heads:
         raise CompressError(f"student.fresh: hidden_size {config.hidden_size} is not a multiple of "
                             f"num_attention_heads {config.num_attention_heads}")
-    return AutoModelForSequenceClassification.from_config(config)
+    return head_class(head_task(model)).from_config(config)
 
 
 def embedding_row_counts(encoded: dict[str, np.ndarray], config) -> torch.Tensor:
@@ -190,10 +197,12 @@ def _shared_layer(teacher_layers: list, init: str) -> dict[str, torch.Tensor]:
 
 def albertize(teacher, spec: AlbertizeSpec, row_counts: Callable[[], torch.Tensor] | None = None
               ) -> tuple[torch.nn.Module, dict]:
-    """An AlbertForSequenceClassification from a BERT classifier: factorized embeddings, shared layer groups.
+    """An ALBERT with the BERT's head (AlbertForSequenceClassification, AlbertForTokenClassification) from a BERT
+    classifier: factorized embeddings, shared layer groups.
     `row_counts` gives embedding_row_counts of the training text, which weight the factorization when spec says
     corpus; a callable, so the text is tokenized only then."""
-    from transformers import AlbertConfig, AlbertForSequenceClassification
+    import transformers
+    from transformers import AlbertConfig
 
     tc = teacher.config
     if tc.model_type != "bert":
@@ -222,7 +231,7 @@ def albertize(teacher, spec: AlbertizeSpec, row_counts: Callable[[], torch.Tenso
         layer_norm_eps=tc.layer_norm_eps, pad_token_id=tc.pad_token_id, bos_token_id=None, eos_token_id=None,
         num_labels=tc.num_labels, id2label=tc.id2label, label2id=tc.label2id,
     )
-    student = AlbertForSequenceClassification(config).eval()
+    student = getattr(transformers, f"Albert{HEADS[head_task(teacher)]}")(config).eval()
     emb, a = teacher.bert.embeddings, student.albert
     tables = [emb.word_embeddings.weight, emb.position_embeddings.weight, emb.token_type_embeddings.weight]
     if spec.weight_rows == "corpus" and row_counts is None:
@@ -243,7 +252,8 @@ def albertize(teacher, spec: AlbertizeSpec, row_counts: Callable[[], torch.Tenso
         stands_for = list(teacher.bert.encoder.layer[g * block : (g + 1) * block])
         for j, layer in enumerate(group.albert_layers):  # inner layer j runs at block positions j, j + per, ...
             layer.load_state_dict(_shared_layer(stands_for[j :: spec.layers_per_group], spec.init))
-    a.pooler.load_state_dict(teacher.bert.pooler.dense.state_dict())
+    if a.pooler is not None:  # sequence heads read the pooled [CLS]; token heads have no pooler
+        a.pooler.load_state_dict(teacher.bert.pooler.dense.state_dict())
     student.classifier.load_state_dict(teacher.classifier.state_dict())
     if spec.anneal:
         GradualSharing(spec.anneal, spec.num_groups, spec.init).attach(student)
@@ -299,7 +309,7 @@ class GradualSharing:
         self.c = max(0.0, 1.0 - step / (self.anneal * total))
 
     def shared_model(self, student):
-        """The stock AlbertForSequenceClassification with num_groups groups that the student has become."""
+        """The stock ALBERT (the student's own head class) with num_groups groups that the student has become."""
         config = copy.deepcopy(student.config)
         config.num_hidden_groups = self.num_groups
         final = type(student)(config)

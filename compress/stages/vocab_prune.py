@@ -11,6 +11,12 @@ dropped piece is split differently, or becomes [UNK] when no split exists: the s
 New ids keep the old order (kept ids sorted), so [PAD] = 0 and the other special tokens keep their relative places.
 Only WordPiece tokenizers are handled: SentencePiece (ALBERT's usual Unigram) is refused with a CompressError.
 
+Token classification reads its examples word-split (is_split_into_words), and each word is pre-tokenized and split
+on its own, so the argument holds word by word: a word whose pieces are all kept keeps its pieces, and with them
+the position of its first piece, where its tag is trained and read. Corpus, coverage and the check below therefore
+tokenize a token example's words, never their joined text, and the check also compares which word each piece
+belongs to.
+
 `min_count` > 1 drops rare pieces too. `keep_characters` then keeps every single-character piece (`c` and `##c`)
 for the characters the corpus contains, so a word whose longer pieces were dropped still splits into pieces
 instead of becoming [UNK]; the argument above holds for any subset, so kept texts are unaffected.
@@ -30,7 +36,7 @@ from pydantic import Field, field_validator
 
 from compress.core.artifact import Artifact
 from compress.core.config import RecipeShapes
-from compress.core.data import Example
+from compress.core.data import Example, is_tagged
 from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import predict_logits
 from compress.core.models import load_classifier, load_tokenizer, save_checkpoint
@@ -72,8 +78,26 @@ class VocabPruneConfig(ParityChecked):
                 raise ValueError(f"max_positions {self.max_positions} is shorter than {field} {length}")
 
 
-def texts_of(examples: list[Example]) -> list[str]:
+Text = str | list[str]  # what the tokenizer reads of an example: a text, or (token classification) its words
+
+
+def texts_of(examples: list[Example]) -> list[Text]:
+    """Texts and text pairs, or the word lists of token examples (the model reads those word-split)."""
+    if is_tagged(examples):
+        return [list(e.words) for e in examples]
     return [e.text for e in examples] + [e.text_pair for e in examples if e.text_pair is not None]
+
+
+def corpus_lines(path: Path, tagged: bool) -> list[Text]:
+    """An extra corpus file's non-blank lines; for a token task each line's whitespace-separated words, so they
+    are tokenized as the task's words are."""
+    lines = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    return [t.split() for t in lines] if tagged else lines
+
+
+def tokenize(tokenizer, texts: list[Text], **kwargs):
+    """The tokenizer over `texts` as the model reads them: word lists word-split, so word_ids() index the words."""
+    return tokenizer(texts, is_split_into_words=bool(texts) and isinstance(texts[0], list), **kwargs)
 
 
 def check_wordpiece(tokenizer, folder: Path) -> None:
@@ -83,10 +107,10 @@ def check_wordpiece(tokenizer, folder: Path) -> None:
                             f"{model_type or type(tokenizer).__name__} (SentencePiece/Unigram is not supported)")
 
 
-def kept_ids(tokenizer, config, texts: list[str], min_count: int, keep_characters: bool) -> list[int]:
+def kept_ids(tokenizer, config, texts: list[Text], min_count: int, keep_characters: bool) -> list[int]:
     """Ids the corpus uses at least `min_count` times, plus every special or added token (and, with
     `keep_characters`, the single-character pieces of the corpus's characters), sorted."""
-    counts = Counter(i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids)
+    counts = Counter(i for ids in tokenize(tokenizer, texts, add_special_tokens=False)["input_ids"] for i in ids)
     always = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     always |= {getattr(config, f) for f in SPECIAL_ID_FIELDS if getattr(config, f, None) is not None}
     if keep_characters:
@@ -94,11 +118,13 @@ def kept_ids(tokenizer, config, texts: list[str], min_count: int, keep_character
     return sorted({i for i, c in counts.items() if c >= min_count} | always)
 
 
-def character_ids(tokenizer, texts: list[str]) -> set[int]:
-    """Ids of `c` and `##c` for every character of the corpus's words, as the tokenizer normalizes and splits them."""
+def character_ids(tokenizer, texts: list[Text]) -> set[int]:
+    """Ids of `c` and `##c` for every character of the corpus's words, as the tokenizer normalizes and splits them
+    (a word list's characters are those of its words: joining them with spaces adds none)."""
     backend = tokenizer.backend_tokenizer
     normalize = backend.normalizer.normalize_str if backend.normalizer else str
-    chars = {c for t in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalize(t)) for c in word}
+    chars = {c for t in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalize(
+        " ".join(t) if isinstance(t, list) else t)) for c in word}
     vocab, prefix = tokenizer.get_vocab(), backend.model.continuing_subword_prefix
     return {vocab[piece] for c in chars for piece in (c, prefix + c) if piece in vocab}
 
@@ -109,7 +135,8 @@ def fill_by_drift(model, tokenizer, keep: list[int], size: int, batch_size: int 
     Why: test text brings words the training corpus never used. Such a word is split into kept pieces, and for most
     words the model reads the pieces much as it read the word; for some (often the opinion-bearing ones: "lauded",
     "defective") it does not. Each candidate is scored by how far the model's output for the word alone moves when
-    it is split (L1 between log-probabilities; logits for a single-output head), and the largest movers come back.
+    it is split (L1 between log-probabilities; logits for a single-output head; a tagger's at the word's first
+    piece, where its tag is read), and the largest movers come back.
     It is task-aware, needs no extra text, and costs two forward passes over a few-token input per candidate.
     Candidates are tokens the tokenizer produces for their own string: no `##` pieces, no [unusedN]."""
     import tempfile
@@ -134,11 +161,23 @@ def fill_by_drift(model, tokenizer, keep: list[int], size: int, batch_size: int 
             batch = [w for _, w in candidates[start : start + batch_size]]
             split = pruned(batch, padding=True, return_tensors="pt")
             split["input_ids"] = old_id[split["input_ids"]]  # the same model reads both: map pieces to old ids
-            out = [model(**enc).logits for enc in (tokenizer(batch, padding=True, return_tensors="pt"), split)]
+            out = [word_output(model, enc) for enc in (tokenizer(batch, padding=True, return_tensors="pt"), split)]
             out = out if single else [o.log_softmax(-1) for o in out]
             scores.append((out[0] - out[1]).abs().sum(-1))
     order = torch.cat(scores).argsort(descending=True)[:wanted]
     return [candidates[j][0] for j in order.tolist()]
+
+
+def word_output(model, enc):
+    """The model's logits for a batch of one-word inputs, one row a word: a sequence head's, or a token head's at
+    the word's first piece (whole and split inputs differ in length, but that position means the same in both)."""
+    import torch
+
+    logits = model(**enc).logits
+    if logits.dim() == 2:
+        return logits
+    first = torch.tensor([enc.word_ids(i).index(0) for i in range(len(logits))])
+    return logits[torch.arange(len(logits)), first]
 
 
 def trim_positions(model, positions: int, folder: Path) -> None:
@@ -204,11 +243,12 @@ def write_pruned_tokenizer(tokenizer, keep: list[int], folder: Path):
     return pruned
 
 
-def coverage(old_tok, new_tok, keep: set[int], texts: list[str]) -> dict:
+def coverage(old_tok, new_tok, keep: set[int], texts: list[Text]) -> dict:
     """Token occurrences the pruned vocabulary no longer has, and what became of the words that held them.
 
-    Words are the pre-tokenizer's words, the same for both tokenizers, so they line up by index."""
-    old, new = old_tok(texts, add_special_tokens=False), new_tok(texts, add_special_tokens=False)
+    Words are the pre-tokenizer's words (a token example's own words), the same for both tokenizers, so they line
+    up by index."""
+    old, new = (tokenize(tok, texts, add_special_tokens=False) for tok in (old_tok, new_tok))
     n = {"token_occurrences": 0, "uncovered_occurrences": 0, "tokens_after": 0, "texts_fully_covered": 0,
          "words_affected": 0, "words_now_unk": 0, "words_now_split_differently": 0}
     for b in range(len(texts)):
@@ -233,28 +273,35 @@ def _words(word_ids: list[int | None], ids: list[int]) -> dict[int, list[int]]:
     return words
 
 
-def check_same_pieces(old_tok, new_tok, keep: list[int], texts: list[str], step: str) -> None:
-    """The docstring's argument, checked on the corpus: every fully kept text gets the same pieces, renumbered."""
+def check_same_pieces(old_tok, new_tok, keep: list[int], texts: list[Text], step: str) -> None:
+    """The docstring's argument, checked on the corpus: every fully kept text gets the same pieces, renumbered,
+    each in the same word (a tagger's labels sit on word boundaries)."""
     new_id = np.full(len(old_tok), -1)
     new_id[keep] = np.arange(len(keep))
-    old, new = old_tok(texts)["input_ids"], new_tok(texts)["input_ids"]
-    for text, o, n in zip(texts, old, new):
-        if (new_id[o] >= 0).all() and new_id[o].tolist() != n:
-            raise StageFailed(f"{step}: the pruned tokenizer splits {text[:80]!r} differently from the original")
+    old, new = tokenize(old_tok, texts), tokenize(new_tok, texts)
+    for b, (text, o, n) in enumerate(zip(texts, old["input_ids"], new["input_ids"])):
+        if (new_id[o] >= 0).all() and (new_id[o].tolist() != n or old.word_ids(b) != new.word_ids(b)):
+            raise StageFailed(f"{step}: the pruned tokenizer splits {str(text)[:80]!r} differently from the "
+                              "original")
 
 
 def fully_covered(tokenizer, examples: list[Example], keep: set[int]) -> list[Example]:
-    return [e for e in examples if all(i in keep for i in tokenizer(e.text, e.text_pair)["input_ids"])]
+    """The examples whose every token id (text and pair together, or the words word-split) is kept."""
+    if is_tagged(examples):
+        ids = tokenize(tokenizer, texts_of(examples))["input_ids"]
+    else:
+        ids = [tokenizer(e.text, e.text_pair)["input_ids"] for e in examples]
+    return [e for e, row in zip(examples, ids) if all(i in keep for i in row)]
 
 
 @register(VocabPruneConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
 def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     tokenizer = load_tokenizer(parent.path)
     check_wordpiece(tokenizer, parent.path)
-    model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle).eval()
+    model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle, task=ctx.task).eval()
     corpus = texts_of(ctx.data.train)
     if cfg.extra_corpus:
-        corpus += [t for t in Path(cfg.extra_corpus).read_text(encoding="utf-8").splitlines() if t.strip()]
+        corpus += corpus_lines(Path(cfg.extra_corpus), is_tagged(ctx.data.train))
     keep = kept_ids(tokenizer, model.config, corpus, cfg.min_count, cfg.keep_characters)
     vocab_before = model.get_input_embeddings().weight.shape[0]
     if cfg.fill_to is not None and cfg.fill_to > vocab_before:
