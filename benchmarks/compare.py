@@ -1,5 +1,6 @@
 """Compare two runs: what changed in score (the task's metric: accuracy, entity F1), size and latency for each
-artifact x back end, and fail when the score dropped more than allowed — the regression check a CI job runs against a stored baseline report.
+artifact x back end, and fail when the score dropped more than allowed — the regression check a CI job runs
+against a stored baseline report.
 
     python -m benchmarks.compare old/report.json new/report.json [--max-drop POINTS]
 

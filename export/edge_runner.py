@@ -70,7 +70,8 @@ def sequence_scores(rows: list[dict], logits: list[np.ndarray], n_classes: int) 
     pred = np.array([int(np.argmax(x)) for x in logits])
     labels = np.array([r["label"] for r in rows])
     accuracy = float((pred == labels).mean())
-    return {"metric": "accuracy", "score": accuracy, "accuracy": accuracy, "macro_f1": macro_f1(labels, pred, n_classes)}
+    return {"metric": "accuracy", "score": accuracy, "accuracy": accuracy,
+            "macro_f1": macro_f1(labels, pred, n_classes)}
 
 
 def _chunk_ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:

@@ -61,7 +61,8 @@ def tagged(report: dict) -> bool:
 
 
 def summary_table(report: dict) -> Table:
-    head = ["artifact", "back end", "precision", "threads", headline(report), "macro-F1", "drop (pts)", "size", "size×",
+    head = ["artifact", "back end", "precision", "threads", headline(report), "macro-F1", "drop (pts)", "size",
+            "size×",
             "params", "encoder params", "GMACs @128", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×",
             "own-length p50 ms", "own-length p95 ms", "mean tokens", "GMAC/s", "% nominal peak", "Pareto"]
     body = []

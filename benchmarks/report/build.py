@@ -70,8 +70,8 @@ def _reference_note(rows: list[dict]) -> dict | None:
     pick = lambda r: {"artifact": r["artifact"], "backend": r["backend"], "metric": metric(r),  # noqa: E731
                       "score": score(r), "size_bytes": r["size_bytes"], "p50_ms": _p50(r)}
     rule = f"fastest of ours on {ref['backend']} within {TIE_POINTS} points of the reference's "
-    return {"rule": rule + metric_label(metric(ref)) + ("" if close else " (none is: the best-scoring of ours instead)"),
-            "reference": pick(ref), "best": pick(best)}
+    rule += metric_label(metric(ref)) + ("" if close else " (none is: the best-scoring of ours instead)")
+    return {"rule": rule, "reference": pick(ref), "best": pick(best)}
 
 
 # A baseline within this many points of always answering the most frequent test class has learned nothing to lose.
@@ -91,8 +91,8 @@ def chance_warning(base: dict | None) -> str | None:
     if 100 * (score(base) - chance) > CHANCE_POINTS:
         return None
     return (f"the baseline {base['artifact']} is at chance: test {metric_label(metric(base))} {score(base):.4f} "
-            f"against {chance:.4f} for {what}; it has learned nothing that a drop could show (train it longer, or check "
-            f"the labels)")
+            f"against {chance:.4f} for {what}; it has learned nothing that a drop could show (train it longer, or "
+            f"check the labels)")
 
 
 def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Pareto plots from report.json: the score (accuracy, entity F1) against p50 latency and against size, the front drawn as a step line."""
+"""Pareto plots from report.json: the score (accuracy, entity F1) against p50 latency and against size, the front
+drawn as a step line."""
 from __future__ import annotations
 
 import io
