@@ -1,9 +1,10 @@
-"""Compare two runs: what changed in accuracy, size and latency for each artifact x back end, and fail when
-accuracy dropped more than allowed — the regression check a CI job runs against a stored baseline report.
+"""Compare two runs: what changed in score (the task's metric: accuracy, entity F1), size and latency for each
+artifact x back end, and fail when the score dropped more than allowed — the regression check a CI job runs
+against a stored baseline report.
 
     python -m benchmarks.compare old/report.json new/report.json [--max-drop POINTS]
 
-Exit codes: 0 no accuracy drop beyond the limit, 1 a drop (or a row measured before and not now), 2 bad input.
+Exit codes: 0 no score drop beyond the limit, 1 a drop (or a row measured before and not now), 2 bad input.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.report.blocks import mb
-from benchmarks.report.build import first_latency
+from benchmarks.report.build import first_latency, metric, score
 from compress.core.errors import CompressError, exit_code
 from compress.gate import drop_violation, read_report, verdict
 
@@ -35,11 +36,12 @@ def describe_changes(old: dict, new: dict) -> list[str]:
             lines.append(f"{name}: measured before, not now")
             continue
         if key not in before:
-            lines.append(f"{name}: new (accuracy {after[key]['accuracy']:.4f}, {mb(after[key]['size_bytes'])})")
+            new = after[key]
+            lines.append(f"{name}: new ({metric(new)} {score(new):.4f}, {mb(new['size_bytes'])})")
             continue
         o, n = before[key], after[key]
-        parts = [f"accuracy {o['accuracy']:.4f} -> {n['accuracy']:.4f} "
-                 f"({100 * (n['accuracy'] - o['accuracy']):+.2f} pts)",
+        parts = [f"{metric(n)} {score(o):.4f} -> {score(n):.4f} ({100 * (score(n) - score(o)):+.2f} pts)"
+                 + ("" if metric(o) == metric(n) else f" (the old report's score is {metric(o)})"),
                  f"size {mb(o['size_bytes'])} -> {mb(n['size_bytes'])}"]
         lo, ln = first_latency(o), first_latency(n)
         if lo and ln:
@@ -49,14 +51,15 @@ def describe_changes(old: dict, new: dict) -> list[str]:
 
 
 def regressions(old: dict, new: dict, max_drop: float) -> list[str]:
-    """Each row measured in `old` must still be measured in `new` and within `max_drop` points of its old accuracy."""
+    """Each row measured in `old` must still be measured in `new`, by the same metric, and within `max_drop`
+    points of its old score."""
     before, after = _rows(old), _rows(new)
     found = []
     for key, o in before.items():
         if key not in after:
             found.append(f"{key[0]} on {key[1]}: measured in the old report, missing from the new one")
             continue
-        problem = drop_violation(after[key], o["accuracy"], "the old report's", max_drop)
+        problem = drop_violation(after[key], score(o), metric(o), "the old report's", max_drop)
         if problem:
             found.append(problem)
     return found
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     p.add_argument("old", type=Path, help="the stored baseline report.json")
     p.add_argument("new", type=Path, help="this run's report.json")
-    p.add_argument("--max-drop", type=float, default=1.0, help="allowed accuracy drop in points (default 1.0)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="allowed score drop in points (default 1.0)")
     args = p.parse_args(argv)
 
     def body() -> int:
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         old, new = read_report(args.old), read_report(args.new)
         print("\n".join(describe_changes(old, new)))
         found = regressions(old, new, args.max_drop)
-        return verdict(found, "REGRESSION", f"no accuracy drop beyond {args.max_drop} points")
+        return verdict(found, "REGRESSION", f"no score drop beyond {args.max_drop} points")
 
     return exit_code(body)
 

@@ -19,19 +19,25 @@ from compress.core.artifact import write_json_atomic
 from compress.core.errors import CompressError, exit_code
 
 FOLDER = "device-results"
-REQUIRED = ("bundle", "backend", "precision", "device", "split", "examples", "accuracy", "macro_f1", "size_bytes", "latency")
+REQUIRED = ("bundle", "backend", "precision", "device", "split", "examples", "macro_f1", "size_bytes", "latency")
+# The task's figures a result carries (sequence classification: accuracy; token classification: entity F1 and
+# the rest of compress.core.evaluate.entity_metrics); results from before `score` existed hold accuracy alone.
+SCORES = ("metric", "score", "accuracy", "entity_f1", "entity_precision", "entity_recall", "macro_f1",
+          "token_accuracy", "per_class")
 
 
 def device_row(results: dict, origin: Path) -> dict:
-    missing = [k for k in REQUIRED if k not in results]
+    missing = [k for k in REQUIRED if k not in results] + ([] if "score" in results or "accuracy" in results
+                                                           else ["score"])
     if missing:
         raise CompressError(f"{origin}: not a run_on_device.py result, missing {missing}")
     device = results["device"]
     return {
         "artifact": results["bundle"], "backend": f"{results['backend']} @ {device.get('model', 'device')}",
         "kind": "edge-bundle", "status": "measured", "device": device.get("model"), "measured_on": device,
-        "precision": results["precision"], "split": results["split"], "accuracy": results["accuracy"],
-        "macro_f1": results["macro_f1"], "test_examples": results["examples"], "size_bytes": results["size_bytes"],
+        "precision": results["precision"], "split": results["split"],
+        **{k: results[k] for k in SCORES if k in results},
+        "test_examples": results["examples"], "size_bytes": results["size_bytes"],
         "parameters": None, "latency": [results["latency"]],
     }
 

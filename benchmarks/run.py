@@ -58,6 +58,17 @@ def open_folder(path: Path) -> Artifact:
                         f"(found .onnx files: {onnx_files or 'none'})")
 
 
+def folder_task(artifact: Artifact) -> str:
+    """The task the folder's head does (its config.json), which decides the data it is scored on: tags per word
+    (entity F1) or one label per text (accuracy). A folder without a config is a sequence classifier."""
+    from transformers import AutoConfig
+
+    from compress.core.data import TASKS
+    from compress.core.models import task_of
+
+    return task_of(AutoConfig.from_pretrained(artifact.path)) if (artifact.path / "config.json").is_file() else TASKS[0]
+
+
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -65,7 +76,8 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("folders", type=Path, nargs="+")
-    p.add_argument("--data", default="rotten_tomatoes", help="built-in data set name or a data file")
+    p.add_argument("--data", default="rotten_tomatoes", help="built-in data set name or a data file (conll2003 for "
+                   "token classifiers)")
     p.add_argument("--limit", type=int, help="use only this many test examples")
     p.add_argument("--max-length", type=int, default=64, help="tokens per example for accuracy (default 64)")
     p.add_argument("--seed", type=int, default=0, help="split seed: use the recipe's to get the same test split")
@@ -96,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         names = [a.name for a in artifacts]
         if len(set(names)) < len(names):
             raise CompressError(f"folders must have distinct names (got {names})")
-        data = load_dataset(data_cfg, seed=args.seed)
+        tasks = {a.name: folder_task(a) for a in artifacts}
+        if len(set(tasks.values())) > 1:
+            raise CompressError(f"folders do different tasks ({tasks}); one report scores one task")
+        data = load_dataset(data_cfg, seed=args.seed, task=tasks[names[0]])
         rows = []
         for artifact in artifacts:
             for backend in cfg.backends:

@@ -1,4 +1,5 @@
-"""One benchmark row: an artifact on a back end — accuracy on test, size, parameters, load time, peak memory and a
+"""One benchmark row: an artifact on a back end — the task's score on test (accuracy, or entity F1 for token
+classification, with the task's other figures), size, parameters, load time, peak memory and a
 latency sweep over batch sizes and sequence lengths, with and without tokenization; batch-1 latency on the test
 split's own lengths, and achieved GMAC/s beside the CPU's nominal peak.
 
@@ -32,7 +33,7 @@ from compress.core.models import load_tokenizer
 from runtimes import BACKENDS, Unavailable, open_runtime
 
 # Part of the pipeline's cache key: bump it when the figures a row holds change, so old rows are re-measured.
-METHOD_VERSION = 4
+METHOD_VERSION = 5  # 5: rows carry metric/score and the task metrics (entity F1 for token classification)
 
 
 class BenchmarkConfig(Strict):
@@ -121,6 +122,23 @@ def achieved_gmacs_per_s(macs: int | None, latency: list[dict]) -> float | None:
     return round(macs / (point["p50_ms"] / 1e3) / 1e9, 2) if macs and point else None
 
 
+# A row's `precision` is the runtime's (fp32, int8): entity-level precision and recall go under these names.
+ROW_NAMES = {"precision": "entity_precision", "recall": "entity_recall"}
+
+
+def task_figures(test: dict) -> dict:
+    """What a row keeps of evaluate()'s metrics: `metric` and `score` (which the report, gate and compare judge)
+    and the task's own figures: accuracy and macro-F1, or entity F1, precision, recall, macro-F1 and token
+    accuracy; `per_class` per class or per entity type."""
+    return {ROW_NAMES.get(k, k): v for k, v in test.items() if k != "examples"}
+
+
+def logits_shape(runtime, tokenizer, data: Dataset, max_length: int) -> list[int]:
+    """The output of one test example at its own length: (1, classes), or a token head's (1, tokens, tags), so the
+    row says which head it measured."""
+    return list(runtime.run(encode(tokenizer, data.test[:1], max_length)).shape)
+
+
 def _row_key(artifact: Artifact, backend: str) -> dict:
     return {"artifact": artifact.name, "backend": backend, "kind": artifact.kind}
 
@@ -160,10 +178,9 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
         "precision": runtime.precision,
         "threads": cfg.threads,
         "split": "test",
-        "accuracy": test["accuracy"],
-        "macro_f1": test["macro_f1"],
-        "per_class": test["per_class"],
+        **task_figures(test),
         "test_examples": test["examples"],
+        "logits_shape": logits_shape(runtime, tokenizer, data, max_length),
         "size_bytes": model_bytes(artifact),
         "parameters": parameter_count(artifact),
         **cost,

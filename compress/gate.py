@@ -1,4 +1,5 @@
-"""The accuracy gate: fail when an artifact loses more than the allowed points against the baseline.
+"""The score gate: fail when an artifact loses more than the allowed points of the task's score (accuracy, or
+entity F1 for token classification) against the baseline; every message names the metric.
 
 A missing figure is a failure, never a pass: a gate that cannot see a number cannot vouch for it.
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from benchmarks.report.build import metric, score
 from compress.core.config import Strict
 from compress.core.errors import CompressError, exit_code
 
@@ -20,16 +22,20 @@ from compress.core.errors import CompressError, exit_code
 class GateConfig(Strict):
     """The recipe's `gate:` section."""
 
-    baseline: str | None = Field(None, description="Step whose accuracy is the reference; default: the first step.")
-    max_accuracy_drop: float = Field(1.0, ge=0, description="Points of test accuracy an artifact may lose.")
+    baseline: str | None = Field(None, description="Step whose score is the reference; default: the first step.")
+    max_accuracy_drop: float = Field(1.0, ge=0, description="Points of the test score (accuracy, or entity F1 for "
+                                     "token classification) an artifact may lose.")
     artifacts: list[str] | None = Field(None, description="Steps the gate applies to; default: all.")
 
 
 def violations(report: dict, max_drop: float, artifacts: list[str] | None = None) -> list[str]:
-    base = report.get("baseline", {}).get("accuracy")
+    """Every reason the report fails the gate: drops beyond `max_drop` points of the baseline's score, and
+    missing or failed figures."""
+    baseline = report.get("baseline", {})
+    base = score(baseline)
     if not isinstance(base, (int, float)):
-        name = report.get("baseline", {}).get("artifact")
-        return [f"baseline {name!r} has no measured accuracy"] + failed_rows(report, name)
+        name = baseline.get("artifact")
+        return [f"baseline {name!r} has no measured {metric(report)}"] + failed_rows(report, name)
     names = artifacts or list(dict.fromkeys(r["artifact"] for r in report["rows"]))
     found: list[str] = []
     for name in names:
@@ -37,9 +43,9 @@ def violations(report: dict, max_drop: float, artifacts: list[str] | None = None
         failed = failed_rows(report, name)
         found += failed
         if not measured and not failed:
-            found.append(f"{name}: no measured accuracy in the report")
+            found.append(f"{name}: no measured {metric(report)} in the report")
         for row in measured:
-            problem = drop_violation(row, base, "the baseline", max_drop)
+            problem = drop_violation(row, base, metric(baseline), "the baseline", max_drop)
             if problem:
                 found.append(problem)
     return found
@@ -47,19 +53,22 @@ def violations(report: dict, max_drop: float, artifacts: list[str] | None = None
 
 def failed_rows(report: dict, name: str) -> list[str]:
     """A gated artifact whose benchmark broke on a back end has no figure there: that is a failure, never a pass."""
-    return [f"{name} on {r['backend']}: its benchmark failed ({r['reason']}); there is no accuracy to judge"
+    return [f"{name} on {r['backend']}: its benchmark failed ({r['reason']}); there is no {metric(report)} to judge"
             for r in report["rows"] if r["artifact"] == name and r.get("status") == "failed"]
 
 
-def drop_violation(row: dict, reference: float, against: str, max_drop: float) -> str | None:
-    """Why `row` fails against a reference accuracy, or None. Shared with benchmarks.compare (run vs stored run)."""
-    acc = row.get("accuracy")
+def drop_violation(row: dict, reference: float, reference_metric: str, against: str, max_drop: float) -> str | None:
+    """Why `row` fails against a reference score of `reference_metric`, or None; a row scored with another metric
+    cannot be judged against it. Shared with benchmarks.compare (run vs stored run)."""
+    value, name = score(row), metric(row)
     where = f"{row['artifact']} on {row['backend']}"
-    if not isinstance(acc, (int, float)):
-        return f"{where}: accuracy missing"
-    drop = 100 * (reference - acc)
+    if name != reference_metric:
+        return f"{where}: its score is {name}, {against} is {reference_metric}; one cannot be judged by the other"
+    if not isinstance(value, (int, float)):
+        return f"{where}: {name} missing"
+    drop = 100 * (reference - value)
     if drop > max_drop:
-        return (f"{where}: accuracy {acc:.4f} is {drop:.2f} points below {against} {reference:.4f}; "
+        return (f"{where}: {name} {value:.4f} is {drop:.2f} points below {against} {reference:.4f}; "
                 f"the limit is {max_drop}")
     return None
 
@@ -77,7 +86,8 @@ def read_report(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m compress.gate", description=__doc__.splitlines()[0])
     p.add_argument("report", type=Path)
-    p.add_argument("--max-drop", type=float, required=True, help="allowed accuracy drop in points")
+    p.add_argument("--max-drop", type=float, required=True, help="allowed drop of the score (accuracy, entity F1) "
+                   "in points")
     p.add_argument("--artifact", action="append", help="gate only these artifacts (repeatable); default: all")
     args = p.parse_args(argv)
 

@@ -22,7 +22,8 @@ from pydantic import Field
 import runtimes.tensorrt_engine
 from compress.core.artifact import Artifact, folder_size, write_json_atomic
 from compress.core.config import StepConfig
-from compress.core.data import encode
+from compress.core.data import Example, encode, encode_words
+from compress.core.evaluate import OUTSIDE
 from compress.core.stage import Context, StageResult, register
 
 RUNNER = Path(__file__).with_name("edge_runner.py")
@@ -35,12 +36,23 @@ class EdgeBundleConfig(StepConfig):
     max_batch: int = Field(8, ge=1, description="Largest batch of the TensorRT profile built on the device.")
 
 
+def sample_row(tokenizer, e: Example, max_length: int, input_names: list[str]) -> dict:
+    """An example as the device reads it: text, label(s) and token ids. A token example also carries its words and,
+    per position, the index of the word whose first piece it is (-1 elsewhere): the runner has no tokenizer, and
+    that is where it reads each word's tag (as compress.core.evaluate does)."""
+    if e.words is None:
+        ids, extra = encode(tokenizer, [e], max_length), {}
+    else:
+        ids, first = encode_words(tokenizer, [e], max_length)
+        extra = {"words": list(e.words), "first": first[0].tolist()}
+    return {"text": e.text, "text_pair": e.text_pair, "label": e.label} | extra | {n: ids[n][0].tolist()
+                                                                                   for n in input_names}
+
+
 def write_sample(path: Path, tokenizer, examples, max_length: int, input_names: list[str]) -> None:
     with path.open("w") as f:
         for e in examples:
-            ids = encode(tokenizer, [e], max_length)
-            row = {"text": e.text, "text_pair": e.text_pair, "label": e.label} | {n: ids[n][0].tolist() for n in input_names}
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(sample_row(tokenizer, e, max_length, input_names)) + "\n")
 
 
 @register(EdgeBundleConfig, accepts=("onnx",), produces="edge-bundle")
@@ -63,7 +75,9 @@ def edge_bundle(cfg: EdgeBundleConfig, parent: Artifact, ctx: Context, out: Path
     (bundle / "runtimes" / "__init__.py").write_text('"""The engine code of compress\'s runtimes, for run_on_device.py."""\n')
     shutil.copyfile(ENGINE, bundle / "runtimes" / ENGINE.name)
     manifest = {
-        "name": cfg.name, "source_artifact": parent.name, "labels": ctx.data.labels,
+        "name": cfg.name, "source_artifact": parent.name, "labels": ctx.data.labels, "task": ctx.data.task,
+        # the tag a word cut off by max_length is predicted as (a miss, as compress.core.evaluate counts it)
+        "outside": ctx.data.labels.index(OUTSIDE) if OUTSIDE in ctx.data.labels else 0,
         "precision": parent.metrics.get("precision", "fp32"), "input_names": input_names,
         "max_length": ctx.max_length, "max_batch": cfg.max_batch,
         "onnx_for_ort": "model.onnx", "onnx_for_tensorrt": "model.raw.onnx" if "raw" in parent.files else None,

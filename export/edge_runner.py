@@ -4,8 +4,10 @@ Needs only numpy plus onnxruntime or tensorrt: not compress, not transformers, n
 Text is not tokenized here; the bundle ships the sample's token ids, produced by the
 model's own tokenizer when the bundle was made, so the device measures exactly the model.
 It builds the TensorRT engine on the device (engines are not portable across GPUs),
-measures accuracy and latency (p50/p95/p99, batch 1) on the labelled sample, and writes
-results JSON describing the device. `python -m benchmarks.ingest results.json --run DIR`
+measures the task's score and latency (p50/p95/p99, batch 1) on the labelled sample, and writes
+results JSON describing the device. The score is accuracy for a sequence classifier and entity-level micro-F1
+for a token classifier (NER): CoNLL's definition, as seqeval's default mode computes it, re-implemented here
+(with per-type F1) because the device has no seqeval. `python -m benchmarks.ingest results.json --run DIR`
 merges it into a run's report.
 
 The TensorRT code is runtimes/tensorrt_engine.py, which the bundle ships beside this script
@@ -63,6 +65,92 @@ def macro_f1(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores))
 
 
+def sequence_scores(rows: list[dict], logits: list[np.ndarray], n_classes: int) -> dict:
+    """Accuracy and macro-F1 of one class per example."""
+    pred = np.array([int(np.argmax(x)) for x in logits])
+    labels = np.array([r["label"] for r in rows])
+    accuracy = float((pred == labels).mean())
+    return {"metric": "accuracy", "score": accuracy, "accuracy": accuracy,
+            "macro_f1": macro_f1(labels, pred, n_classes)}
+
+
+def _chunk_ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    """seqeval's end_of_chunk: the entity open at the previous word ends before this one."""
+    return (prev_tag in ("E", "S") or (prev_tag in ("B", "I") and tag in ("B", "S", "O"))
+            or (prev_tag not in ("O", ".") and prev_type != type_))
+
+
+def _chunk_starts(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    """seqeval's start_of_chunk. An I- after O (or after another type) opens an entity, as conlleval reads IOB."""
+    return (tag in ("B", "S") or (prev_tag in ("E", "S", "O") and tag in ("E", "I"))
+            or (tag not in ("O", ".") and prev_type != type_))
+
+
+def entities(sentences: list[list[str]]) -> set[tuple[str, int, int]]:
+    """(type, first, last) of every entity, positions counted over the sentences laid end to end with an O between
+    them (so no entity crosses a sentence), as seqeval's get_entities does."""
+    found, prev_tag, prev_type, begin = set(), "O", "", 0
+    tags = [t for sentence in sentences for t in [*sentence, "O"]] + ["O"]
+    for i, chunk in enumerate(tags):
+        tag, type_ = chunk[0], chunk[1:].split("-", maxsplit=1)[-1] or "_"
+        if _chunk_ends(prev_tag, tag, prev_type, type_):
+            found.add((prev_type, begin, i - 1))
+        if _chunk_starts(prev_tag, tag, prev_type, type_):
+            begin = i
+        prev_tag, prev_type = tag, type_
+    return found
+
+
+def _prf(correct: int, predicted: int, gold: int) -> dict:
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "support": gold}
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity-level micro precision/recall/F1 (an entity counts only when its type and both boundaries match),
+    macro-F1 over types, token accuracy, and per type, as compress.core.evaluate.entity_metrics gives them."""
+    want, got = entities(gold), entities(predicted)
+    per_type = {t: _prf(len({e for e in want & got if e[0] == t}), sum(e[0] == t for e in got),
+                        sum(e[0] == t for e in want)) for t in sorted({e[0] for e in want | got})}
+    micro = _prf(len(want & got), len(got), len(want))
+    pairs = [(a, b) for g, p in zip(gold, predicted) for a, b in zip(g, p)]
+    return {"metric": "entity_f1", "score": micro["f1"], "entity_f1": micro["f1"], "precision": micro["precision"],
+            "recall": micro["recall"],
+            "macro_f1": float(np.mean([c["f1"] for c in per_type.values()])) if per_type else 0.0,
+            "token_accuracy": sum(a == b for a, b in pairs) / len(pairs) if pairs else 0.0, "per_class": per_type}
+
+
+def word_tags(row: dict, logits: np.ndarray, outside: int) -> list[int]:
+    """A tag id per word, read at its first piece (`first`); words cut off by max_length get `outside`."""
+    tags = [outside] * len(row["words"])
+    for position, word in enumerate(row["first"]):
+        if word >= 0:
+            tags[word] = int(np.argmax(logits[position]))
+    return tags
+
+
+def token_scores(rows: list[dict], logits: list[np.ndarray], names: list[str], outside: int) -> dict:
+    """Entity-level scores of a token classifier's (tokens, tags) logits on the sample."""
+    predicted = [[names[t] for t in word_tags(r, x, outside)] for r, x in zip(rows, logits)]
+    return entity_scores([[names[t] for t in r["label"]] for r in rows], predicted)
+
+
+# The results' `precision` is the model's (fp16, int8): entity-level precision and recall go under these names,
+# as in the project's benchmark rows.
+RESULT_NAMES = {"precision": "entity_precision", "recall": "entity_recall"}
+
+
+def sample_scores(rows: list[dict], logits: list[np.ndarray], manifest: dict) -> dict:
+    """The bundle's task's scores (bundles from before tasks were recorded are sequence classifiers)."""
+    if manifest.get("task", "sequence-classification") == "token-classification":
+        scores = token_scores(rows, logits, manifest["labels"], manifest.get("outside", 0))
+    else:
+        scores = sequence_scores(rows, logits, len(manifest["labels"]))
+    return {RESULT_NAMES.get(k, k): v for k, v in scores.items()}
+
+
 def open_backend(bundle: Path, manifest: dict, backend: str, precision: str, threads: int | None):
     """Returns (run function, backend name, precision actually used, build log lines)."""
     if backend == "auto":
@@ -111,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(line) for line in (args.bundle / manifest["sample"]).read_text().splitlines() if line]
     inputs = [{n: np.array([r[n]], dtype=np.int64) for n in manifest["input_names"]} for r in rows]
     run, backend, precision, build_log = open_backend(args.bundle, manifest, args.backend, args.precision, args.threads)
-    pred = np.array([int(np.argmax(run(x)[0])) for x in inputs])
-    labels = np.array([r["label"] for r in rows])
+    scores = sample_scores(rows, [run(x)[0] for x in inputs], manifest)
     for i in range(args.warmup):
         run(inputs[i % len(inputs)])
     times = []
@@ -125,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "bundle": manifest["name"], "backend": backend, "precision": precision, "device": describe_device(),
         "split": f"test sample ({len(rows)} examples)", "examples": len(rows), "labels": manifest["labels"],
-        "accuracy": float((pred == labels).mean()), "macro_f1": macro_f1(labels, pred, len(manifest["labels"])),
+        **scores,
         "size_bytes": (args.bundle / manifest["onnx_for_ort"]).stat().st_size,
         "latency": {"batch_size": 1, "sequence_length": f"sample lengths {min(lengths)}-{max(lengths)}",
                     "p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
@@ -134,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_build_log_lines": len(build_log),
     }
     args.out.write_text(json.dumps(results, indent=2))
-    print(f"{backend} {precision}: accuracy {results['accuracy']:.4f} on {len(rows)} examples, "
+    print(f"{backend} {precision}: {results['metric']} {results['score']:.4f} on {len(rows)} examples, "
           f"p50 {results['latency']['p50_ms']} ms, p99 {results['latency']['p99_ms']} ms -> {args.out}")
     return 0
 

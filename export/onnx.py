@@ -15,7 +15,7 @@ from pydantic import Field
 
 from compress.core.artifact import Artifact
 from compress.core.data import encode
-from compress.core.models import load_tokenizer
+from compress.core.models import load_classifier, load_tokenizer
 from compress.core.parity import ParityChecked, compare_logits
 from compress.core.stage import Context, StageResult, register
 from runtimes.ort_runtime import OrtRuntime
@@ -36,13 +36,19 @@ class ExportConfig(ParityChecked):
 
 
 def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> None:
-    """Legacy TorchScript exporter: the dynamo exporter (torch's default) does not keep both dynamic axes here."""
+    """Legacy TorchScript exporter: the dynamo exporter (torch's default) does not keep both dynamic axes here.
+    A token head's logits are (batch, sequence, classes): their sequence axis must be dynamic too, or the graph
+    would only take the sample's length. Which kind of head it is, the sample's own logits say (a model built
+    from a config need not name its architecture)."""
     names = list(sample)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
     wrapped = _LogitsOnly(model, names)
+    tensors = tuple(torch.from_numpy(sample[n]) for n in names)
     with torch.no_grad():
-        torch.onnx.export(wrapped, tuple(torch.from_numpy(sample[n]) for n in names), str(path), input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        per_token = wrapped(*tensors).ndim == 3
+        axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"} | ({1: "sequence"}
+                                                                                          if per_token else {})}
+        torch.onnx.export(wrapped, tensors, str(path), input_names=names, output_names=["logits"],
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -111,9 +117,7 @@ def fusions_missing(fused: dict[str, int], config, fuse_embeddings: bool = True)
 
 @register(ExportConfig, accepts=("hf-checkpoint",), produces="onnx")
 def export_onnx(cfg: ExportConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(parent.path, use_safetensors=True).eval()
+    model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle).eval()  # the head its config names
     tokenizer = load_tokenizer(parent.path)
     max_length = ctx.max_length
     raw, final = out / "model.raw.onnx", out / "model.onnx"

@@ -128,7 +128,7 @@ def _write(path: Path, report: dict) -> Path:
 def test_compare_passes_within_the_threshold_and_prints_changes(external_report, tmp_path, capsys):
     new = copy.deepcopy(json.loads(external_report.read_text()))
     row = next(r for r in new["rows"] if r["artifact"] == "int8-onnx")
-    row["accuracy"] -= 0.005  # half a point
+    row["score"] = row["accuracy"] = row["score"] - 0.005  # half a point
     row["latency"][0]["p50_ms"] *= 2
     code = compare.main([str(external_report), str(_write(tmp_path / "new.json", new)), "--max-drop", "1"])
     out = capsys.readouterr().out
@@ -139,7 +139,8 @@ def test_compare_passes_within_the_threshold_and_prints_changes(external_report,
 def test_compare_fails_on_a_drop_beyond_the_threshold_or_a_missing_row(external_report, tmp_path, capsys):
     old = json.loads(external_report.read_text())
     dropped = copy.deepcopy(old)
-    next(r for r in dropped["rows"] if r["artifact"] == "fp32-onnx")["accuracy"] -= 0.03
+    row = next(r for r in dropped["rows"] if r["artifact"] == "fp32-onnx")
+    row["score"] = row["accuracy"] = row["score"] - 0.03
     assert compare.main([str(external_report), str(_write(tmp_path / "a.json", dropped)), "--max-drop", "1"]) == 1
     assert "REGRESSION: fp32-onnx on ort-cpu: accuracy" in capsys.readouterr().err
     missing = copy.deepcopy(old)

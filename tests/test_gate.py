@@ -35,6 +35,25 @@ def test_unmeasured_gpu_rows_do_not_fail_when_another_row_is_measured():
     assert violations(r, 1.0) == []
 
 
+def tagger_report(rows, base=0.85):
+    """A token-classification report: rows and baseline scored by entity F1."""
+    return {"metric": "entity_f1", "baseline": {"artifact": "teacher", "metric": "entity_f1", "score": base},
+            "rows": [r | {"metric": "entity_f1", "score": r.pop("accuracy")} for r in rows]}
+
+
+def test_a_tagger_is_judged_by_entity_f1_and_the_messages_say_so():
+    found = violations(tagger_report([row("int8", 0.8380)], base=0.8500), 1.0)
+    assert found == ["int8 on ort-cpu: entity_f1 0.8380 is 1.20 points below the baseline 0.8500; the limit is 1.0"]
+    assert violations(tagger_report([row("int8", 0.845)]), 1.0) == []
+    assert violations(tagger_report([row("int8", None)]), 1.0) == ["int8 on ort-cpu: entity_f1 missing"]
+    assert violations(tagger_report([], base=None), 1.0) == ["baseline 'teacher' has no measured entity_f1"]
+    assert violations(tagger_report([]), 1.0, artifacts=["ghost"]) == ["ghost: no measured entity_f1 in the report"]
+    mixed = tagger_report([row("int8", 0.85)])
+    mixed["rows"][0]["metric"] = "accuracy"  # a row scored by another metric is not comparable, never a pass
+    assert violations(mixed, 1.0) == ["int8 on ort-cpu: its score is accuracy, the baseline is entity_f1; one cannot "
+                                      "be judged by the other"]
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     path = tmp_path / "report.json"
     path.write_text(json.dumps(report([row("int8", 0.80)])))

@@ -152,7 +152,7 @@ def test_accuracy_aware_returns_sensitive_nodes_to_fp32_until_goal_holds(tmp_pat
     art = Artifact.load(tmp_path / "runs" / "tiny" / "02-aware")
     m = art.metrics
     assert m["attempts"][0]["fp32_nodes"] == 0 and m["attempts"][0]["parity_failures"]  # full INT8 misses
-    assert m["budget_met"] and m["dev_accuracy_drop_points"] <= 0.0 and m["fp32_nodes"]
+    assert m["budget_met"] and m["dev_score_drop_points"] <= 0.0 and m["fp32_nodes"]
     assert m["parity_vs_fp32"]["max_abs_logit_diff"] <= 0.05
     assert m["fp32_nodes"] == [r["node"] for r in m["sensitivity"][: len(m["fp32_nodes"])]]  # most sensitive first
     assert "layer.0/attention" in m["fp32_nodes"][0]  # the node fed by the planted outlier channel

@@ -171,7 +171,7 @@ def test_html_renders_in_headless_chromium_with_plots_and_tables(run_dir, tmp_pa
 
 def test_distillation_section_sets_the_students_accuracy_before_beside_after():
     row = lambda name, acc: {"artifact": name, "backend": "torch-cpu", "status": "measured", "accuracy": acc}  # noqa: E731
-    distilled = {"dev_accuracy_before": 0.70, "best_dev_accuracy": 0.82, "teacher": "teacher"}
+    distilled = {"dev_score_before": 0.70, "best_dev_score": 0.82, "metric": "accuracy", "teacher": "teacher"}
     report = {"rows": [row("teacher", 0.84), row("pruned", 0.71), row("recovered", 0.835), row("shallow", 0.80)],
               "artifacts": [{"name": "pruned", "stage": "prune", "parent": "teacher", "metrics": {}},
                             {"name": "recovered", "stage": "distill", "parent": "pruned",
@@ -184,6 +184,11 @@ def test_distillation_section_sets_the_students_accuracy_before_beside_after():
         # a layer-dropped student is not its input: the input's test accuracy is no "before"
         "shallow (student: layer_drop of teacher; teacher: teacher): dev accuracy 0.7000 before, 0.8200 after; "
         "test accuracy on torch-cpu: 0.8000 after (teacher 0.8400)"]
+    tagger = {**report, "rows": [r | {"metric": "entity_f1", "score": r["accuracy"]} for r in report["rows"]],
+              "artifacts": [a | {"metrics": a["metrics"] | {"metric": "entity_f1"}} for a in report["artifacts"]]}
+    assert distill_lines(tagger)[0] == (
+        "recovered (student: parent of pruned; teacher: teacher): dev entity F1 0.7000 before, 0.8200 after; "
+        "test entity F1 on torch-cpu: 0.7100 before, 0.8350 after (teacher 0.8400)")
 
 
 def test_vocabulary_section_gives_the_shrink_and_what_dev_and_test_lost():

@@ -5,7 +5,7 @@ cannot disagree about a figure.
 """
 from __future__ import annotations
 
-from benchmarks.report.build import first_latency, measured
+from benchmarks.report.build import first_latency, measured, metric, metric_label, score
 
 Table = tuple[list[str], list[list[str]]]
 
@@ -50,16 +50,27 @@ def peak_share(row: dict) -> str:
     return f"{100 * row['gmacs_per_s'] / peak['gmacs_per_s']:.1f}%" if row.get("gmacs_per_s") and peak else ""
 
 
+def headline(report: dict) -> str:
+    """The report's score column, as its readers know it: "accuracy" or "entity F1"."""
+    return metric_label(metric(report))
+
+
+def tagged(report: dict) -> bool:
+    """A token-classification report: scores are entity-level and per_class is per entity type."""
+    return metric(report) == "entity_f1"
+
+
 def summary_table(report: dict) -> Table:
-    head = ["artifact", "back end", "precision", "threads", "accuracy", "macro-F1", "drop (pts)", "size", "size×",
+    head = ["artifact", "back end", "precision", "threads", headline(report), "macro-F1", "drop (pts)", "size",
+            "size×",
             "params", "encoder params", "GMACs @128", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×",
             "own-length p50 ms", "own-length p95 ms", "mean tokens", "GMAC/s", "% nominal peak", "Pareto"]
     body = []
     for r in measured(report):
         lat, own = first_latency(r) or {}, r.get("dynamic_latency") or {}
         front = [k for k, on in r.get("pareto", {}).items() if on]
-        body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{r['accuracy']:.4f}",
-                     f"{r['macro_f1']:.4f}", _s(r.get("accuracy_drop_points")), mb(r["size_bytes"]),
+        body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{score(r):.4f}",
+                     f"{r['macro_f1']:.4f}", _s(r.get("score_drop_points")), mb(r["size_bytes"]),
                      _s(r.get("size_ratio")), millions(r["parameters"]),
                      millions(r.get("encoder_parameters")), giga(r.get("macs_seq128")), _s(r.get("load_seconds")),
                      _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")),
@@ -85,9 +96,19 @@ def sweep_table(report: dict) -> Table:
 
 
 def per_class_table(row: dict) -> Table:
+    """Per class, or for a token row per entity type (entity-level figures, support in gold entities)."""
     body = [[name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"])]
             for name, c in row["per_class"].items()]
-    return ["class", "precision", "recall", "F1", "support"], body
+    return ["entity type" if tagged(row) else "class", "precision", "recall", "F1", "support"], body
+
+
+def entity_type_table(report: dict) -> Table:
+    """Entity F1 per type, one row per measured row: where a compressed tagger loses (rare types first, usually)."""
+    rows = [r for r in measured(report) if r.get("per_class")]
+    types = sorted({t for r in rows for t in r["per_class"]})
+    body = [[label(r), r["backend"], f"{score(r):.4f}"]
+            + [f"{r['per_class'][t]['f1']:.4f}" if t in r["per_class"] else "" for t in types] for r in rows]
+    return ["artifact", "back end", "entity F1 (micro)", *types], body
 
 
 def reference_lines(report: dict) -> list[str]:
@@ -95,11 +116,12 @@ def reference_lines(report: dict) -> list[str]:
     if not note:
         return []
     ref, best = note["reference"], note["best"]
+    name = metric_label(metric(ref))
     return [
-        f"Reference: {ref['artifact']} on {ref['backend']}: accuracy {ref['accuracy']:.4f}, {mb(ref['size_bytes'])}, "
+        f"Reference: {ref['artifact']} on {ref['backend']}: {name} {score(ref):.4f}, {mb(ref['size_bytes'])}, "
         f"p50 {ref['p50_ms']} ms.",
-        f"Our best ({note['rule']}): {best['artifact']}: accuracy {best['accuracy']:.4f} "
-        f"({100 * (best['accuracy'] - ref['accuracy']):+.2f} points), {mb(best['size_bytes'])} "
+        f"Our best ({note['rule']}): {best['artifact']}: {name} {score(best):.4f} "
+        f"({100 * (score(best) - score(ref)):+.2f} points), {mb(best['size_bytes'])} "
         f"({best['size_bytes'] / ref['size_bytes']:.2f}× the reference's size), p50 {best['p50_ms']} ms "
         f"({ref['p50_ms'] / best['p50_ms']:.2f}× the reference's speed).",
     ]
@@ -135,21 +157,23 @@ def lineage_lines(report: dict) -> list[str]:
 
 
 def distill_lines(report: dict) -> list[str]:
-    """Each distilled model beside where it started: dev accuracy before and after training (from the stage), and
-    on the test split, where the student was the stage's input itself, that input's accuracy on the same back end."""
-    acc = {(r["artifact"], r["backend"]): r["accuracy"] for r in measured(report)}
+    """Each distilled model beside where it started: the dev score before and after training (from the stage), and
+    on the test split, where the student was the stage's input itself, that input's score on the same back end.
+    The score is the task's (accuracy, entity F1), named as the stage's `metric` names it."""
+    acc = {(r["artifact"], r["backend"]): score(r) for r in measured(report)}
     lines = []
     for a in report["artifacts"]:
         m = a["metrics"]
-        if a["stage"] != "distill" or "dev_accuracy_before" not in m:
+        if a["stage"] != "distill" or "dev_score_before" not in m:
             continue
+        name = metric_label(metric(m))
         line = (f"{a['name']} (student: {m.get('student', '?')} of {a['parent']}; teacher: {m['teacher']}): "
-                f"dev accuracy {m['dev_accuracy_before']:.4f} before, {m['best_dev_accuracy']:.4f} after")
+                f"dev {name} {m['dev_score_before']:.4f} before, {m['best_dev_score']:.4f} after")
         backend = next((b for n, b in acc if n == a["name"]), None)
         if backend:
             before = acc.get((a["parent"], backend)) if m.get("student") == "parent" else None
             teacher = acc.get((m["teacher"], backend))
-            line += (f"; test accuracy on {backend}: " + (f"{before:.4f} before, " if before is not None else "")
+            line += (f"; test {name} on {backend}: " + (f"{before:.4f} before, " if before is not None else "")
                      + f"{acc[(a['name'], backend)]:.4f} after"
                      + (f" (teacher {teacher:.4f})" if teacher is not None else ""))
         lines.append(line)
@@ -195,7 +219,7 @@ def hardware_lines(report: dict) -> list[str]:
     ]
 
 
-INTRO = ("Drop is in accuracy points, size× and speed-up× are baseline ÷ row at the first latency point. "
+INTRO = ("Drop is in points of the score column, size× and speed-up× are baseline ÷ row at the first latency point. "
          "Model latency is on pre-tokenized inputs; '+tokenize' is text in, logits out. "
          "Peak RSS is the peak resident memory of the process that measured the row (libraries included; "
          "'before load' is that process before the model was opened). "
@@ -204,8 +228,13 @@ INTRO = ("Drop is in accuracy points, size× and speed-up× are baseline ÷ row 
          "GMAC/s is the MACs of one sequence-128 example over the batch-1, sequence-128 p50; '% nominal peak' sets it "
          "against the CPU's nominal peak for the row's precision and threads (see Hardware), not a measured figure.")
 
-PLOTS = {"latency": ("pareto-latency.png", "Accuracy vs p50 latency"),
-         "size": ("pareto-size.png", "Accuracy vs size on disk")}
+PLOTS = {"latency": ("pareto-latency.png", "p50 latency"), "size": ("pareto-size.png", "size on disk")}
+
+
+def plot_title(report: dict, axis: str) -> str:
+    """"Accuracy vs p50 latency", "Entity F1 vs size on disk": the score the plot's vertical axis shows."""
+    name = headline(report)
+    return f"{name[0].upper()}{name[1:]} vs {PLOTS[axis][1]}"
 
 # One block of the report: ("h1" | "h2" | "h3", title), ("p", text), ("ul", lines), ("table", (css class, Table)),
 # ("note", lines) or ("plots", PLOTS keys). Add a section here and it appears in report.md and report.html alike.
@@ -214,8 +243,8 @@ Block = tuple[str, object]
 
 def baseline_line(report: dict) -> str:
     base = report["baseline"]
-    acc = "not measured" if base["accuracy"] is None else f"{base['accuracy']:.4f}"
-    return f"Baseline: {base['artifact']} on {base['backend']} (test accuracy {acc})."
+    value = "not measured" if score(base) is None else f"{score(base):.4f}"
+    return f"Baseline: {base['artifact']} on {base['backend']} (test {headline(report)} {value})."
 
 
 def sections(report: dict) -> list[Block]:
@@ -241,8 +270,12 @@ def sections(report: dict) -> list[Block]:
                    ("ul", device_lines(report))]
     blocks += [("h2", "Latency sweep"), ("table", ("sweep", sweep_table(report))),
                ("h2", "Per-class precision, recall and F1 (test split)")]
+    if tagged(report):
+        blocks[-1] = ("h2", "Entity F1 by type (test split, entity level: type and both boundaries must match)")
+        blocks += [("table", ("entity-types", entity_type_table(report))),
+                   ("h2", "Per-entity-type precision, recall and F1 (test split)")]
     for r in measured(report):
-        if "per_class" in r:  # rows ingested from a device carry only accuracy and macro-F1
+        if "per_class" in r:  # rows ingested from a device carry only their scores and macro-F1
             blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r)))]
     blocks += [("h2", "Lineage"), ("ul", lineage_lines(report)), ("h2", "Hardware"), ("ul", hardware_lines(report))]
     return blocks

@@ -1,9 +1,31 @@
 """report.json's content (the source of truth): rows with their drops, ratios and Pareto flags, the baseline,
-the hardware, and our best model set beside the reference."""
+the hardware, and our best model set beside the reference.
+
+Every figure judged here is the row's `score`, the task's headline metric named by its `metric`: accuracy for
+sequence classification, entity-level F1 for token classification. Drops are in points of that score.
+"""
 from __future__ import annotations
 
-# "Comparable accuracy" when picking our best model to set beside the reference: at most this many points lower.
+# "Comparable score" when picking our best model to set beside the reference: at most this many points lower.
 TIE_POINTS = 0.5
+METRIC_LABELS = {"accuracy": "accuracy", "entity_f1": "entity F1"}  # how the report spells each metric
+
+
+def score(row: dict) -> float | None:
+    """A row's headline figure. Rows (and stored reports) from before rows carried a `score` give accuracy, the
+    only metric there was, so an old baseline report can still be compared with."""
+    return row["score"] if "score" in row else row.get("accuracy")
+
+
+def metric(row: dict) -> str:
+    """The name of `score(row)`'s metric (the keys of a metrics dict: accuracy, entity_f1); a report's own
+    `metric` is its rows' (one task per report). Older rows and reports: accuracy."""
+    return row.get("metric") or "accuracy"
+
+
+def metric_label(name: str) -> str:
+    """A metric as the report's readers see it: "entity F1", "accuracy"."""
+    return METRIC_LABELS.get(name, name)
 
 
 def first_latency(row: dict) -> dict | None:
@@ -20,9 +42,9 @@ def _p50(row: dict) -> float | None:
 
 
 def _dominated(row: dict, others: list[dict], cost) -> bool:
-    """Another row is at least as accurate and at most as costly, and strictly better in one of the two."""
-    return any(cost(o) <= cost(row) and o["accuracy"] >= row["accuracy"]
-               and (cost(o) < cost(row) or o["accuracy"] > row["accuracy"]) for o in others if o is not row)
+    """Another row scores at least as well and is at most as costly, and strictly better in one of the two."""
+    return any(cost(o) <= cost(row) and score(o) >= score(row)
+               and (cost(o) < cost(row) or score(o) > score(row)) for o in others if o is not row)
 
 
 def _mark_pareto(rows: list[dict]) -> None:
@@ -35,21 +57,21 @@ def _mark_pareto(rows: list[dict]) -> None:
 
 
 def _reference_note(rows: list[dict]) -> dict | None:
-    """Our best model beside the reference: the fastest row within TIE_POINTS of the reference's accuracy on the
-    reference's back end, else the most accurate of ours there."""
+    """Our best model beside the reference: the fastest row within TIE_POINTS of the reference's score on the
+    reference's back end, else the best-scoring of ours there."""
     ref = next((r for r in rows if r.get("reference") and _p50(r) is not None), None)
     if ref is None:
         return None
     ours = [r for r in rows if not r.get("reference") and r["backend"] == ref["backend"] and _p50(r) is not None]
     if not ours:
         return None
-    close = [r for r in ours if 100 * (ref["accuracy"] - r["accuracy"]) <= TIE_POINTS]
-    best = min(close, key=_p50) if close else max(ours, key=lambda r: r["accuracy"])
-    pick = lambda r: {"artifact": r["artifact"], "backend": r["backend"], "accuracy": r["accuracy"],  # noqa: E731
-                      "size_bytes": r["size_bytes"], "p50_ms": _p50(r)}
-    return {"rule": f"fastest of ours on {ref['backend']} within {TIE_POINTS} points of the reference's accuracy"
-                    + ("" if close else " (none is: the most accurate of ours instead)"),
-            "reference": pick(ref), "best": pick(best)}
+    close = [r for r in ours if 100 * (score(ref) - score(r)) <= TIE_POINTS]
+    best = min(close, key=_p50) if close else max(ours, key=score)
+    pick = lambda r: {"artifact": r["artifact"], "backend": r["backend"], "metric": metric(r),  # noqa: E731
+                      "score": score(r), "size_bytes": r["size_bytes"], "p50_ms": _p50(r)}
+    rule = f"fastest of ours on {ref['backend']} within {TIE_POINTS} points of the reference's "
+    rule += metric_label(metric(ref)) + ("" if close else " (none is: the best-scoring of ours instead)")
+    return {"rule": rule, "reference": pick(ref), "best": pick(best)}
 
 
 # A baseline within this many points of always answering the most frequent test class has learned nothing to lose.
@@ -58,16 +80,19 @@ CHANCE_POINTS = 1.0
 
 def chance_warning(base: dict | None) -> str | None:
     """Why the baseline's figures cannot show a loss, when it is at chance: every drop measured against a model that
-    predicts the majority class is meaningless, and a gate would pass anything."""
+    predicts the majority class (or, tagging, finds no entity) is meaningless, and a gate would pass anything."""
     if base is None or not base.get("per_class"):
         return None
-    support = [c["support"] for c in base["per_class"].values()]
-    majority = max(support) / sum(support)
-    if 100 * (base["accuracy"] - majority) > CHANCE_POINTS:
+    if metric(base) == "accuracy":
+        support = [c["support"] for c in base["per_class"].values()]
+        chance, what = max(support) / sum(support), "always answering its most frequent class"
+    else:  # per_class is per entity type: tagging every word O finds no entity, F1 0
+        chance, what = 0.0, "finding no entity"
+    if 100 * (score(base) - chance) > CHANCE_POINTS:
         return None
-    return (f"the baseline {base['artifact']} is at chance: test accuracy {base['accuracy']:.4f} against "
-            f"{majority:.4f} for always answering its most frequent class; it has learned nothing that a drop "
-            f"could show (train it longer, or check the labels)")
+    return (f"the baseline {base['artifact']} is at chance: test {metric_label(metric(base))} {score(base):.4f} "
+            f"against {chance:.4f} for {what}; it has learned nothing that a drop could show (train it longer, or "
+            f"check the labels)")
 
 
 def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict) -> dict:
@@ -81,7 +106,7 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
             row["reference"] = ref if isinstance(ref, str) else "reference"
         if row["status"] != "measured" or base is None or "measured_on" in row:  # other hardware: no ratios
             continue
-        row["accuracy_drop_points"] = round(100 * (base["accuracy"] - row["accuracy"]), 2)
+        row["score_drop_points"] = round(100 * (score(base) - score(row)), 2)
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
         mine, theirs = first_latency(row), first_latency(base)
         if mine and theirs:
@@ -90,8 +115,9 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
     _mark_pareto(done)
     return {
         "recipe": recipe_name,
+        "metric": metric(done[0]) if done else None,
         "baseline": {"artifact": baseline, "backend": base["backend"] if base else None,
-                     "accuracy": base["accuracy"] if base else None},
+                     "metric": metric(base) if base else None, "score": score(base) if base else None},
         "hardware": hardware,
         "artifacts": artifacts,
         "rows": rows,

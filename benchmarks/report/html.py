@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from benchmarks.report.blocks import PLOTS, Table, label, sections
+from benchmarks.report.blocks import Table, label, plot_title, sections
 from benchmarks.report.build import measured
 
 CSS = """
@@ -29,7 +29,7 @@ def _table(css_class: str, table: Table, references: set[str]) -> str:
     return "\n".join(out) + "</tbody></table>"
 
 
-def _block(kind: str, payload, pngs: dict[str, bytes], references: set[str]) -> str:
+def _block(kind: str, payload, pngs: dict[str, bytes], references: set[str], report: dict) -> str:
     if kind in ("h1", "h2", "h3"):
         return f"<{kind}>{escape(payload)}</{kind}>"
     if kind == "p":
@@ -40,13 +40,13 @@ def _block(kind: str, payload, pngs: dict[str, bytes], references: set[str]) -> 
         return '<div class="note">' + "".join(f"<p>{escape(s)}</p>" for s in payload) + "</div>"
     if kind == "plots":
         return '<div class="plots">' + "".join(
-            f'<img alt="{escape(PLOTS[axis][1])}" src="data:image/png;base64,{base64.b64encode(pngs[axis]).decode()}">'
+            f'<img alt="{escape(plot_title(report, axis))}" src="data:image/png;base64,{base64.b64encode(pngs[axis]).decode()}">'
             for axis in payload) + "</div>"
     return _table(*payload, references)
 
 
 def to_html(report: dict, pngs: dict[str, bytes]) -> str:
     references = {label(r) for r in measured(report) if r.get("reference")}
-    body = "\n".join(_block(kind, payload, pngs, references) for kind, payload in sections(report))
+    body = "\n".join(_block(kind, payload, pngs, references, report) for kind, payload in sections(report))
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>compress report: '
             f"{escape(report['recipe'])}</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")

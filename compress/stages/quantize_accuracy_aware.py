@@ -1,7 +1,11 @@
-"""Accuracy-aware static INT8: meet a dev-accuracy budget by returning the most sensitive nodes to FP32.
+"""Accuracy-aware static INT8: meet a dev-score budget by returning the most sensitive nodes to FP32.
+
+The score is the task's (compress.core.evaluate): accuracy for sequence classification, entity-level F1 for
+token classification; the record names it (`metric`) and its keys say `score`, not accuracy.
 
 1. Quantize everything (static QDQ, calibrated once; later attempts reuse the cached ranges).
-2. If the dev-accuracy drop exceeds `max_accuracy_drop`, rank the quantized nodes by sensitivity:
+2. If the dev-score drop exceeds `max_accuracy_drop` (the recipe's key, in points of that score), rank the
+   quantized nodes by sensitivity:
    how much closer to the FP32 logits (mean squared error, `sensitivity_examples` dev examples) the model
    gets when only that node is left in FP32 (leave-one-out).
 3. Bisect on k, the number of top-ranked nodes kept in FP32, for the smallest k that meets the budget.
@@ -20,7 +24,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from compress.core.artifact import Artifact
-from compress.core.evaluate import predict_logits
+from compress.core.evaluate import evaluate, predict_logits
 from compress.core.parity import logit_agreement
 from compress.core.stage import Context
 from compress.stages.quantize_methods import StaticConfig, quantize_qdq, quantized_nodes, static_reader, static_source
@@ -29,14 +33,16 @@ from runtimes.ort_runtime import OrtRuntime
 
 class AccuracyAwareConfig(StaticConfig):
     method: Literal["accuracy-aware"] = "accuracy-aware"
-    max_accuracy_drop: float | None = Field(None, ge=0, description="Points of dev accuracy INT8 may lose vs FP32.")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Points of the dev score (accuracy, or entity "
+                                            "F1 for token classification) INT8 may lose vs FP32.")
     sensitivity_examples: int = Field(256, ge=1, description="Dev examples used to rank nodes by sensitivity.")
     max_fp32_nodes: int | None = Field(None, ge=1, description="At most this many nodes go back to FP32.")
 
     @model_validator(mode="after")
     def _budget_given(self) -> AccuracyAwareConfig:
         if self.max_accuracy_drop is None:
-            raise ValueError("method 'accuracy-aware' needs max_accuracy_drop (points of dev accuracy)")
+            raise ValueError("method 'accuracy-aware' needs max_accuracy_drop (points of the dev score: accuracy, "
+                             "or entity F1 for token classification)")
         return self
 
     def apply(self, parent: Artifact, ctx: Context, out: Path) -> dict:
@@ -65,12 +71,17 @@ def search(cfg: AccuracyAwareConfig, parent: Artifact, ctx: Context, out: Path) 
     tokenizer = AutoTokenizer.from_pretrained(parent.path)
     data, max_length, batch = ctx.data, ctx.max_length, ctx.eval_batch_size
 
-    def dev_logits(path: Path) -> np.ndarray:
-        return predict_logits(OrtRuntime(path).run, tokenizer, data.dev, max_length, batch, desc=f"{cfg.name} dev")
+    def dev_score(path: Path) -> dict:
+        return evaluate(OrtRuntime(path).run, tokenizer, data.dev, data.labels, max_length, batch,
+                        desc=f"{cfg.name} dev")
 
-    labels = np.array([e.label for e in data.dev])
-    fp32_logits = dev_logits(source)
-    fp32_accuracy = float((fp32_logits.argmax(-1) == labels).mean())
+    def parity_logits(path: Path) -> np.ndarray:
+        """Parity's examples, not its first rows: a token model gives a row per token."""
+        return predict_logits(OrtRuntime(path).run, tokenizer, data.dev[: cfg.parity.examples], max_length, batch,
+                              desc=f"{cfg.name} parity")
+
+    fp32 = dev_score(source)
+    fp32_logits = parity_logits(source)
     attempts: list[dict] = []
 
     def attempt(fp32_nodes: list[str]) -> dict:
@@ -78,15 +89,13 @@ def search(cfg: AccuracyAwareConfig, parent: Artifact, ctx: Context, out: Path) 
         path = work / f"fp32-{len(fp32_nodes)}.onnx"
         quantize_qdq(cfg, source, path, cache, None if cache.is_file() else static_reader(cfg, parent, source, ctx),
                      fp32_nodes)
-        logits = dev_logits(path)
-        drop = round(100 * (fp32_accuracy - float((logits.argmax(-1) == labels).mean())), 3)
-        n = cfg.parity.examples
-        parity = cfg.parity.failures(logit_agreement(fp32_logits[:n], logits[:n]), "INT8 vs FP32")
-        record = {"fp32_nodes": list(fp32_nodes), "dev_accuracy_drop_points": drop, "parity_failures": parity,
+        drop = round(100 * (fp32["score"] - dev_score(path)["score"]), 3)
+        parity = cfg.parity.failures(logit_agreement(fp32_logits, parity_logits(path)), "INT8 vs FP32")
+        record = {"fp32_nodes": list(fp32_nodes), "dev_score_drop_points": drop, "parity_failures": parity,
                   "meets": drop <= cfg.max_accuracy_drop and not parity, "path": path}
         attempts.append(record)
-        ctx.log.info("%s: %d nodes in FP32 -> dev drop %.2f points (budget %.2f)%s", cfg.name, len(fp32_nodes), drop,
-                     cfg.max_accuracy_drop, "; " + "; ".join(parity) if parity else "")
+        ctx.log.info("%s: %d nodes in FP32 -> dev %s drop %.2f points (budget %.2f)%s", cfg.name, len(fp32_nodes),
+                     fp32["metric"], drop, cfg.max_accuracy_drop, "; " + "; ".join(parity) if parity else "")
         return record
 
     ranking: list[dict] = []
@@ -101,7 +110,7 @@ def search(cfg: AccuracyAwareConfig, parent: Artifact, ctx: Context, out: Path) 
                 lo, hi = (lo, mid) if attempt(ranked[:mid])["meets"] else (mid, hi)
     # Met: the fewest FP32 nodes. Missed: parity held if possible, then the smallest drop.
     best = min(attempts, key=lambda a: (0, len(a["fp32_nodes"])) if a["meets"]
-               else (1, len(a["parity_failures"]), a["dev_accuracy_drop_points"]))
+               else (1, len(a["parity_failures"]), a["dev_score_drop_points"]))
     shutil.move(best["path"], out / "model.onnx")
     shutil.rmtree(work, ignore_errors=True)
     return {
@@ -109,10 +118,11 @@ def search(cfg: AccuracyAwareConfig, parent: Artifact, ctx: Context, out: Path) 
         "max_accuracy_drop": cfg.max_accuracy_drop,
         "budget_met": best["meets"],  # drop within max_accuracy_drop and parity within tolerance
         "fp32_nodes": best["fp32_nodes"],
-        "dev_accuracy_fp32": fp32_accuracy,
-        "dev_accuracy_drop_points": best["dev_accuracy_drop_points"],
+        "metric": fp32["metric"],  # what the dev score and its drops are
+        "dev_score_fp32": fp32["score"],
+        "dev_score_drop_points": best["dev_score_drop_points"],
         "quantized_nodes": quantized_nodes(out / "model.onnx"),
-        "attempts": [{"fp32_nodes": len(a["fp32_nodes"]), "dev_accuracy_drop_points": a["dev_accuracy_drop_points"],
+        "attempts": [{"fp32_nodes": len(a["fp32_nodes"]), "dev_score_drop_points": a["dev_score_drop_points"],
                       "parity_failures": a["parity_failures"]} for a in attempts],
         "sensitivity": ranking[:20],
     }
