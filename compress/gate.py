@@ -22,21 +22,30 @@ from compress.core.errors import CompressError, exit_code
 class GateConfig(Strict):
     """The recipe's `gate:` section."""
 
+    def limits(self) -> str:
+        """The limits in words, for the log: one for all, or each artifact's own."""
+        if isinstance(self.artifacts, dict):
+            return ", ".join(f"{name} {limit}" for name, limit in self.artifacts.items()) + " points"
+        return f"{self.max_accuracy_drop} points"
+
     baseline: str | None = Field(None, description="Step whose score is the reference; default: the first step.")
     max_accuracy_drop: float = Field(1.0, ge=0, description="Points of the test score (accuracy, or entity F1 for "
                                      "token classification) an artifact may lose.")
-    artifacts: list[str] | None = Field(None, description="Steps the gate applies to; default: all.")
+    artifacts: list[str] | dict[str, float] | None = Field(
+        None, description="Steps the gate applies to (default: all), or each with its own limit in points: "
+                          "{teacher-int8: 1.0, small-int8: 1.5}.")
 
 
-def violations(report: dict, max_drop: float, artifacts: list[str] | None = None) -> list[str]:
-    """Every reason the report fails the gate: drops beyond `max_drop` points of the baseline's score, and
-    missing or failed figures."""
+def violations(report: dict, max_drop: float, artifacts: list[str] | dict[str, float] | None = None) -> list[str]:
+    """Every reason the report fails the gate: drops beyond `max_drop` points of the baseline's score (or the
+    artifact's own limit, where `artifacts` maps names to limits), and missing or failed figures."""
     baseline = report.get("baseline", {})
     base = score(baseline)
     if not isinstance(base, (int, float)):
         name = baseline.get("artifact")
         return [f"baseline {name!r} has no measured {metric(report)}"] + failed_rows(report, name)
     names = artifacts or list(dict.fromkeys(r["artifact"] for r in report["rows"]))
+    limits = artifacts if isinstance(artifacts, dict) else dict.fromkeys(names, max_drop)
     found: list[str] = []
     for name in names:
         measured = [r for r in report["rows"] if r["artifact"] == name and r.get("status") == "measured"]
@@ -45,7 +54,7 @@ def violations(report: dict, max_drop: float, artifacts: list[str] | None = None
         if not measured and not failed:
             found.append(f"{name}: no measured {metric(report)} in the report")
         for row in measured:
-            problem = drop_violation(row, base, metric(baseline), "the baseline", max_drop)
+            problem = drop_violation(row, base, metric(baseline), "the baseline", limits[name])
             if problem:
                 found.append(problem)
     return found
@@ -66,7 +75,7 @@ def drop_violation(row: dict, reference: float, reference_metric: str, against: 
         return f"{where}: its score is {name}, {against} is {reference_metric}; one cannot be judged by the other"
     if not isinstance(value, (int, float)):
         return f"{where}: {name} missing"
-    drop = 100 * (reference - value)
+    drop = round(100 * (reference - value), 9)  # 0.85 - 0.84 is 1.0000000000000009 points in floats
     if drop > max_drop:
         return (f"{where}: {name} {value:.4f} is {drop:.2f} points below {against} {reference:.4f}; "
                 f"the limit is {max_drop}")

@@ -81,7 +81,7 @@ def plan(recipe: Recipe) -> list[str]:
             settings = {"method": step.method} | settings
         lines.append(f"  {i:02d}-{step.name}: {step.type} <- {recipe.parent_of(i) or 'source'} {settings or ''}")
     lines.append(f"  then: benchmark on {recipe.benchmark.backends}, report"
-                 + (f", gate (max drop {recipe.gate.max_accuracy_drop} points)" if recipe.gate else ""))
+                 + (f", gate (max drop {recipe.gate.limits()})" if recipe.gate else ""))
     return lines
 
 
@@ -187,5 +187,5 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
             ctx.log.error("GATE FAILED: %s", line)
         if found:
             return 1
-        ctx.log.info("gate passed (max drop %s points)", recipe.gate.max_accuracy_drop)
+        ctx.log.info("gate passed (max drop %s)", recipe.gate.limits())
     return 0

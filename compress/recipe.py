@@ -82,7 +82,7 @@ class Recipe(Strict):
             left_out = [ref for ref in needed if ref not in measured]
             if left_out:
                 raise ValueError(f"benchmark.artifacts leaves out {left_out}: the report's baseline and the gate's "
-                                 f"artifacts need a measured accuracy")
+                                 f"artifacts need a measured score")
         return self
 
     @model_validator(mode="after")

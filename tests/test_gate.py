@@ -22,6 +22,13 @@ def test_within_limit_passes_and_beyond_fails_naming_artifact_drop_and_limit():
     assert violations(r, max_drop=1.0, artifacts=["int8"]) == []
 
 
+def test_each_artifact_can_have_its_own_limit():
+    r = report([row("int8", 0.84), row("small", 0.837)])  # 1.0 and 1.3 points down
+    assert violations(r, max_drop=1.0, artifacts={"int8": 1.0, "small": 1.5}) == []
+    found = violations(r, max_drop=5.0, artifacts={"int8": 0.5, "small": 1.5})  # the mapping's limits, not 5.0
+    assert len(found) == 1 and "int8 on ort-cpu" in found[0] and "limit is 0.5" in found[0]
+
+
 def test_missing_figures_fail():
     assert violations(report([row("int8", None)]), 1.0) == ["int8 on ort-cpu: accuracy missing"]
     assert "no measured accuracy" in violations(report([row("int8", 0.9, status="not measured")]), 1.0)[0]
