@@ -142,6 +142,11 @@ BUILTIN_UNLABELED = {"rotten_tomatoes": _rotten_tomatoes_plots}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".conll": "conll"}
 
 
+# The user-file roles and the DataConfig field naming each one's column.
+ROLE_FIELDS = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
+               "group": "split.group_column", "split": "split.column"}
+
+
 class SplitConfig(Strict):
     dev_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -229,12 +234,12 @@ class DataConfig(Strict):
 
     def columns(self, task: str) -> dict[str, str]:
         """The user file's column for each role: token classification reads `tokens`/`tags` unless told."""
-        fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
-                  "group": "split.group_column", "split": "split.column"}
         defaults = {"text_column": "tokens", "label_column": "tags"} if task == TASKS[1] else {}
-        return {role: col for role, path in fields.items()
-                if (col := attrgetter(path)(self) if path in self.model_fields_set or path not in defaults
-                    else defaults[path])}
+
+        def column(path: str) -> str | None:
+            return defaults[path] if path in defaults and path not in self.model_fields_set else attrgetter(path)(self)
+
+        return {role: col for role, path in ROLE_FIELDS.items() if (col := column(path))}
 
     @property
     def builtin(self) -> bool:
@@ -301,8 +306,6 @@ def _read_user_file(path: Path, fmt: str) -> pd.DataFrame:
 def _user_rows(cfg: DataConfig, task: str) -> pd.DataFrame:
     """The user's rows under role names (text, text_pair, label, group, split), every file in one frame."""
     columns = cfg.columns(task)
-    fields = {"text": "text_column", "text_pair": "text_pair_column", "label": "label_column",
-              "group": "split.group_column", "split": "split.column"}
     frames = []
     for split, path in cfg.files.items():
         fmt = _file_format(path, cfg.format)
@@ -315,7 +318,7 @@ def _user_rows(cfg: DataConfig, task: str) -> pd.DataFrame:
         if fmt != "conll":  # conll columns are positional: read_conll names them
             for role, col in columns.items():
                 if col not in df.columns:
-                    raise CompressError(f"{path}: no column {col!r} (data.{fields[role]}; columns: "
+                    raise CompressError(f"{path}: no column {col!r} (data.{ROLE_FIELDS[role]}; columns: "
                                         f"{list(df.columns)})")
             df = pd.DataFrame({role: df[col] for role, col in columns.items()})
         frames.append(df.assign(**({"split": split} if split else {})))
