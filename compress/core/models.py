@@ -131,8 +131,12 @@ HEADS = {TASKS[0]: "ForSequenceClassification", TASKS[1]: "ForTokenClassificatio
 def task_of(config) -> str:
     """The task a checkpoint's head does, read off its config's architectures: a bare encoder (no head yet)
     counts as sequence classification, the default task."""
-    archs = getattr(config, "architectures", None) or []
-    return next((task for task, suffix in HEADS.items() if any(a.endswith(suffix) for a in archs)), TASKS[0])
+    return task_named(getattr(config, "architectures", None) or [])
+
+
+def task_named(class_names: list[str]) -> str:
+    """The task of the first head class among `class_names` (BertForTokenClassification: token classification)."""
+    return next((task for task, suffix in HEADS.items() if any(n.endswith(suffix) for n in class_names)), TASKS[0])
 
 
 def head_class(task: str):

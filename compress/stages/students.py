@@ -15,9 +15,8 @@ import torch
 from pydantic import Field
 
 from compress.core.config import Architecture, Strict
-from compress.core.data import TASKS
 from compress.core.errors import CompressError
-from compress.core.models import HEADS, head_class
+from compress.core.models import HEADS, head_class, task_named
 
 
 class LayerDrop(Strict):
@@ -116,8 +115,7 @@ def layer_drop(model, keep: list[int]):
 def head_task(model) -> str:
     """The task of a model in memory, read off its class: its config's `architectures` still name the checkpoint
     it was loaded from, whose head may have been another (finetune puts a token head on a bare encoder)."""
-    name = type(model).__name__
-    return next((task for task, suffix in HEADS.items() if name.endswith(suffix)), TASKS[0])
+    return task_named([type(model).__name__])
 
 
 def fresh(model, overrides: dict):
