@@ -20,7 +20,7 @@ from compress.core.errors import CompressError
 from compress.core.models import ModelConfig
 from compress.core.stage import STAGES, Context, step_classes
 from compress.gate import GateConfig
-from compress.stages import distill, finetune, prune, qat, quantize, vocab_prune  # noqa: F401  (register)
+from compress.stages import distill, finetune, prune, qat, quantize, search, vocab_prune  # noqa: F401  (register)
 from export import edge, mobile, onnx, tensorrt  # noqa: F401  (register)
 
 Step = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="type")]

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from compress.core.artifact import Artifact
-from compress.core.config import Architecture, Strict
+from compress.core.config import Architecture, StepConfig, Strict
 from compress.core.data import IGNORE, TASKS, Example, encode
 from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
-from compress.core.train import TrainingConfig, token_rows, train
+from compress.core.train import TrainingSettings, token_rows, train
 from compress.stages.students import (GradualSharing, StudentSpec, build_student, embedding_row_counts,
                                       parameter_split, student_architecture)
 from runtimes.torch_runtime import TorchRuntime
@@ -36,10 +36,9 @@ class LossConfig(Strict):
         None, description="Student hidden-state index -> teacher's (0 = embeddings); default: evenly spaced.")
 
 
-class DistillConfig(TrainingConfig):
-    type: Literal["distill"] = "distill"
-    teacher: str | None = Field(None, description="Earlier hf-checkpoint step that teaches; default: the input.")
-    student: StudentSpec = Field("parent", description="parent | {layer_drop: [..]} | {albertize: {..}} | {fresh: {..}}")
+class DistillSettings(TrainingSettings):
+    """How a student learns from its teacher, whichever student it is: the keys a search's candidates share."""
+
     loss: LossConfig = LossConfig()
     unlabeled: Literal["data"] | Path | None = Field(
         None, description="Extra text for the soft losses only: a file, one example per line, or 'data' for the "
@@ -52,6 +51,12 @@ class DistillConfig(TrainingConfig):
         if isinstance(v, Path) and not v.is_file():
             raise ValueError(f"unlabeled text file not found: {str(v)!r}")
         return v
+
+
+class DistillConfig(StepConfig, DistillSettings):
+    type: Literal["distill"] = "distill"
+    teacher: str | None = Field(None, description="Earlier hf-checkpoint step that teaches; default: the input.")
+    student: StudentSpec = Field("parent", description="parent | {layer_drop: [..]} | {albertize: {..}} | {fresh: {..}}")
 
     def references(self) -> dict[str, str]:
         return {"teacher": self.teacher} if self.teacher else {}

@@ -45,6 +45,7 @@ from compress.core.train import TrainingSettings, cross_entropy, train
 
 
 PRUNABLE = ("bert", "albert")  # the layouts `blocks` knows
+ImportanceName = Literal["l1", "l2", "taylor", "head-mask"]
 
 
 class RecoveryConfig(TrainingSettings):
@@ -56,8 +57,8 @@ class RecoveryConfig(TrainingSettings):
 
 class PruneConfig(StepConfig):
     type: Literal["prune"] = "prune"
-    importance: Literal["l1", "l2", "taylor", "head-mask"] = Field("l2", description="l1 | l2 (weight magnitude), taylor (|w*grad|), head-mask "
-                                   "(Michel et al. 2019; neurons then use taylor from the same batches).")
+    importance: ImportanceName = Field("l2", description="l1 | l2 (weight magnitude), taylor (|w*grad|), head-mask "
+                                       "(Michel et al. 2019; neurons then use taylor from the same batches).")
     heads: float | dict[int, float] = Field(0.0, description="Fraction of attention heads removed. One number: the "
                                             "least important heads of the whole encoder (counts per layer may "
                                             "differ, each keeps >= 1); {layer: fraction}: per layer.")
@@ -99,8 +100,13 @@ class PruneConfig(StepConfig):
         return self
 
     def check_architecture(self, given: Architecture) -> None:
-        if given.model_type not in PRUNABLE or given.sharing != (1, 1):
-            raise ValueError(f"prune supports {' and '.join(PRUNABLE)} (ALBERT with one shared layer), not {given}")
+        check_prunable(given)
+
+
+def check_prunable(given: Architecture) -> None:
+    """ValueError unless `blocks` can read this layout: prune's, and a search's, whose candidates are pruned."""
+    if given.model_type not in PRUNABLE or given.sharing != (1, 1):
+        raise ValueError(f"prune supports {' and '.join(PRUNABLE)} (ALBERT with one shared layer), not {given}")
 
 
 @dataclass

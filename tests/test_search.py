@@ -1,0 +1,214 @@
+"""search: candidates run through the real prune -> distill -> export -> quantize stages on tiny models; the
+selection rules (budget, objective, wall-time budget, stop at first fit) on fixed figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compress.core.artifact import Artifact
+from compress.core.errors import StageFailed
+from compress.run import main
+from compress.stages import search as search_stage
+from compress.stages.search import Candidate, SearchConfig
+from tests.conftest import TINY_TRAINING, WORDS, save_tiny_model, sentiment_rows, write_recipe
+
+FAST = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
+
+
+def test_candidates_keep_the_layers_the_default_layer_map_reads_and_run_cheapest_first():
+    from transformers import BertConfig
+
+    assert Candidate(3, 0.0, 0.0).kept_layers(6) == [1, 3, 5]
+    assert Candidate(2, 0.0, 0.0).kept_layers(6) == [2, 5]
+    assert Candidate(6, 0.0, 0.0).kept_layers(6) == [0, 1, 2, 3, 4, 5]
+    assert Candidate(3, 0.334, 0.5).id == "l3-h33-f50"
+    config = BertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    space = SearchConfig(name="s", space={"layers": [4, 2], "heads": [0.0, 0.5], "ffn": [0.5]}).space
+    order = sorted(space.candidates(), key=lambda c: c.estimated_cost(config, "latency", 128))
+    assert [c.id for c in order] == ["l2-h50-f50", "l2-h0-f50", "l4-h50-f50", "l4-h0-f50"]
+    # an ALBERT's layers share their weights: depth costs it no size
+    from transformers import AlbertConfig
+
+    albert = AlbertConfig(hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    assert Candidate(2, 0, 0.5).estimated_cost(albert, "size", 128) == Candidate(4, 0, 0.5).estimated_cost(
+        albert, "size", 128)
+
+
+def test_search_settings_are_validated_with_the_paths_of_their_stages(tmp_path, tiny_bert, tiny_csv, capsys):
+    steps = [{"name": "s", "type": "search", "space": {"heads": [1.0]}, "quantization": {"embedding_bits": 5},
+              "distillation": {"student": "parent"}}]
+    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "steps[0].space.heads" in err and "fractions in [0, 1)" in err
+    assert "steps[0].quantization.embedding_bits" in err
+    assert "steps[0].distillation.student" in err  # the search builds the students; distill's student is not its key
+
+
+def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float]]) -> list[str]:
+    """run_candidate replaced by fixed (dev score, p50) per candidate id, to test the choosing alone; returns the
+    ids in the order they were run."""
+    ran = []
+
+    def run_candidate(cfg, candidate, parent, teacher, ctx, folder, depth):
+        ran.append(candidate.id)
+        (folder / "student").mkdir(parents=True)
+        (folder / "int8").mkdir()
+        (folder / "student" / "model.safetensors").write_text(candidate.id)
+        if figures[candidate.id] is None:
+            raise StageFailed(f"{candidate.id}: INT8 parity 0.5 below 0.9")
+        dev, p50 = figures[candidate.id]
+        return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score_fp32": dev, "dev_score": dev,
+                "p50_ms": p50, "size_bytes": 1000, "macs": 1, "seconds": 0.1}
+
+    monkeypatch.setattr(search_stage, "run_candidate", run_candidate)
+    return ran
+
+
+def run_search(tmp_path, tiny_bert, tiny_csv, **settings) -> tuple[int, Path]:
+    steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING},
+             {"name": "s", "type": "search", "teacher": "teacher",
+              "space": {"layers": [1, 2], "heads": [0.0, 0.5], "ffn": [0.5]}, **settings}]
+    out = tmp_path / "runs"
+    code = main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps, benchmark={"backends": ["torch-cpu"],
+                 "sequence_lengths": [16], "min_repeats": 5, "max_seconds": 0.2, "artifacts": ["teacher"]})),
+                 "--out", str(out)])
+    return code, out / "tiny" / "01-s"
+
+
+def teacher_dev(folder: Path) -> float:
+    return Artifact.load(folder.with_name("00-teacher")).metrics["best_dev_score"]
+
+
+def test_the_fastest_candidate_within_the_dev_budget_is_chosen_and_every_candidate_is_kept(
+        monkeypatch, tmp_path, tiny_bert, tiny_csv):
+    ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": None,
+                                        "l2-h50-f50": (2.0, 3.0), "l2-h0-f50": (2.0, 2.5)})
+    # scores are relative to the real tiny teacher's dev score: 2.0 is always within budget, 0.0 never is
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv)
+    assert code == 0
+    assert ran == ["l1-h50-f50", "l1-h0-f50", "l2-h50-f50", "l2-h0-f50"]  # cheapest first
+    found = Artifact.load(folder).metrics["search"]
+    rows = {r["id"]: r for r in found["candidates"]}
+    assert [r["status"] for r in found["candidates"]] == ["over budget", "failed", "within budget", "chosen"]
+    assert found["chosen"] == "l2-h0-f50" and "p50 2.5 ms" in found["why"]
+    assert "parity" in rows["l1-h0-f50"]["reason"]
+    assert (folder / "model.safetensors").read_text() == "l2-h0-f50"  # the chosen student is the step's output
+    assert sorted(p.name for p in (folder / "candidates" / "l2-h50-f50").iterdir()) == ["int8"]
+    assert rows["l2-h50-f50"]["drop_points"] == round(100 * (teacher_dev(folder) - 2.0), 2)
+
+
+def test_stop_at_first_fit_and_the_time_budget_leave_the_rest_not_run(monkeypatch, tmp_path, tiny_bert, tiny_csv):
+    ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (2.0, 5.0),
+                                        "l2-h50-f50": (2.0, 3.0), "l2-h0-f50": (2.0, 2.5)})
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, stop_at_first_fit=True)
+    assert code == 0 and ran == ["l1-h50-f50", "l1-h0-f50"]
+    rows = Artifact.load(folder).metrics["search"]["candidates"]
+    assert [r["status"] for r in rows] == ["over budget", "chosen", "not run", "not run"]
+    assert "l1-h0-f50, estimated cheaper, met the budget" in rows[2]["reason"]
+
+    ran.clear()
+    (tmp_path / "b").mkdir()
+    code, folder = run_search(tmp_path / "b", tiny_bert, tiny_csv, max_minutes=1e-6)
+    assert code == 1  # the first candidate (over budget) spends the budget: nothing fits, the step fails
+    assert ran == ["l1-h50-f50"]
+
+
+def test_no_candidate_within_budget_fails_the_step_naming_each(monkeypatch, tmp_path, tiny_bert, tiny_csv, capsys):
+    fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (0.0, 1.0), "l2-h50-f50": None,
+                                  "l2-h0-f50": (0.0, 1.0)})
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, max_accuracy_drop=0.5)
+    assert code == 1 and not folder.exists()
+    message = capsys.readouterr().err
+    assert "within 0.5 points" in message and "l2-h50-f50: failed" in message and "l1-h0-f50: over budget" in message
+
+
+def test_search_runs_real_candidates_and_its_output_carries_on_through_export(tmp_path, tiny_csv):
+    source = save_tiny_model(tmp_path / "bert4", num_hidden_layers=4)
+    steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING},
+             {"name": "s", "type": "search", "teacher": "teacher", "max_accuracy_drop": 100,
+              "space": {"layers": [1, 2], "heads": [0.5], "ffn": [0.5]}, "sequence_length": 16,
+              "distillation": {**FAST, "loss": {"hidden": 1.0}}, "vocabulary": {"min_count": 3, "max_positions": 128},
+              "quantization": {"parity": {"min_agreement": 0.0}}},
+             {"name": "s-onnx", "type": "export"},
+             {"name": "s-int8", "type": "quantize", "parity": {"min_agreement": 0.0}}]
+    out = tmp_path / "runs"
+    recipe = write_recipe(tmp_path, source, tiny_csv, steps, benchmark={"backends": ["ort-cpu", "torch-cpu"],
+                          "sequence_lengths": [16], "min_repeats": 5, "max_seconds": 0.2, "threads": 1})
+    assert main([str(recipe), "--out", str(out)]) == 0
+    run = out / "tiny"
+    found = Artifact.load(run / "01-s").metrics["search"]
+    rows = {r["id"]: r for r in found["candidates"]}
+    assert set(rows) == {"l1-h50-f50", "l2-h50-f50"}
+    for r in rows.values():
+        assert r["status"] in ("chosen", "within budget") and r["p50_ms"] > 0 and r["size_bytes"] > 0
+        assert len(r["heads_per_layer"]) == r["layers"] and r["intermediate_size"] == 32
+        assert 0 <= r["dev_score"] <= 1 and r["macs"] > 0
+        assert (run / "01-s" / "candidates" / r["id"] / "int8" / "model.onnx").is_file()
+    chosen = rows[found["chosen"]]
+    assert chosen["p50_ms"] == min(r["p50_ms"] for r in rows.values())
+    config = json.loads((run / "01-s" / "config.json").read_text())
+    assert config["num_hidden_layers"] == chosen["layers"] and config["intermediate_size"] == 32
+    assert Artifact.load(run / "02-s-onnx").metrics["parity"]["max_abs_logit_diff"] < 1e-3
+    assert config["vocab_size"] < json.loads((source / "config.json").read_text())["vocab_size"]  # pruned
+    # the recipe's own export + quantize of the output rebuild the INT8 model the search judged, weight for weight
+    judged, rebuilt = (weights(p) for p in (run / "01-s" / "candidates" / chosen["id"] / "int8", run / "03-s-int8"))
+    assert judged.keys() == rebuilt.keys() and all(np.array_equal(judged[k], rebuilt[k]) for k in judged)
+    assert found["teacher_dev_score"] == pytest.approx(Artifact.load(run / "00-teacher").metrics["best_dev_score"])
+
+
+def weights(folder: Path) -> dict[str, np.ndarray]:
+    import onnx
+    import onnx.numpy_helper
+
+    return {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(folder / "model.onnx").graph.initializer}
+
+
+def unigram_albert(folder: Path, texts: list[str], layers: int = 4) -> Path:
+    """A tiny ALBERT classifier with a SentencePiece-style (Unigram, Metaspace) fast tokenizer trained here."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import AlbertForSequenceClassification, AlbertTokenizerFast
+
+    from tests.conftest import tiny_config
+
+    specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=80, special_tokens=specials, unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    fast = AlbertTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", cls_token="[CLS]",
+                               sep_token="[SEP]", mask_token="[MASK]")
+    torch.manual_seed(0)
+    model = AlbertForSequenceClassification(tiny_config("albert", vocab_size=tok.get_vocab_size(),
+                                                        num_hidden_layers=layers, pad_token_id=0))
+    model.save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def test_an_albert_teacher_with_a_unigram_tokenizer_goes_through_layer_drop_and_the_search(tmp_path, tiny_csv):
+    source = unigram_albert(tmp_path / "albert", [r["text"] for r in sentiment_rows(240)] + WORDS)
+    steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING},
+             {"name": "shallow", "type": "distill", "student": {"layer_drop": [0, 1]}, **FAST},
+             {"name": "s", "type": "search", "from": "teacher", "max_accuracy_drop": 100, "objective": "size",
+              "space": {"layers": [2], "heads": [0.0, 0.5], "ffn": [0.5]}, "sequence_length": 16,
+              "distillation": FAST, "quantization": {"parity": {"min_agreement": 0.0}}}]
+    out = tmp_path / "runs"
+    recipe = write_recipe(tmp_path, source, tiny_csv, steps, benchmark={"backends": ["torch-cpu"],
+                          "sequence_lengths": [16], "min_repeats": 5, "max_seconds": 0.2, "artifacts": ["teacher"]})
+    assert main([str(recipe), "--out", str(out)]) == 0
+    run = out / "tiny"
+    assert json.loads((run / "01-shallow" / "config.json").read_text())["num_hidden_layers"] == 2
+    found = Artifact.load(run / "02-s").metrics["search"]
+    sizes = {r["id"]: r["size_bytes"] for r in found["candidates"]}
+    assert found["chosen"] == min(sizes, key=sizes.get) == "l2-h50-f50"  # fewer heads: a smaller shared layer
+    config = json.loads((run / "02-s" / "config.json").read_text())
+    assert config["model_type"] == "albert" and config["num_hidden_layers"] == 2
+    assert (run / "02-s" / "tokenizer.json").is_file()
