@@ -3,6 +3,7 @@ that renders in headless Chromium with its plots and tables."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report.blocks import distill_lines, hardware_lines, summary_table, vocab_lines
+from benchmarks.report.blocks import distill_lines, hardware_lines, reference_lines, summary_table, vocab_lines
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS
@@ -132,11 +133,74 @@ def test_reference_row_is_labelled_in_all_three_formats(run_dir):
     assert [r["artifact"] for r in report["rows"] if r.get("reference") == REFERENCE] == ["int8"]
     note = report["reference_note"]
     assert note["reference"]["artifact"] == "int8" and note["best"]["artifact"] == "onnx"  # same back end only
+    onnx = next(r for r in report["rows"] if r["artifact"] == "onnx")
+    assert note["rule"] == "fastest of ours on ort-cpu within 1.0 points of the baseline teacher's accuracy" + (
+        "" if onnx["score_drop_points"] <= 1.0 else " (none is: the best-scoring of ours instead)")
+    assert note["best"]["drop_points"] == onnx["score_drop_points"] and report["budget_points"] == 1.0
     label = f"int8 (reference: {REFERENCE})"
     assert f"| {label} |" in (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text()
     assert _parse(html).reference_rows == 2  # summary and sweep tables
     assert label in html and "Against the reference" in html
+
+
+HARDWARE = {"isa": {}, "cpu": "x", "logical_cores": 1, "physical_cores": 1, "memory_gib": 1, "gpu": None,
+            "onnxruntime_providers": [], "python": "3", "os": "linux", "versions": {}}
+
+
+def _timed_row(name: str, backend: str, accuracy: float, p50_ms: float, size_bytes: int) -> dict:
+    point = {"batch_size": 1, "sequence_length": 128, "p50_ms": p50_ms, "p95_ms": p50_ms, "p99_ms": p50_ms,
+             "throughput_per_s": 1000 / p50_ms, "repeats": 30}
+    return {"artifact": name, "backend": backend, "status": "measured", "accuracy": accuracy, "macro_f1": accuracy,
+            "precision": "fp32", "size_bytes": size_bytes, "parameters": None, "latency": [point]}
+
+
+def test_our_best_beside_the_reference_is_the_fastest_within_the_budget_of_the_baseline():
+    """Judged against the baseline (the FP32 teacher), not the reference: `cheap` scores as well as the reference
+    and is fastest, but loses 5 points against the teacher, so it is never our best."""
+    from benchmarks.report.build import build_report
+    from benchmarks.report.markdown import to_markdown
+
+    rows = [_timed_row("teacher", "torch-cpu", 0.85, 20.0, 4_000_000),
+            _timed_row("optimum", "ort-cpu", 0.80, 13.0, 23_000_000),
+            _timed_row("small", "ort-cpu", 0.84, 4.0, 5_000_000),  # 1.0000000000000009 points below in floats
+            _timed_row("wide", "ort-cpu", 0.845, 6.0, 6_000_000),
+            _timed_row("cheap", "ort-cpu", 0.80, 1.0, 1_000_000),
+            _timed_row("elsewhere", "torch-cpu", 0.85, 0.5, 1_000_000)]  # another back end than the reference's
+    artifacts = [{"name": r["artifact"], "stage": "external", "kind": "onnx", "parent": None,
+                  "metrics": {"reference": "optimum-dynamic"} if r["artifact"] == "optimum" else {}} for r in rows]
+
+    def note(budget: float) -> dict:
+        return build_report("r", "teacher", artifacts, copy.deepcopy(rows), HARDWARE, budget_points=budget)
+
+    report = note(1.0)
+    best = report["reference_note"]
+    assert best["best"]["artifact"] == "small" and best["best"]["drop_points"] == 1.0
+    assert (best["speed_ratio"], best["size_ratio"]) == (3.25, 4.6)  # 13 / 4 ms, 23 / 5 MB
+    assert ("- Our best (fastest of ours on ort-cpu within 1.0 points of the baseline teacher's accuracy): small: "
+            "accuracy 0.8400 (\u22121.00 points vs the baseline), 5.0 MB (4.6× smaller than the reference), p50 4.0 "
+            "ms (3.25× the reference's speed).") in to_markdown(report).splitlines()
+    assert note(0.5)["reference_note"]["best"]["artifact"] == "wide"  # 0.5000000000000004 points: within 0.5
+    none = note(0.25)["reference_note"]
+    assert none["best"]["artifact"] == "wide" and none["rule"].endswith("(none is: the best-scoring of ours instead)")
+    bigger = build_report("r", "teacher", artifacts, [*copy.deepcopy(rows[:2]),
+                                                      _timed_row("big", "ort-cpu", 0.86, 26.0, 46_000_000)], HARDWARE)
+    assert "(+1.00 points vs the baseline), 46.0 MB (2.0× larger than the reference), p50 26.0 ms (0.50× the " \
+           "reference's speed)" in reference_lines(bigger)[1]
+
+
+def test_the_gate_limit_is_the_budget_of_our_best(run_dir, tmp_path, tiny_bert):
+    """A recipe with a gate judges our best by the gate's max_accuracy_drop; every stage and row is reused."""
+    import yaml
+
+    recipe = yaml.safe_load((run_dir.parents[1] / "recipe.yaml").read_text())
+    shutil.copytree(run_dir, tmp_path / "runs" / recipe["name"])
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe | {"gate": {"max_accuracy_drop": 0.25}}))
+    assert main([str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "runs")]) in (0, 1)  # 1: the gate failed
+    report = json.loads((tmp_path / "runs" / recipe["name"] / "report.json").read_text())
+    assert report["budget_points"] == 0.25
+    assert report["reference_note"]["rule"].startswith("fastest of ours on ort-cpu within 0.25 points of the "
+                                                       "baseline teacher's accuracy")
 
 
 def test_lineage_per_class_and_hardware_sections(run_dir):

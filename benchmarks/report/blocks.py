@@ -111,19 +111,28 @@ def entity_type_table(report: dict) -> Table:
     return ["artifact", "back end", "entity F1 (micro)", *types], body
 
 
+def _minus(text: str) -> str:
+    """A signed figure as printed text: a real minus sign, not a hyphen."""
+    return text.replace("-", "\u2212")
+
+
 def reference_lines(report: dict) -> list[str]:
+    """The reference, and our best beside it (the note's rule): its drop against the baseline, and the reference's
+    size and p50 over ours (how many times smaller, and faster, ours is)."""
     note = report.get("reference_note")
     if not note:
         return []
     ref, best = note["reference"], note["best"]
     name = metric_label(metric(ref))
+    size_ratio, speed_ratio, drop = note["size_ratio"], note["speed_ratio"], best["drop_points"]
+    size = (f"{size_ratio:.1f}× smaller than the reference" if size_ratio >= 1
+            else f"{1 / size_ratio:.1f}× larger than the reference")
     return [
         f"Reference: {ref['artifact']} on {ref['backend']}: {name} {score(ref):.4f}, {mb(ref['size_bytes'])}, "
         f"p50 {ref['p50_ms']} ms.",
-        f"Our best ({note['rule']}): {best['artifact']}: {name} {score(best):.4f} "
-        f"({100 * (score(best) - score(ref)):+.2f} points), {mb(best['size_bytes'])} "
-        f"({best['size_bytes'] / ref['size_bytes']:.2f}× the reference's size), p50 {best['p50_ms']} ms "
-        f"({ref['p50_ms'] / best['p50_ms']:.2f}× the reference's speed).",
+        f"Our best ({note['rule']}): {best['artifact']}: {name} {score(best):.4f}"
+        + (f" ({_minus(f'{0.0 - drop:+.2f}')} points vs the baseline)" if drop is not None else "")  # None: no baseline
+        + f", {mb(best['size_bytes'])} ({size}), p50 {best['p50_ms']} ms ({speed_ratio:.2f}× the reference's speed).",
     ]
 
 
