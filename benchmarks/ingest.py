@@ -64,7 +64,8 @@ def ingest(paths: list[Path], run_dir: Path) -> dict:
     report = json.loads(report_path.read_text())
     pipeline_rows = [r for r in report["rows"] if "measured_on" not in r]
     merged = build_report(report["recipe"], report["baseline"]["artifact"], report["artifacts"],
-                          pipeline_rows + ingested_rows(run_dir), report["hardware"])
+                          pipeline_rows + ingested_rows(run_dir), report["hardware"],
+                          report.get("budget_points", 1.0))
     write_report(merged, run_dir)
     return merged
 

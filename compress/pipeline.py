@@ -176,7 +176,8 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
         return 0
     rows = benchmark_rows(recipe, ctx) + ingested_rows(run_dir)
     artifacts = [a.to_json() for a in ctx.artifacts.values()]
-    report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe())
+    report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe(),  # best: the gate's limit
+                          budget_points=recipe.gate.max_accuracy_drop if recipe.gate else 1.0)
     write_report(report, run_dir)
     for warning in report["warnings"]:
         ctx.log.warning("%s", warning)

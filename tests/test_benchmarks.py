@@ -213,3 +213,71 @@ def test_achieved_gmacs_use_the_batch_1_sequence_128_point_and_the_peak_needs_a_
     assert nominal_peak({"avx2": True}, clock, 1, "fp32")["gmacs_per_s"] == 40.0
     assert nominal_peak({"avx2": True}, clock, 1, "int8") is None  # no VNNI: no figure rather than a guess
     assert nominal_peak(avx512, None, 1, "fp32") is None and nominal_peak(avx512, clock, 1, "fp16") is None
+
+
+@pytest.fixture(scope="module")
+def reference_run(folders, external_report, tmp_path_factory) -> Path:
+    """A run folder whose report sets int8-onnx (ours) beside fp32-onnx marked as the reference. The artifacts'
+    recorded paths are relative and lead nowhere from here: the folders are found in the run folder by name."""
+    from benchmarks.report.build import build_report
+
+    run = tmp_path_factory.mktemp("against-reference") / "tiny"
+    report = json.loads(external_report.read_text())
+    for artifact in report["artifacts"]:
+        shutil.copytree(artifact["path"], run / artifact["name"])
+        artifact["path"] = f"elsewhere/tiny/{artifact['name']}"
+        if artifact["name"] == "fp32-onnx":
+            artifact["metrics"]["reference"] = "stand-in for optimum"
+    rebuilt = build_report(report["recipe"], "hf", report["artifacts"], report["rows"], report["hardware"])
+    (run / "report.json").write_text(json.dumps(rebuilt))
+    return run
+
+
+def test_against_reference_remeasures_both_in_interleaved_rounds_and_prints_the_ratios(reference_run, capsys):
+    import re
+
+    from benchmarks.against_reference import main as against_main
+
+    report = json.loads((reference_run / "report.json").read_text())
+    note = report["reference_note"]
+    assert (note["reference"]["artifact"], note["best"]["artifact"]) == ("fp32-onnx", "int8-onnx")
+    assert against_main([str(reference_run), "--rounds", "5", "--seconds", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert "re-measured on ort-cpu: batch 1, sequence 16, 1 thread(s), 5 interleaved rounds" in out  # the report's
+    assert len(re.findall(r"^round \d: reference [\d.]+ ms, ours [\d.]+ ms$", out, re.M)) == 5
+    figures = {who: (name, float(p50), int(size)) for who, name, p50, size in
+               re.findall(r"^(reference|ours): (\S+): p50 ([\d.]+) ms \(median of 5 rounds\), (\d+) bytes", out, re.M)}
+    (ref_name, ref_p50, ref_bytes), (our_name, our_p50, our_bytes) = figures["reference"], figures["ours"]
+    assert (ref_name, our_name) == ("fp32-onnx", "int8-onnx") and ref_p50 > 0 and our_p50 > 0
+    speed = float(re.search(r"^speed ratio \(reference p50 / ours\): ([\d.]+)×$", out, re.M).group(1))
+    size = float(re.search(r"^size ratio \(reference bytes / ours\): ([\d.]+)×$", out, re.M).group(1))
+    assert speed > 0 and speed == round(ref_p50 / our_p50, 3)
+    rows = {r["artifact"]: r for r in report["rows"]}
+    assert (ref_bytes, our_bytes) == (rows["fp32-onnx"]["size_bytes"], rows["int8-onnx"]["size_bytes"])
+    assert size == round(ref_bytes / our_bytes, 3) > 1  # INT8 is smaller
+    drop = float(re.search(r"^test accuracy drop of ours vs the baseline hf \(from the report\): (-?[\d.]+) points$",
+                           out, re.M).group(1))
+    assert drop == rows["int8-onnx"]["score_drop_points"]
+
+
+def test_against_reference_times_the_two_alternately_at_the_reports_shape(folders):
+    from transformers import AutoTokenizer
+
+    from benchmarks.against_reference import fixed_inputs, interleaved
+
+    order: list[str] = []
+    p50s = interleaved({"a": lambda: order.append("a") or {"p50_ms": 1.0},
+                        "b": lambda: order.append("b") or {"p50_ms": 2.0}}, 5)
+    assert order == ["a", "b"] * 5 and p50s == {"a": [1.0] * 5, "b": [2.0] * 5}
+    inputs = fixed_inputs(AutoTokenizer.from_pretrained(folders["int8"]), 2, 16)
+    assert inputs["input_ids"].shape == (2, 16) and inputs["attention_mask"][0].sum() <= 16
+
+
+def test_against_reference_refuses_a_run_without_a_report_or_a_reference(external_report, tmp_path, capsys):
+    from benchmarks.against_reference import main as against_main
+
+    assert against_main([str(tmp_path)]) == 2
+    assert f"{tmp_path / 'report.json'}: no report" in capsys.readouterr().err
+    assert json.loads(external_report.read_text())["reference_note"] is None  # nothing is marked as the reference
+    assert against_main([str(external_report.parent)]) == 2
+    assert f"{external_report}: no reference_note" in capsys.readouterr().err

@@ -3,18 +3,20 @@ that renders in headless Chromium with its plots and tables."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import re
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.report.blocks import distill_lines, hardware_lines, summary_table, vocab_lines
+from benchmarks.report.blocks import distill_lines, hardware_lines, reference_lines, summary_table, vocab_lines
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS
@@ -132,11 +134,74 @@ def test_reference_row_is_labelled_in_all_three_formats(run_dir):
     assert [r["artifact"] for r in report["rows"] if r.get("reference") == REFERENCE] == ["int8"]
     note = report["reference_note"]
     assert note["reference"]["artifact"] == "int8" and note["best"]["artifact"] == "onnx"  # same back end only
+    onnx = next(r for r in report["rows"] if r["artifact"] == "onnx")
+    assert note["rule"] == "fastest of ours on ort-cpu within 1.0 points of the baseline teacher's accuracy" + (
+        "" if onnx["score_drop_points"] <= 1.0 else " (none is: the best-scoring of ours instead)")
+    assert note["best"]["drop_points"] == onnx["score_drop_points"] and report["budget_points"] == 1.0
     label = f"int8 (reference: {REFERENCE})"
     assert f"| {label} |" in (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text()
     assert _parse(html).reference_rows == 2  # summary and sweep tables
     assert label in html and "Against the reference" in html
+
+
+HARDWARE = {"isa": {}, "cpu": "x", "logical_cores": 1, "physical_cores": 1, "memory_gib": 1, "gpu": None,
+            "onnxruntime_providers": [], "python": "3", "os": "linux", "versions": {}}
+
+
+def _timed_row(name: str, backend: str, accuracy: float, p50_ms: float, size_bytes: int) -> dict:
+    point = {"batch_size": 1, "sequence_length": 128, "p50_ms": p50_ms, "p95_ms": p50_ms, "p99_ms": p50_ms,
+             "throughput_per_s": 1000 / p50_ms, "repeats": 30}
+    return {"artifact": name, "backend": backend, "status": "measured", "accuracy": accuracy, "macro_f1": accuracy,
+            "precision": "fp32", "size_bytes": size_bytes, "parameters": None, "latency": [point]}
+
+
+def test_our_best_beside_the_reference_is_the_fastest_within_the_budget_of_the_baseline():
+    """Judged against the baseline (the FP32 teacher), not the reference: `cheap` scores as well as the reference
+    and is fastest, but loses 5 points against the teacher, so it is never our best."""
+    from benchmarks.report.build import build_report
+    from benchmarks.report.markdown import to_markdown
+
+    rows = [_timed_row("teacher", "torch-cpu", 0.85, 20.0, 4_000_000),
+            _timed_row("optimum", "ort-cpu", 0.80, 13.0, 23_000_000),
+            _timed_row("small", "ort-cpu", 0.84, 4.0, 5_000_000),  # 1.0000000000000009 points below in floats
+            _timed_row("wide", "ort-cpu", 0.845, 6.0, 6_000_000),
+            _timed_row("cheap", "ort-cpu", 0.80, 1.0, 1_000_000),
+            _timed_row("elsewhere", "torch-cpu", 0.85, 0.5, 1_000_000)]  # another back end than the reference's
+    artifacts = [{"name": r["artifact"], "stage": "external", "kind": "onnx", "parent": None,
+                  "metrics": {"reference": "optimum-dynamic"} if r["artifact"] == "optimum" else {}} for r in rows]
+
+    def note(budget: float) -> dict:
+        return build_report("r", "teacher", artifacts, copy.deepcopy(rows), HARDWARE, budget_points=budget)
+
+    report = note(1.0)
+    best = report["reference_note"]
+    assert best["best"]["artifact"] == "small" and best["best"]["drop_points"] == 1.0
+    assert (best["speed_ratio"], best["size_ratio"]) == (3.25, 4.6)  # 13 / 4 ms, 23 / 5 MB
+    assert ("- Our best (fastest of ours on ort-cpu within 1.0 points of the baseline teacher's accuracy): small: "
+            "accuracy 0.8400 (\u22121.00 points vs the baseline), 5.0 MB (4.6× smaller than the reference), p50 4.0 "
+            "ms (3.25× the reference's speed).") in to_markdown(report).splitlines()
+    assert note(0.5)["reference_note"]["best"]["artifact"] == "wide"  # 0.5000000000000004 points: within 0.5
+    none = note(0.25)["reference_note"]
+    assert none["best"]["artifact"] == "wide" and none["rule"].endswith("(none is: the best-scoring of ours instead)")
+    bigger = build_report("r", "teacher", artifacts, [*copy.deepcopy(rows[:2]),
+                                                      _timed_row("big", "ort-cpu", 0.86, 26.0, 46_000_000)], HARDWARE)
+    assert "(+1.00 points vs the baseline), 46.0 MB (2.0× larger than the reference), p50 26.0 ms (0.50× the " \
+           "reference's speed)" in reference_lines(bigger)[1]
+
+
+def test_the_gate_limit_is_the_budget_of_our_best(run_dir, tmp_path, tiny_bert):
+    """A recipe with a gate judges our best by the gate's max_accuracy_drop; every stage and row is reused."""
+    import yaml
+
+    recipe = yaml.safe_load((run_dir.parents[1] / "recipe.yaml").read_text())
+    shutil.copytree(run_dir, tmp_path / "runs" / recipe["name"])
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe | {"gate": {"max_accuracy_drop": 0.25}}))
+    assert main([str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "runs")]) in (0, 1)  # 1: the gate failed
+    report = json.loads((tmp_path / "runs" / recipe["name"] / "report.json").read_text())
+    assert report["budget_points"] == 0.25
+    assert report["reference_note"]["rule"].startswith("fastest of ours on ort-cpu within 0.25 points of the "
+                                                       "baseline teacher's accuracy")
 
 
 def test_lineage_per_class_and_hardware_sections(run_dir):
@@ -242,3 +307,101 @@ def test_summary_sets_achieved_gmacs_beside_the_nominal_peak_and_hardware_says_w
     assert no_peak[1][0][head.index("% nominal peak")] == ""
     assert not any(l.startswith("Nominal peak") for l in hardware_lines({"rows": [row | {"nominal_peak": None}],
                                                                           "hardware": hardware}))
+
+
+WHY = "fastest (p50 5.1 ms) of the 2 candidate(s) whose INT8 dev accuracy is within 1 points of the teacher's 0.8259"
+SEARCH = {"objective": "latency", "metric": "accuracy", "max_drop_points": 1.0, "teacher": "teacher",
+          "teacher_dev_score": 0.8259, "sequence_length": 128, "threads": 1, "chosen": "l3-h33-f50", "why": WHY,
+          "candidates": [
+              {"id": "l2-h50-f50", "layers": 2, "heads": 0.5, "ffn": 0.5, "status": "over budget", "reason": "",
+               "heads_per_layer": [6, 6], "intermediate_size": 1536, "macs": 150994944, "dev_score_fp32": 0.80,
+               "dev_score": 0.7951, "drop_points": 3.08, "p50_ms": 3.2, "size_bytes": 4_100_000, "seconds": 300.5},
+              {"id": "l3-h33-f50", "layers": 3, "heads": 0.33, "ffn": 0.5, "status": "chosen", "reason": "",
+               "heads_per_layer": [8, 8, 8], "intermediate_size": 768, "macs": 301989888, "dev_score_fp32": 0.8201,
+               "dev_score": 0.8190, "drop_points": 0.69, "p50_ms": 5.1, "size_bytes": 5_300_000, "seconds": 410.2},
+              {"id": "l4-h0-f50", "layers": 4, "heads": 0.0, "ffn": 0.5, "status": "within budget", "reason": "",
+               "heads_per_layer": [12, 12, 12, 12], "intermediate_size": 1536, "macs": 452984832,
+               "dev_score_fp32": 0.8262, "dev_score": 0.8240, "drop_points": 0.19, "p50_ms": 7.4,
+               "size_bytes": 6_900_000, "seconds": 520.0},
+              {"id": "l6-h0-f0", "layers": 6, "heads": 0.0, "ffn": 0.0, "status": "not run",
+               "reason": "the search's 30-minute budget was spent (31.2 min)"}]}
+
+
+def _search_report(search: dict | None) -> dict:
+    from benchmarks.report.build import build_report
+
+    rows = [_timed_row("teacher", "torch-cpu", 0.85, 20.0, 4_000_000),
+            _timed_row("small", "torch-cpu", 0.84, 5.0, 2_000_000)]
+    artifacts = [{"name": "teacher", "stage": "finetune", "kind": "hf-checkpoint", "parent": None, "metrics": {}},
+                 {"name": "small", "stage": "search", "kind": "hf-checkpoint", "parent": "teacher",
+                  "metrics": {"search": search} if search else {}}]
+    return build_report("r", "teacher", artifacts, rows, HARDWARE)
+
+
+def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path):
+    from benchmarks.report.blocks import search_table
+    from benchmarks.report.write import write_report
+
+    report = _search_report(SEARCH)
+    head, body = search_table(SEARCH)
+    rows = {cells[0]: dict(zip(head, cells)) for cells in body}
+    assert list(rows) == ["l2-h50-f50", "★ l3-h33-f50", "l4-h0-f50", "l6-h0-f0"]  # only the chosen one starred
+    chosen = rows["★ l3-h33-f50"]
+    assert [chosen[c] for c in ("layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width", "GMACs @128",
+                                "dev accuracy FP32", "dev accuracy INT8", "drop (pts)", "p50 ms", "size",
+                                "train+measure s", "status")] == [
+        "3", "33%", "50%", "8/8/8", "768", "0.302", "0.8201", "0.8190", "0.69", "5.1", "5.3 MB", "410.2", "chosen"]
+    assert rows["l2-h50-f50"]["status"] == "over budget"
+    not_run = rows["l6-h0-f0"]
+    assert not_run["status"] == "not run: the search's 30-minute budget was spent (31.2 min)"
+    assert [not_run[c] for c in head[4:-1]] == [""] * len(head[4:-1])  # no figures for a candidate that did not run
+
+    write_report(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Search: small" in md and _md_table(md, "candidate") == [head, *body]
+    assert (f"- Chosen: l3-h33-f50: {WHY}" in md.splitlines()
+            and "- Budget: INT8 dev accuracy at most 1.0 points below the teacher's (teacher: 0.8259), i.e. at "
+                "least 0.8159; objective: lowest p50 latency." in md.splitlines())
+    assert "![Search small: dev accuracy (INT8) vs p50 latency](search-small.png)" in md
+    html = (tmp_path / "report.html").read_text()
+    assert dict(_parse(html).tables)["search"] == [head, *body]
+    assert html.count('<tr class="chosen">') == 1 and escape(WHY) in html
+    images = _parse(html).images
+    assert len(images) == 3  # two Pareto plots and the search's
+    png = (tmp_path / "search-small.png").read_bytes()
+    assert base64.b64decode(images[2].split(",", 1)[1]) == png and not _is_blank(png)
+
+
+def test_the_search_plot_stars_the_chosen_one_greys_the_over_budget_and_leaves_out_what_did_not_run():
+    from benchmarks.report.blocks import search_budget
+    from benchmarks.report.plots import search_points
+
+    points = {p["id"]: p for p in search_points(SEARCH)}
+    assert list(points) == ["l2-h50-f50", "l3-h33-f50", "l4-h0-f50"]
+    assert (points["l3-h33-f50"]["marker"], points["l3-h33-f50"]["label"]) == ("*", "l3-h33-f50 (chosen)")
+    assert points["l2-h50-f50"]["colour"] == "#9e9e9e" != points["l4-h0-f50"]["colour"]
+    assert {p["marker"] for i, p in points.items() if i != "l3-h33-f50"} == {"o"}
+    assert (points["l3-h33-f50"]["x"], points["l3-h33-f50"]["y"]) == (5.1, pytest.approx(81.90))
+    assert 100 * search_budget(SEARCH) == pytest.approx(81.59)
+    by_size = {p["id"]: p["x"] for p in search_points(SEARCH | {"objective": "size"})}
+    assert by_size["l3-h33-f50"] == pytest.approx(5.3)  # MB
+
+
+def test_a_search_where_none_met_the_budget_says_so():
+    from benchmarks.report.blocks import search_lines, search_table
+
+    failed = SEARCH | {"chosen": None, "why": "", "candidates": [
+        c | {"status": "over budget"} for c in SEARCH["candidates"] if c["status"] != "not run"]}
+    assert search_lines(failed)[-1] == "Chosen: none: no candidate met the budget"
+    assert not any(cells[0].startswith("★") for cells in search_table(failed)[1])
+
+
+def test_a_report_without_a_search_step_has_no_search_section_nor_plot(run_dir, tmp_path):
+    from benchmarks.report.blocks import plot_files, sections
+    from benchmarks.report.markdown import to_markdown
+
+    for report in (json.loads((run_dir / "report.json").read_text()), _search_report(None)):
+        assert plot_files(report) == {"latency": "pareto-latency.png", "size": "pareto-size.png"}
+        assert not [b for b in sections(report) if "Search" in str(b[1])]
+        assert to_markdown(report).count("![") == 2
+    assert not list(run_dir.glob("search-*.png"))

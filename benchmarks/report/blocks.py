@@ -111,19 +111,28 @@ def entity_type_table(report: dict) -> Table:
     return ["artifact", "back end", "entity F1 (micro)", *types], body
 
 
+def _minus(text: str) -> str:
+    """A signed figure as printed text: a real minus sign, not a hyphen."""
+    return text.replace("-", "\u2212")
+
+
 def reference_lines(report: dict) -> list[str]:
+    """The reference, and our best beside it (the note's rule): its drop against the baseline, and the reference's
+    size and p50 over ours (how many times smaller, and faster, ours is)."""
     note = report.get("reference_note")
     if not note:
         return []
     ref, best = note["reference"], note["best"]
     name = metric_label(metric(ref))
+    size_ratio, speed_ratio, drop = note["size_ratio"], note["speed_ratio"], best["drop_points"]
+    size = (f"{size_ratio:.1f}× smaller than the reference" if size_ratio >= 1
+            else f"{1 / size_ratio:.1f}× larger than the reference")
     return [
         f"Reference: {ref['artifact']} on {ref['backend']}: {name} {score(ref):.4f}, {mb(ref['size_bytes'])}, "
         f"p50 {ref['p50_ms']} ms.",
-        f"Our best ({note['rule']}): {best['artifact']}: {name} {score(best):.4f} "
-        f"({100 * (score(best) - score(ref)):+.2f} points), {mb(best['size_bytes'])} "
-        f"({best['size_bytes'] / ref['size_bytes']:.2f}× the reference's size), p50 {best['p50_ms']} ms "
-        f"({ref['p50_ms'] / best['p50_ms']:.2f}× the reference's speed).",
+        f"Our best ({note['rule']}): {best['artifact']}: {name} {score(best):.4f}"
+        + (f" ({_minus(f'{0.0 - drop:+.2f}')} points vs the baseline)" if drop is not None else "")  # None: no baseline
+        + f", {mb(best['size_bytes'])} ({size}), p50 {best['p50_ms']} ms ({speed_ratio:.2f}× the reference's speed).",
     ]
 
 
@@ -219,6 +228,58 @@ def hardware_lines(report: dict) -> list[str]:
     ]
 
 
+def search_steps(report: dict) -> list[tuple[str, dict]]:
+    """(step name, its manifest's `search`) for every search step of the run, in recipe order."""
+    return [(a["name"], a["metrics"]["search"]) for a in report["artifacts"] if a.get("metrics", {}).get("search")]
+
+
+CHOSEN = "★ "  # before the chosen candidate's id in its table's first cell (report.html highlights that row)
+
+
+def _fixed(value, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def search_table(search: dict) -> Table:
+    """One row per candidate, in the order they were considered (cheapest estimate first). A candidate that did not
+    run has only its settings and why; the dev scores are the search's own (dev split, INT8 judged, FP32 beside)."""
+    name = metric_label(search["metric"])
+    head = ["candidate", "layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width",
+            f"GMACs @{search['sequence_length']}", f"dev {name} FP32", f"dev {name} INT8", "drop (pts)", "p50 ms",
+            "size", "train+measure s", "status"]
+    body = []
+    for c in search["candidates"]:
+        heads = c.get("heads_per_layer")
+        body.append([(CHOSEN if c["id"] == search.get("chosen") else "") + c["id"], str(c["layers"]),
+                     f"{100 * c['heads']:.0f}%", f"{100 * c['ffn']:.0f}%",
+                     "/".join(map(str, heads)) if heads else "", _s(c.get("intermediate_size")), giga(c.get("macs")),
+                     _fixed(c.get("dev_score_fp32"), 4), _fixed(c.get("dev_score"), 4),
+                     _fixed(c.get("drop_points"), 2), _s(c.get("p50_ms")),
+                     mb(c["size_bytes"]) if c.get("size_bytes") is not None else "", _s(c.get("seconds")),
+                     c["status"] + (f": {c['reason']}" if c.get("reason") else "")])
+    return head, body
+
+
+def search_budget(search: dict) -> float:
+    """The lowest dev score within budget, as a fraction: the teacher's dev score less the allowed drop."""
+    return search["teacher_dev_score"] - search["max_drop_points"] / 100
+
+
+def search_lines(search: dict) -> list[str]:
+    """What the search asked, and what it chose and why (the stage's own sentence, verbatim)."""
+    name = metric_label(search["metric"])
+    best = "lowest p50 latency" if search["objective"] == "latency" else "smallest model file"
+    chosen = search.get("chosen")
+    return [
+        f"Budget: INT8 dev {name} at most {float(search['max_drop_points'])} points below the teacher's "
+        f"({search['teacher']}: {search['teacher_dev_score']:.4f}), i.e. at least {search_budget(search):.4f}; "
+        f"objective: {best}.",
+        f"Latency: ort-cpu, batch 1, sequence {search['sequence_length']}, {search['threads']} thread(s).",
+        (f"Chosen: {chosen}: {search['why']}" if chosen else
+         "Chosen: none: no candidate met the budget" + (f" ({search['why']})" if search.get("why") else "")),
+    ]
+
+
 INTRO = ("Drop is in points of the score column, size× and speed-up× are baseline ÷ row at the first latency point. "
          "Model latency is on pre-tokenized inputs; '+tokenize' is text in, logits out. "
          "Peak RSS is the peak resident memory of the process that measured the row (libraries included; "
@@ -229,15 +290,31 @@ INTRO = ("Drop is in points of the score column, size× and speed-up× are basel
          "against the CPU's nominal peak for the row's precision and threads (see Hardware), not a measured figure.")
 
 PLOTS = {"latency": ("pareto-latency.png", "p50 latency"), "size": ("pareto-size.png", "size on disk")}
+SEARCH_PLOT = "search-"  # a search step's plot: key and file stem "search-<step name>"
 
 
-def plot_title(report: dict, axis: str) -> str:
-    """"Accuracy vs p50 latency", "Entity F1 vs size on disk": the score the plot's vertical axis shows."""
-    name = headline(report)
-    return f"{name[0].upper()}{name[1:]} vs {PLOTS[axis][1]}"
+def plot_files(report: dict) -> dict[str, str]:
+    """Every plot of the report, by key: the Pareto plots (PLOTS' keys), then one per search step."""
+    return {axis: file for axis, (file, _) in PLOTS.items()} | {
+        f"{SEARCH_PLOT}{name}": f"{SEARCH_PLOT}{name}.png" for name, _ in search_steps(report)}
+
+
+def plot_search(report: dict, key: str) -> tuple[str, dict] | None:
+    """The search step a plot key draws, or None for a Pareto plot."""
+    return {f"{SEARCH_PLOT}{name}": (name, search) for name, search in search_steps(report)}.get(key)
+
+
+def plot_title(report: dict, key: str) -> str:
+    """"Accuracy vs p50 latency", "Entity F1 vs size on disk": the score the plot's vertical axis shows; a search
+    step's: "Search small: dev accuracy (INT8) vs p50 latency"."""
+    if key in PLOTS:
+        name = headline(report)
+        return f"{name[0].upper()}{name[1:]} vs {PLOTS[key][1]}"
+    step, search = plot_search(report, key)
+    return f"Search {step}: dev {metric_label(search['metric'])} (INT8) vs {PLOTS[search['objective']][1]}"
 
 # One block of the report: ("h1" | "h2" | "h3", title), ("p", text), ("ul", lines), ("table", (css class, Table)),
-# ("note", lines) or ("plots", PLOTS keys). Add a section here and it appears in report.md and report.html alike.
+# ("note", lines) or ("plots", plot_files keys). Add a section here and it appears in report.md and report.html alike.
 Block = tuple[str, object]
 
 
@@ -255,6 +332,9 @@ def sections(report: dict) -> list[Block]:
     if reference_lines(report):
         blocks += [("h2", "Against the reference"), ("note", reference_lines(report))]
     blocks += [("h2", "Pareto plots"), ("plots", list(PLOTS))]
+    for name, search in search_steps(report):
+        blocks += [("h2", f"Search: {name}"), ("ul", search_lines(search)),
+                   ("table", ("search", search_table(search))), ("plots", [f"{SEARCH_PLOT}{name}"])]
     if skipped_lines(report):
         blocks += [("h2", "Not measured here, or failed"), ("ul", skipped_lines(report))]
     if fusion_lines(report):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from benchmarks.report.blocks import Table, label, plot_title, sections
+from benchmarks.report.blocks import CHOSEN, Table, label, plot_title, sections
 from benchmarks.report.build import measured
 
 CSS = """
@@ -14,6 +14,7 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 tr.reference td { background: #fff1f0; }
+tr.chosen td { background: #eef7ee; font-weight: bold; }
 .plots img { max-width: 48%; margin-right: 1%; border: 1px solid #ddd; }
 .note { background: #f6f8fa; padding: 0.6em 1em; border-left: 4px solid #d62728; }
 """
@@ -24,7 +25,8 @@ def _table(css_class: str, table: Table, references: set[str]) -> str:
     header = "".join(f"<th>{escape(h)}</th>" for h in head)
     out = [f'<table class="{css_class}"><thead><tr>{header}</tr></thead><tbody>']
     for cells in body:
-        cls = ' class="reference"' if cells[0] in references else ""
+        cls = (' class="reference"' if cells[0] in references
+               else ' class="chosen"' if cells[0].startswith(CHOSEN) else "")
         out.append(f"<tr{cls}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(out) + "</tbody></table>"
 
@@ -40,8 +42,8 @@ def _block(kind: str, payload, pngs: dict[str, bytes], references: set[str], rep
         return '<div class="note">' + "".join(f"<p>{escape(s)}</p>" for s in payload) + "</div>"
     if kind == "plots":
         return '<div class="plots">' + "".join(
-            f'<img alt="{escape(plot_title(report, axis))}" src="data:image/png;base64,{base64.b64encode(pngs[axis]).decode()}">'
-            for axis in payload) + "</div>"
+            f'<img alt="{escape(plot_title(report, key))}" src="data:image/png;base64,{base64.b64encode(pngs[key]).decode()}">'
+            for key in payload) + "</div>"
     return _table(*payload, references)
 
 

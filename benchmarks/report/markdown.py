@@ -1,7 +1,7 @@
 """report.md, rendered from the report's blocks."""
 from __future__ import annotations
 
-from benchmarks.report.blocks import PLOTS, plot_title, sections
+from benchmarks.report.blocks import plot_files, plot_title, sections
 
 
 def _md_block(kind: str, payload, report: dict) -> list[str]:
@@ -12,7 +12,7 @@ def _md_block(kind: str, payload, report: dict) -> list[str]:
     if kind in ("ul", "note"):
         return [f"- {s}" for s in payload]
     if kind == "plots":
-        return [f"![{plot_title(report, axis)}]({PLOTS[axis][0]})" for axis in payload]
+        return [f"![{plot_title(report, key)}]({plot_files(report)[key]})" for key in payload]
     head, body = payload[1]
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in body]
 

@@ -1,11 +1,11 @@
 """Pareto plots from report.json: the score (accuracy, entity F1) against p50 latency and against size, the front
-drawn as a step line."""
+drawn as a step line; and per search step, its candidates' dev score against their latency (or size)."""
 from __future__ import annotations
 
 import io
 
-from benchmarks.report.blocks import headline, plot_title
-from benchmarks.report.build import first_latency, measured, score
+from benchmarks.report.blocks import PLOTS, headline, plot_files, plot_search, plot_title, search_budget
+from benchmarks.report.build import first_latency, measured, metric_label, score
 
 
 def _cost(row: dict, axis: str) -> float | None:
@@ -15,13 +15,28 @@ def _cost(row: dict, axis: str) -> float | None:
     return point["p50_ms"] if point else None
 
 
-def pareto_png(report: dict, axis: str) -> bytes:
-    """A PNG; reads the front from each row's `pareto` flag so the picture and the tables agree."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _png(fig) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def pareto_png(report: dict, axis: str) -> bytes:
+    """A PNG; reads the front from each row's `pareto` flag so the picture and the tables agree."""
+    plt = _pyplot()
     rows = [r for r in measured(report) if _cost(r, axis) is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for i, r in enumerate(rows):
@@ -43,7 +58,54 @@ def pareto_png(report: dict, axis: str) -> bytes:
     ax.set_title(plot_title(report, axis) + ("" if rows else ": no measured rows"))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
+
+
+SEARCH_COLOURS = {"chosen": "#d62728", "within budget": "#1f77b4", "over budget": "#9e9e9e"}
+
+
+def search_points(search: dict) -> list[dict]:
+    """The candidates that ran, as plotted: x (p50 ms, or MB when the objective is size), y (INT8 dev score, %),
+    the marker and colour (the chosen one a red star, over-budget ones grey) and the label."""
+    x = "p50_ms" if search["objective"] == "latency" else "size_bytes"
+    points = []
+    for c in search["candidates"]:
+        if c.get("dev_score") is None or c.get(x) is None:  # not run, or failed before it was judged
+            continue
+        chosen = c["id"] == search.get("chosen")
+        points.append({"id": c["id"], "x": c[x] if x == "p50_ms" else c[x] / 1e6, "y": 100 * c["dev_score"],
+                       "marker": "*" if chosen else "o", "colour": SEARCH_COLOURS.get(c["status"], "#9e9e9e"),
+                       "label": f"{c['id']} (chosen)" if chosen else c["id"]})
+    return points
+
+
+def search_png(report: dict, key: str) -> bytes:
+    """A search step's candidates, with the budget (the teacher's dev score less the allowed drop) dashed."""
+    plt = _pyplot()
+    _, search = plot_search(report, key)
+    points = search_points(search)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for i, p in enumerate(points):
+        ax.scatter(p["x"], p["y"], s=220 if p["marker"] == "*" else 60, marker=p["marker"], color=p["colour"],
+                   zorder=3)
+        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)),
+                    fontsize=8, fontweight="bold" if p["marker"] == "*" else "normal")
+    budget = 100 * search_budget(search)
+    ax.axhline(budget, color="#d62728", linestyle="--", linewidth=1,
+               label=f"budget: teacher dev {100 * search['teacher_dev_score']:.2f}% − "
+                     f"{float(search['max_drop_points'])} points = {budget:.2f}%")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+    latency = search["objective"] == "latency"
+    ax.set_xlabel(f"p50 latency, ms (ort-cpu, batch 1, sequence {search['sequence_length']}, "
+                  f"{search['threads']} thread(s))" if latency else "model file size, MB")
+    ax.set_ylabel(f"dev {metric_label(search['metric'])} (INT8), %")
+    ax.set_title(plot_title(report, key) + ("" if points else ": no candidate ran"))
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def plot_pngs(report: dict) -> dict[str, bytes]:
+    """Every plot of the report by its key (blocks.plot_files): the Pareto plots, then each search step's."""
+    return {key: pareto_png(report, key) if key in PLOTS else search_png(report, key) for key in plot_files(report)}
