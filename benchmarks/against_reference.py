@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         drop = note["best"].get("drop_points", _row(report, note["best"]).get("score_drop_points"))
         baseline = report["baseline"]["artifact"]
         print(f"test {metric_label(note['best']['metric'])} drop of ours vs the baseline {baseline} (from the report): "
-              + (f"{drop} points" if drop is not None else "not known (the baseline has no measured score)"))
+              + (f"{drop:.2f} points" if drop is not None else "not known (the baseline has no measured score)"))
         return 0
 
     return exit_code(body)

@@ -17,6 +17,7 @@ from pydantic import Field
 from benchmarks.report.build import metric, score
 from compress.core.config import Strict
 from compress.core.errors import CompressError, exit_code
+from compress.core.evaluate import points_below
 
 
 class GateConfig(Strict):
@@ -75,9 +76,9 @@ def drop_violation(row: dict, reference: float, reference_metric: str, against: 
         return f"{where}: its score is {name}, {against} is {reference_metric}; one cannot be judged by the other"
     if not isinstance(value, (int, float)):
         return f"{where}: {name} missing"
-    drop = round(100 * (reference - value), 9)  # 0.85 - 0.84 is 1.0000000000000009 points in floats
+    drop = points_below(reference, value)
     if drop > max_drop:
-        return (f"{where}: {name} {value:.4f} is {drop:.2f} points below {against} {reference:.4f}; "
+        return (f"{where}: {name} {value:.4f} is {drop:.3f} points below {against} {reference:.4f}; "
                 f"the limit is {max_drop}")
     return None
 

@@ -50,7 +50,7 @@ def tagger_report(rows, base=0.85):
 
 def test_a_tagger_is_judged_by_entity_f1_and_the_messages_say_so():
     found = violations(tagger_report([row("int8", 0.8380)], base=0.8500), 1.0)
-    assert found == ["int8 on ort-cpu: entity_f1 0.8380 is 1.20 points below the baseline 0.8500; the limit is 1.0"]
+    assert found == ["int8 on ort-cpu: entity_f1 0.8380 is 1.200 points below the baseline 0.8500; the limit is 1.0"]
     assert violations(tagger_report([row("int8", 0.845)]), 1.0) == []
     assert violations(tagger_report([row("int8", None)]), 1.0) == ["int8 on ort-cpu: entity_f1 missing"]
     assert violations(tagger_report([], base=None), 1.0) == ["baseline 'teacher' has no measured entity_f1"]

@@ -162,7 +162,7 @@ def test_accuracy_aware_scores_the_dev_split_by_entity_f1(run, data):
     assert m["metric"] == "entity_f1" and "dev_accuracy_fp32" not in m and m["budget_met"] and len(m["attempts"]) == 1
     dev_f1 = lambda path: evaluate(OrtRuntime(path).run, tokenizer(run), data.dev, TAGS, 16, 64)["entity_f1"]  # noqa: E731
     assert m["dev_score_fp32"] == pytest.approx(dev_f1(art(run, "onnx").file("raw")), abs=1e-9)
-    assert m["dev_score_drop_points"] == round(100 * (m["dev_score_fp32"] - dev_f1(aware.file("model"))), 3)
+    assert m["dev_score_drop_points"] == round(100 * (m["dev_score_fp32"] - dev_f1(aware.file("model"))), 9)
 
 
 def test_ort_mobile_tagger_gives_the_onnx_logits_per_token(run, data):
@@ -279,7 +279,7 @@ def test_gate_and_compare_judge_entity_f1_and_say_so(run, tmp_path, capsys):
     capsys.readouterr()
     assert gate_main([str(tmp_path / "worse.json"), "--max-drop", "1.0"]) == 1
     err = capsys.readouterr().err
-    assert f"GATE FAILED: dynamic on ort-cpu: entity_f1 {row['score']:.4f} is 5.00 points below the baseline" in err
+    assert f"GATE FAILED: dynamic on ort-cpu: entity_f1 {row['score']:.4f} is 5.000 points below the baseline" in err
     assert "accuracy" not in err
     assert compare_main([str(run / "report.json"), str(tmp_path / "worse.json"), "--max-drop", "1.0"]) == 1
     out, err = capsys.readouterr()

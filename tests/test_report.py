@@ -161,10 +161,12 @@ def test_our_best_beside_the_reference_is_the_fastest_within_the_budget_of_the_b
     and is fastest, but loses 5 points against the teacher, so it is never our best."""
     from benchmarks.report.build import build_report
     from benchmarks.report.markdown import to_markdown
+    from compress.gate import violations
 
     rows = [_timed_row("teacher", "torch-cpu", 0.85, 20.0, 4_000_000),
             _timed_row("optimum", "ort-cpu", 0.80, 13.0, 23_000_000),
             _timed_row("small", "ort-cpu", 0.84, 4.0, 5_000_000),  # 1.0000000000000009 points below in floats
+            _timed_row("edge", "ort-cpu", 0.83996, 3.0, 5_000_000),  # 1.004 points below: over the budget, though "1.00" at two decimals
             _timed_row("wide", "ort-cpu", 0.845, 6.0, 6_000_000),
             _timed_row("cheap", "ort-cpu", 0.80, 1.0, 1_000_000),
             _timed_row("elsewhere", "torch-cpu", 0.85, 0.5, 1_000_000)]  # another back end than the reference's
@@ -178,6 +180,8 @@ def test_our_best_beside_the_reference_is_the_fastest_within_the_budget_of_the_b
     best = report["reference_note"]
     assert best["best"]["artifact"] == "small" and best["best"]["drop_points"] == 1.0
     assert (best["speed_ratio"], best["size_ratio"]) == (3.25, 4.6)  # 13 / 4 ms, 23 / 5 MB
+    assert violations(report, 1.0, ["small", "edge"]) == [  # the gate judges the same figure the note does
+        "edge on ort-cpu: accuracy 0.8400 is 1.004 points below the baseline 0.8500; the limit is 1.0"]
     assert ("- Our best (fastest of ours on ort-cpu within 1.0 points of the baseline teacher's accuracy): small: "
             "accuracy 0.8400 (\u22121.00 points vs the baseline), 5.0 MB (4.6× smaller than the reference), p50 4.0 "
             "ms (3.25× the reference's speed).") in to_markdown(report).splitlines()

@@ -70,7 +70,7 @@ def summary_table(report: dict) -> Table:
         lat, own = first_latency(r) or {}, r.get("dynamic_latency") or {}
         front = [k for k, on in r.get("pareto", {}).items() if on]
         body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), f"{score(r):.4f}",
-                     f"{r['macro_f1']:.4f}", _s(r.get("score_drop_points")), mb(r["size_bytes"]),
+                     f"{r['macro_f1']:.4f}", _fixed(r.get("score_drop_points"), 2), mb(r["size_bytes"]),
                      _s(r.get("size_ratio")), millions(r["parameters"]),
                      millions(r.get("encoder_parameters")), giga(r.get("macs_seq128")), _s(r.get("load_seconds")),
                      _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")),

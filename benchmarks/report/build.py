@@ -6,6 +6,8 @@ sequence classification, entity-level F1 for token classification. Drops are in 
 """
 from __future__ import annotations
 
+from compress.core.evaluate import points_below
+
 METRIC_LABELS = {"accuracy": "accuracy", "entity_f1": "entity F1"}  # how the report spells each metric
 
 
@@ -114,7 +116,7 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
             row["reference"] = ref if isinstance(ref, str) else "reference"
         if row["status"] != "measured" or base is None or "measured_on" in row:  # other hardware: no ratios
             continue
-        row["score_drop_points"] = round(100 * (score(base) - score(row)), 2)
+        row["score_drop_points"] = points_below(score(base), score(row))
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
         mine, theirs = first_latency(row), first_latency(base)
         if mine and theirs:

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from compress.core.artifact import Artifact
-from compress.core.evaluate import evaluate, predict_logits
+from compress.core.evaluate import evaluate, points_below, predict_logits
 from compress.core.parity import logit_agreement
 from compress.core.stage import Context
 from compress.stages.quantize_methods import StaticConfig, quantize_qdq, quantized_nodes, static_reader, static_source
@@ -89,7 +89,7 @@ def search(cfg: AccuracyAwareConfig, parent: Artifact, ctx: Context, out: Path) 
         path = work / f"fp32-{len(fp32_nodes)}.onnx"
         quantize_qdq(cfg, source, path, cache, None if cache.is_file() else static_reader(cfg, parent, source, ctx),
                      fp32_nodes)
-        drop = round(100 * (fp32["score"] - dev_score(path)["score"]), 3)
+        drop = points_below(fp32["score"], dev_score(path)["score"])
         parity = cfg.parity.failures(logit_agreement(fp32_logits, parity_logits(path)), "INT8 vs FP32")
         record = {"fp32_nodes": list(fp32_nodes), "dev_score_drop_points": drop, "parity_failures": parity,
                   "meets": drop <= cfg.max_accuracy_drop and not parity, "path": path}

@@ -28,7 +28,7 @@ from compress.core.artifact import Artifact, digest
 from compress.core.config import Architecture, RecipeShapes, StepConfig, Strict
 from compress.core.data import encode
 from compress.core.errors import CompressError, StageFailed
-from compress.core.evaluate import evaluate
+from compress.core.evaluate import evaluate, points_below
 from compress.core.models import load_classifier, load_tokenizer
 from compress.core.stage import STAGES, Context, StageResult, register
 from compress.stages.distill import DistillConfig, DistillSettings, default_layer_map
@@ -275,7 +275,7 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
                 rows.append(row | {"status": "failed", "reason": str(e)})
                 ctx.log.warning("%s: %s failed: %s", cfg.name, candidate.id, e)
                 continue
-            row["drop_points"] = round(100 * (teacher_dev - row["dev_score"]), 2)
+            row["drop_points"] = points_below(teacher_dev, row["dev_score"])
             row["status"] = "within budget" if row["drop_points"] <= cfg.max_accuracy_drop else "over budget"
             fit = fit or (candidate.id if row["status"] == "within budget" else None)
             rows.append(row | {"reason": ""})
