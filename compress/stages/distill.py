@@ -21,6 +21,7 @@ from compress.core.evaluate import evaluate
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
 from compress.core.train import TrainingSettings, token_rows, train
+from compress.stages.prune import original_heads
 from compress.stages.students import (GradualSharing, StudentSpec, build_student, embedding_row_counts,
                                       parameter_split, student_architecture)
 from runtimes.torch_runtime import TorchRuntime
@@ -30,7 +31,8 @@ class LossConfig(Strict):
     kl: float = Field(1.0, ge=0, description="Soft-label KL(teacher || student) at `temperature`, scaled by T^2.")
     ce: float = Field(0.5, ge=0, description="alpha: hard-label cross-entropy (labelled examples only).")
     hidden: float = Field(0.0, ge=0, description="Hidden-state MSE on mapped layers (projected if widths differ).")
-    attention: float = Field(0.0, ge=0, description="Attention-map MSE on mapped layers (head counts must match).")
+    attention: float = Field(0.0, ge=0, description="Attention-map MSE on mapped layers: a pruned student's "
+                             "heads against the teacher heads they were cut from.")
     temperature: float = Field(2.0, gt=0)
     layer_map: dict[int, int] | None = Field(
         None, description="Student hidden-state index -> teacher's (0 = embeddings); default: evenly spaced.")
@@ -73,8 +75,12 @@ class Term:
 
     needs: set[str] = set()
 
-    def __init__(self, cfg: LossConfig, layer_map: dict[int, int], projections: torch.nn.ModuleDict):
+    def __init__(self, cfg: LossConfig, layer_map: dict[int, int], projections: torch.nn.ModuleDict,
+                 head_pairs: dict[int, list[int]] | None = None):
+        # How the student maps onto the teacher: layers, widths (projections) and heads (student layer -> the
+        # teacher head of each of its heads; absent: the same positions).
         self.cfg, self.layer_map, self.projections = cfg, layer_map, projections
+        self.head_pairs = head_pairs or {}
 
 
 class SoftKL(Term):
@@ -118,6 +124,8 @@ class HiddenMSE(Term):
 
 
 class AttentionMSE(Term):
+    """Each student head's attention map against the teacher head it was pruned from (`head_pairs`)."""
+
     needs = {"output_attentions"}
 
     def __call__(self, s, t, labels, mask):
@@ -125,7 +133,9 @@ class AttentionMSE(Term):
         for si, ti in self.layer_map.items():
             if si == 0 or ti == 0:
                 continue  # embeddings have no attention
-            a, b = s.attentions[si - 1], t.attentions[ti - 1]  # head counts checked by DistillLoss
+            a, b = s.attentions[si - 1], t.attentions[ti - 1]
+            if si in self.head_pairs:
+                b = b[:, self.head_pairs[si]]
             terms.append(_masked_mse(a.transpose(1, 2), b.transpose(1, 2), mask))  # (B, S, heads, S): mask queries
         return torch.stack(terms).mean()
 
@@ -145,14 +155,30 @@ def heads_per_layer(model) -> list[int]:
     return [a.shape[1] for a in out.attentions]
 
 
-def _check_heads(layer_map: dict[int, int], student: list[int], teacher: list[int]) -> None:
-    """Refuse before training, not at the first batch: maps of different head counts cannot be compared."""
-    bad = {s: f"{student[s - 1]} vs {teacher[t - 1]}" for s, t in layer_map.items()
-           if s and t and student[s - 1] != teacher[t - 1]}
+def head_pairs(layer_map: dict[int, int], student, teacher) -> dict[int, list[int]]:
+    """For each mapped student layer, the teacher head each of its heads is compared with. A pruned student's
+    heads are the teacher's by original index (prune_heads records the pruned ones in config.pruned_heads), so a
+    head is always matched with the one it was cut from; a student of other origin needs the same head count, and
+    is matched position by position. Refused before training, not at the first batch."""
+    counts = {"student": heads_per_layer(student), "teacher": heads_per_layer(teacher)}
+    pairs, bad = {}, {}
+    for si, ti in layer_map.items():
+        if not (si and ti):
+            continue
+        ks, kt = original_heads(student.config, si - 1), original_heads(teacher.config, ti - 1)
+        same_origin = (student.config.num_attention_heads == teacher.config.num_attention_heads
+                       and len(ks) == counts["student"][si - 1] and len(kt) == counts["teacher"][ti - 1])
+        if same_origin and set(ks) <= set(kt):
+            pairs[si] = [kt.index(h) for h in ks]
+        elif counts["student"][si - 1] == counts["teacher"][ti - 1]:
+            pairs[si] = list(range(counts["teacher"][ti - 1]))
+        else:
+            bad[si] = f"{counts['student'][si - 1]} vs {counts['teacher'][ti - 1]}"
     if bad:
-        raise CompressError(f"loss.attention: student vs teacher heads differ on mapped student layers {bad}; "
-                            "attention-map MSE needs equal head counts (pruned heads?): set attention: 0 or "
-                            "map only matching layers in loss.layer_map")
+        raise CompressError(f"loss.attention: student vs teacher heads differ on mapped student layers {bad}, and "
+                            "the student's heads are not a subset of the teacher's (config.pruned_heads): set "
+                            "attention: 0 or map only matching layers in loss.layer_map")
+    return pairs
 
 
 class DistillLoss:
@@ -170,12 +196,13 @@ class DistillLoss:
         weights = {n: getattr(cfg, n) for n in LOSSES if getattr(cfg, n) > 0}
         if not weights:
             raise CompressError("loss: every weight is 0; set at least one of kl, ce, hidden, attention")
-        self.terms = {n: (w, LOSSES[n](cfg, self.layer_map, self.projections)) for n, w in weights.items()}
-        self.flags = {flag: True for _, term in self.terms.values() for flag in term.needs}
-        if "output_attentions" in self.flags:  # SDPA kernels do not return attention maps
+        pairs = {}
+        if cfg.attention:  # SDPA kernels do not return attention maps
             for m in (teacher, student):
                 m.set_attn_implementation("eager")
-            _check_heads(self.layer_map, heads_per_layer(student), heads_per_layer(teacher))
+            pairs = head_pairs(self.layer_map, student, teacher)
+        self.terms = {n: (w, LOSSES[n](cfg, self.layer_map, self.projections, pairs)) for n, w in weights.items()}
+        self.flags = {flag: True for _, term in self.terms.values() for flag in term.needs}
         self.teacher = teacher.eval().requires_grad_(False)
 
     def __call__(self, student, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:

@@ -244,16 +244,16 @@ def scoring_batches(tokenizer, cfg: PruneConfig, ctx: Context) -> list[Batch]:
             for enc, labels in batches(tokenizer, examples, ctx.max_length, cfg.batch_size)]
 
 
-def original_heads(model, block: Block) -> list[int]:
-    """Original indices of the heads still present (prune_heads takes original indices)."""
-    gone = set(model.config.pruned_heads.get(block.index, []))
-    return [h for h in range(model.config.num_attention_heads) if h not in gone]
+def original_heads(config, layer: int) -> list[int]:
+    """Original indices of layer `layer`'s heads still present (prune_heads takes, and records, original indices)."""
+    gone = set(config.pruned_heads.get(layer, []))
+    return [h for h in range(config.num_attention_heads) if h not in gone]
 
 
 def heads_to_prune(model, scores: list[torch.Tensor], ratio: float | dict[int, float], frac: float) -> dict[int, list[int]]:
     """Heads to cut this round so that `frac` of the round's way to `ratio` (of the original heads) is reached."""
     n_orig, bs = model.config.num_attention_heads, blocks(model)
-    alive = [original_heads(model, b) for b in bs]
+    alive = [original_heads(model.config, b.index) for b in bs]
     chosen: dict[int, list[int]] = {}
     if isinstance(ratio, dict):
         for i, r in ratio.items():
