@@ -18,7 +18,7 @@ def test_within_limit_passes_and_beyond_fails_naming_artifact_drop_and_limit():
     r = report([row("teacher", 0.85, "torch-cpu"), row("int8", 0.845), row("tiny", 0.80)])
     found = violations(r, max_drop=1.0)
     assert len(found) == 1
-    assert "tiny on ort-cpu" in found[0] and "5.00 points" in found[0] and "limit is 1.0" in found[0]
+    assert "tiny on ort-cpu" in found[0] and "5.000 points" in found[0] and "limit is 1.0" in found[0]
     assert violations(r, max_drop=1.0, artifacts=["int8"]) == []
 
 
