@@ -170,9 +170,7 @@ def head_pairs(layer_map: dict[int, int], student, teacher) -> dict[int, list[in
                        and len(ks) == counts["student"][si - 1] and len(kt) == counts["teacher"][ti - 1])
         if same_origin and set(ks) <= set(kt):
             pairs[si] = [kt.index(h) for h in ks]
-        elif counts["student"][si - 1] == counts["teacher"][ti - 1]:
-            pairs[si] = list(range(counts["teacher"][ti - 1]))
-        else:
+        elif counts["student"][si - 1] != counts["teacher"][ti - 1]:  # equal counts: matched by position
             bad[si] = f"{counts['student'][si - 1]} vs {counts['teacher'][ti - 1]}"
     if bad:
         raise CompressError(f"loss.attention: student vs teacher heads differ on mapped student layers {bad}, and "
