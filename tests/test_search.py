@@ -212,3 +212,12 @@ def test_an_albert_teacher_with_a_unigram_tokenizer_goes_through_layer_drop_and_
     config = json.loads((run / "02-s" / "config.json").read_text())
     assert config["model_type"] == "albert" and config["num_hidden_layers"] == 2
     assert (run / "02-s" / "tokenizer.json").is_file()
+
+
+def test_candidates_with_4bit_embeddings_export_plain_gathers():
+    """embedding_bits 4 rewrites the embedding Gathers, which a fused export no longer has."""
+    for bits, fused in ((8, True), (4, False)):
+        cfg = SearchConfig(name="s", quantization={"per_channel": True, "embedding_bits": bits})
+        export = next(s for s in search_stage.candidate_steps(cfg, Candidate(1, 0.5, 0.0), 2, "t")
+                      if s.type == "export")
+        assert export.fuse_embeddings is fused

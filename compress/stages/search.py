@@ -184,7 +184,7 @@ def candidate_steps(cfg: SearchConfig, candidate: Candidate, depth: int, teacher
                     drop_layers=drop, batches=cfg.prune_batches),
         DistillConfig(name=f"{name}-student", teacher=teacher, **cfg.distillation.model_dump()),
         *([cfg.vocabulary.model_copy(update={"name": f"{name}-vocab"})] if cfg.vocabulary else []),
-        ExportConfig(name=f"{name}-onnx"),
+        ExportConfig(name=f"{name}-onnx", fuse_embeddings=cfg.quantization.embedding_bits == 8),  # 4-bit: Gathers
         cfg.quantization.model_copy(update={"name": f"{name}-int8"}),
     ]
 
