@@ -222,6 +222,30 @@ def test_pruned_student_compares_each_head_with_the_teacher_head_it_was_cut_from
     assert positional.item() > 1e-6
 
 
+def test_cached_teacher_gives_the_same_loss_and_runs_once_per_text(tiny_bert):
+    """A second epoch meets the same texts in other batches with other padding: the loss must not change, and the
+    teacher must not run again; a search's next candidate (same teacher layers) reuses the rows too."""
+    teacher, student = load(tiny_bert), load(tiny_bert)
+    torch.nn.init.normal_(student.bert.encoder.layer[0].attention.self.query.weight)  # not a perfect copy
+    cfg, labels, shared = LossConfig(ce=0.5, hidden=1.0, attention=1.0), torch.tensor([0, 1]), {}
+    fresh, cached = DistillLoss(cfg, teacher, student), DistillLoss(cfg, teacher, student, cache=shared)
+    same_layers = DistillLoss(cfg.model_copy(update={"layer_map": {1: 2, 2: 1}}), teacher, load(tiny_bert), shared)
+    fewer_layers = DistillLoss(cfg.model_copy(update={"layer_map": {2: 2}}), teacher, student, cache=shared)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))  # after the losses' own one-token probes
+    first = cached(student, INPUTS, labels)
+    assert first.item() == pytest.approx(fresh(student, INPUTS, labels).item(), rel=1e-3) and len(calls) == 2
+    reordered = {k: torch.cat([v.flip(0), torch.zeros(2, 3, dtype=v.dtype)], 1) for k, v in INPUTS.items()}
+    again = cached(student, reordered, labels.flip(0))
+    assert len(calls) == 2  # the cached loss read its rows; the teacher did not run
+    assert again.item() == pytest.approx(fresh(student, reordered, labels.flip(0)).item(), rel=1e-3)
+    assert again.item() == pytest.approx(first.item(), rel=1e-3)
+    same_layers(student, INPUTS, labels)
+    assert len(calls) == 3  # {1: 2, 2: 1} reads teacher layers 1 and 2, as the default map does: shared rows
+    fewer_layers(student, INPUTS, labels)
+    assert len(calls) == 4  # only layer 2 kept: rows of its own
+
+
 def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, tiny_bert, tiny_csv):
     unlabeled = tmp_path / "unlabeled.txt"
     unlabeled.write_text("a very good film\n\nthe plot was dull\n")

@@ -176,6 +176,17 @@ def named(ctx: Context, artifact: Artifact) -> Iterator[str]:
             del ctx.artifacts[artifact.name]
 
 
+@contextmanager
+def shared_teacher_outputs(ctx: Context) -> Iterator[None]:
+    """Every candidate distills from one teacher on the same texts, so the teacher runs once per text for all of
+    them (distill's cache_teacher); the outputs are freed when the search ends."""
+    ctx.teacher_outputs = {}
+    try:
+        yield
+    finally:
+        ctx.teacher_outputs = None
+
+
 def candidate_steps(cfg: SearchConfig, candidate: Candidate, depth: int, teacher: str) -> list[StepConfig]:
     drop = sorted(set(range(depth)) - set(candidate.kept_layers(depth)))
     name = f"{cfg.name}-{candidate.id}"
@@ -256,7 +267,7 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     ctx.log.info("%s: %d candidates, cheapest first: %s; teacher dev %s %.4f, budget %g points", cfg.name,
                  len(candidates), [c.id for c in candidates], metric, teacher_dev, cfg.max_accuracy_drop)
     rows, start, fit = [], time.perf_counter(), None
-    with named(ctx, teacher_art) as teacher_name:
+    with named(ctx, teacher_art) as teacher_name, shared_teacher_outputs(ctx):
         for candidate in candidates:
             row = candidate.settings()
             spent = (time.perf_counter() - start) / 60
