@@ -167,7 +167,10 @@ def open_backend(bundle: Path, manifest: dict, backend: str, precision: str, thr
         if threads:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
-        session = ort.InferenceSession(str(bundle / manifest["onnx_for_ort"]), options, providers=wanted)
+        # As runtimes/ort_runtime.CPU_DISABLED_FUSIONS: ONNX Runtime 1.32's CPU SkipLayerNormalization is slow.
+        disabled = None if "CUDAExecutionProvider" in wanted else ["SkipLayerNormFusion"]
+        session = ort.InferenceSession(str(bundle / manifest["onnx_for_ort"]), options, providers=wanted,
+                                       disabled_optimizers=disabled)
         names = [i.name for i in session.get_inputs()]
         return (lambda x: session.run(None, {n: x[n] for n in names})[0]), \
             f"onnxruntime-{session.get_providers()[0].replace('ExecutionProvider', '').lower()}", manifest["precision"], []

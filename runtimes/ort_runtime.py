@@ -17,6 +17,10 @@ PROVIDERS = {
     "trt": "TensorrtExecutionProvider",
 }
 Provider = str | tuple[str, dict[str, str]]  # a name, or (name, options) as InferenceSession takes them
+# Load-time fusions CPU sessions go without. SkipLayerNormFusion folds residual Add + LayerNormalization into
+# the SkipLayerNormalization contrib op, whose CPU kernel (ONNX Runtime 1.32) ran 5x slower than the ops it
+# replaces (see export.onnx.fuse). Every CPU row of a report, the reference included, runs with this setting.
+CPU_DISABLED_FUSIONS = ["SkipLayerNormFusion"]
 
 
 def provider_missing(provider: str) -> str | None:
@@ -39,7 +43,7 @@ def session_plan(artifact: Artifact, provider: str) -> tuple[Path, list[Provider
     """The file ONNX Runtime loads for `artifact` on `provider`, and the providers it tries, in order.
 
     TensorRT gets the plain export when there is one: the fused model.onnx holds ONNX Runtime contrib ops
-    (Attention, SkipLayerNormalization) that TensorRT cannot parse. CUDA then CPU stand behind it for any node it
+    (Attention, EmbedLayerNormalization) that TensorRT cannot parse. CUDA then CPU stand behind it for any node it
     does not take. Engines are cached per artifact hash: ONNX Runtime keys an engine by the model's file name and
     graph, not its weights, and every artifact's plain export is model.raw.onnx. Kernel timings hold across
     artifacts, so they share one cache."""
@@ -64,7 +68,8 @@ class OrtRuntime:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_path), options, providers=providers or [wanted])
+        self.session = ort.InferenceSession(str(model_path), options, providers=providers or [wanted],
+                                            disabled_optimizers=CPU_DISABLED_FUSIONS if provider == "cpu" else None)
         if self.session.get_providers()[0] != wanted:
             raise Unavailable(f"{wanted} failed to initialise; ONNX Runtime fell back to {self.session.get_providers()}")
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -183,7 +183,7 @@ def test_fusions_missing_names_the_ops_a_bert_of_that_depth_should_get():
     from export.onnx import fusions_missing
     from tests.conftest import tiny_config
 
-    full = {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "SkipLayerNormalization": 4}
+    full = {"EmbedLayerNormalization": 1, "Attention": 2, "BiasGelu": 2, "LayerNormalization": 4}
     assert fusions_missing(full, tiny_config("bert")) == {}
     assert fusions_missing(full | {"Attention": 0}, tiny_config("bert")) == {"Attention": 2}
 
