@@ -68,8 +68,8 @@ class OrtRuntime:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(model_path), options, providers=providers or [wanted],
-                                            disabled_optimizers=CPU_DISABLED_FUSIONS if provider == "cpu" else None)
+        fusions = {"disabled_optimizers": CPU_DISABLED_FUSIONS} if provider == "cpu" else {}
+        self.session = ort.InferenceSession(str(model_path), options, providers=providers or [wanted], **fusions)
         if self.session.get_providers()[0] != wanted:
             raise Unavailable(f"{wanted} failed to initialise; ONNX Runtime fell back to {self.session.get_providers()}")
         self.input_names = [i.name for i in self.session.get_inputs()]
