@@ -88,9 +88,10 @@ class OrtRuntime:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        fusions = {}
         if provider == "cpu":
             options.add_session_config_entry("session.set_denormal_as_zero", "1")
-        fusions = {"disabled_optimizers": CPU_DISABLED_FUSIONS} if provider == "cpu" else {}
+            fusions = {"disabled_optimizers": CPU_DISABLED_FUSIONS}
         self.session = ort.InferenceSession(str(model_path), options, providers=providers or [wanted], **fusions)
         if self.session.get_providers()[0] != wanted:
             raise Unavailable(f"{wanted} failed to initialise; ONNX Runtime fell back to {self.session.get_providers()}")
