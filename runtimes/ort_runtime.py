@@ -30,7 +30,7 @@ def denormals_flushed() -> Iterator[None]:
 
     Softmax over padded key positions (their scores sit thousands below the row's maximum) drives ONNX Runtime's
     CPU kernels through denormal intermediates, which x86 computes in microcode: at batch 1, sequence 128, a short
-    text padded to full length took 13.2 ms on optimum-int8 and 8.3 ms with flushing, as fast as a text that fills
+    text padded to full length took 13.5 ms on optimum-int8 and 8.4 ms with flushing, as fast as a text that fills
     all 128 positions (ORT 1.32, 1 thread, AVX-512 VNNI). The values flushed are below 1.2e-38 (probabilities of
     masked keys). ORT's session.set_denormal_as_zero reaches only its pool threads; with one intra-op thread the
     caller's thread does all the work, so it is set here too, with torch (numpy has no switch)."""
