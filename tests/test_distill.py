@@ -231,6 +231,7 @@ def test_cached_teacher_gives_the_same_loss_and_runs_once_per_text(tiny_bert):
     fresh, cached = DistillLoss(cfg, teacher, student), DistillLoss(cfg, teacher, student, cache=shared)
     same_layers = DistillLoss(cfg.model_copy(update={"layer_map": {1: 2, 2: 1}}), teacher, load(tiny_bert), shared)
     fewer_layers = DistillLoss(cfg.model_copy(update={"layer_map": {2: 2}}), teacher, student, cache=shared)
+    other_layers = DistillLoss(cfg.model_copy(update={"layer_map": {1: 0, 2: 2}}), teacher, student, cache=shared)
     calls = []
     teacher.register_forward_hook(lambda *_: calls.append(1))  # after the losses' own one-token probes
     first = cached(student, INPUTS, labels)
@@ -243,7 +244,11 @@ def test_cached_teacher_gives_the_same_loss_and_runs_once_per_text(tiny_bert):
     same_layers(student, INPUTS, labels)
     assert len(calls) == 3  # {1: 2, 2: 1} reads teacher layers 1 and 2, as the default map does: shared rows
     fewer_layers(student, INPUTS, labels)
-    assert len(calls) == 4  # only layer 2 kept: rows of its own
+    assert len(calls) == 3  # teacher layer 2 only: the rows hold it
+    widened = other_layers(student, INPUTS, labels)
+    assert len(calls) == 4  # the embeddings' output (layer 0) is not in the rows: the teacher runs again
+    uncached = DistillLoss(cfg.model_copy(update={"layer_map": {1: 0, 2: 2}}), teacher, student)
+    assert widened.item() == pytest.approx(uncached(student, INPUTS, labels).item(), rel=1e-3)
 
 
 def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, tiny_bert, tiny_csv):

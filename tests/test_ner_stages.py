@@ -184,7 +184,7 @@ def test_taylor_and_head_mask_score_on_token_labels_and_rank_a_dead_head_lowest(
             m.weight[d:2 * d], m.bias[d:2 * d] = 0, 0
     cfg = recipe_for(tmp_path, art.path, conll, [{"name": "p", "type": "prune", "heads": 0.25, "importance": "taylor",
                                                   "batches": 2, "batch_size": 8}]).steps[0]
-    batches = scoring_batches(tokenizer_of(art.path), cfg, ctx)
+    batches = scoring_batches(tokenizer_of(art.path), cfg.importance, cfg.batches, cfg.batch_size, ctx)
     inputs, labels = batches[0]
     assert labels.shape == inputs["input_ids"].shape and (labels == IGNORE).any() and (labels != IGNORE).any()
     for name in ("taylor", "head-mask"):

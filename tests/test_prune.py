@@ -85,7 +85,7 @@ def test_every_criterion_ranks_a_dead_head_lowest(tmp_path, tiny_csv, arch, impo
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     _zero_head(model, 2)
     ctx, cfg = context(tmp_path, folder, tiny_csv, importance=importance, heads=0.25, batches=2, batch_size=8)
-    scores = IMPORTANCE[importance](model, scoring_batches(_tokenizer(folder), cfg, ctx))
+    scores = IMPORTANCE[importance](model, scoring_batches(_tokenizer(folder), cfg.importance, cfg.batches, cfg.batch_size, ctx))
     assert scores[0][0].argmin().item() == 2
     assert scores[0][0].min() < scores[0][0].max()
     assert all(p.grad is None for p in model.parameters())  # scoring leaves no gradients behind
@@ -104,7 +104,7 @@ def test_head_mask_scores_match_transformers_head_mask_summed_over_applications(
     folder = save_tiny_model(tmp_path / "m", arch)
     ctx, cfg = context(tmp_path, folder, tiny_csv, importance="head-mask", heads=0.25, batches=1, batch_size=10_000)
     model = AutoModelForSequenceClassification.from_pretrained(folder)
-    ours = torch.stack([h for h, _ in IMPORTANCE["head-mask"](model, scoring_batches(_tokenizer(folder), cfg, ctx))])
+    ours = torch.stack([h for h, _ in IMPORTANCE["head-mask"](model, scoring_batches(_tokenizer(folder), cfg.importance, cfg.batches, cfg.batch_size, ctx))])
 
     enc = _tokenizer(folder)([e.text for e in ctx.data.train], padding=True, return_tensors="pt")
     mask = torch.ones(2, 4, requires_grad=True)  # [applications, heads]

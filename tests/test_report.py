@@ -318,9 +318,11 @@ SEARCH = {"objective": "latency", "metric": "accuracy", "max_drop_points": 1.0, 
           "teacher_dev_score": 0.8259, "sequence_length": 128, "threads": 1, "chosen": "l3-h33-f50", "why": WHY,
           "candidates": [
               {"id": "l2-h50-f50", "layers": 2, "heads": 0.5, "ffn": 0.5, "status": "over budget", "reason": "",
+               "pareto": True,
                "heads_per_layer": [6, 6], "intermediate_size": 1536, "macs": 150994944, "dev_score_fp32": 0.80,
                "dev_score": 0.7951, "drop_points": 3.08, "p50_ms": 3.2, "size_bytes": 4_100_000, "seconds": 300.5},
               {"id": "l3-h33-f50", "layers": 3, "heads": 0.33, "ffn": 0.5, "status": "chosen", "reason": "",
+               "pareto": True,
                "heads_per_layer": [8, 8, 8], "intermediate_size": 768, "macs": 301989888, "dev_score_fp32": 0.8201,
                "dev_score": 0.8190, "drop_points": 0.69, "p50_ms": 5.1, "size_bytes": 5_300_000, "seconds": 410.2},
               {"id": "l4-h0-f50", "layers": 4, "heads": 0.0, "ffn": 0.5, "status": "within budget", "reason": "",
@@ -328,7 +330,8 @@ SEARCH = {"objective": "latency", "metric": "accuracy", "max_drop_points": 1.0, 
                "dev_score_fp32": 0.8262, "dev_score": 0.8240, "drop_points": 0.19, "p50_ms": 7.4,
                "size_bytes": 6_900_000, "seconds": 520.0},
               {"id": "l6-h0-f0", "layers": 6, "heads": 0.0, "ffn": 0.0, "status": "not run",
-               "reason": "the search's 30-minute budget was spent (31.2 min)"}]}
+               "reason": "the search's 30-minute budget was spent (31.2 min)"}],
+          "train_seconds": 360.0, "judge_seconds": 30.0, "elastic_history": [{"epoch": 1}, {"epoch": 2}]}
 
 
 def _search_report(search: dict | None) -> dict:
@@ -352,9 +355,10 @@ def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path
     assert list(rows) == ["l2-h50-f50", "★ l3-h33-f50", "l4-h0-f50", "l6-h0-f0"]  # only the chosen one starred
     chosen = rows["★ l3-h33-f50"]
     assert [chosen[c] for c in ("layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width", "GMACs @128",
-                                "dev accuracy FP32", "dev accuracy INT8", "drop (pts)", "p50 ms", "size",
-                                "train+measure s", "status")] == [
-        "3", "33%", "50%", "8/8/8", "768", "0.302", "0.8201", "0.8190", "0.69", "5.1", "5.3 MB", "410.2", "chosen"]
+                                "dev accuracy FP32", "dev accuracy INT8", "drop (pts)", "p50 ms", "size", "Pareto",
+                                "judge s", "status")] == [
+        "3", "33%", "50%", "8/8/8", "768", "0.302", "0.8201", "0.8190", "0.69", "5.1", "5.3 MB", "✓", "410.2",
+        "chosen"]
     assert rows["l2-h50-f50"]["status"] == "over budget"
     not_run = rows["l6-h0-f0"]
     assert not_run["status"] == "not run: the search's 30-minute budget was spent (31.2 min)"
@@ -366,7 +370,9 @@ def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path
     assert (f"- Chosen: l3-h33-f50: {WHY}" in md.splitlines()
             and "- Budget: INT8 dev accuracy at most 1.0 points below the teacher's (teacher: 0.8259), i.e. at "
                 "least 0.8159; objective: lowest p50 latency." in md.splitlines())
-    assert "![Search small: dev accuracy (INT8) vs p50 latency](search-small.png)" in md
+    assert "![Search small: dev accuracy (INT8) vs p50 latency and size on disk](search-small.png)" in md
+    assert ("- Cost: 6.0 min training every candidate at once (2 epoch(s) of elastic distillation), 0.5 min judging 3 "
+            "(export, INT8, dev, latency: 410.2 s each)." in md)
     html = (tmp_path / "report.html").read_text()
     assert dict(_parse(html).tables)["search"] == [head, *body]
     assert html.count('<tr class="chosen">') == 1 and escape(WHY) in html
@@ -380,15 +386,22 @@ def test_the_search_plot_stars_the_chosen_one_greys_the_over_budget_and_leaves_o
     from benchmarks.report.blocks import search_budget
     from benchmarks.report.plots import search_points
 
-    points = {p["id"]: p for p in search_points(SEARCH)}
+    points = {p["id"]: p for p in search_points(SEARCH, "p50_ms")}
     assert list(points) == ["l2-h50-f50", "l3-h33-f50", "l4-h0-f50"]
     assert (points["l3-h33-f50"]["marker"], points["l3-h33-f50"]["label"]) == ("*", "l3-h33-f50 (chosen)")
     assert points["l2-h50-f50"]["colour"] == "#9e9e9e" != points["l4-h0-f50"]["colour"]
     assert {p["marker"] for i, p in points.items() if i != "l3-h33-f50"} == {"o"}
     assert (points["l3-h33-f50"]["x"], points["l3-h33-f50"]["y"]) == (5.1, pytest.approx(81.90))
     assert 100 * search_budget(SEARCH) == pytest.approx(81.59)
-    by_size = {p["id"]: p["x"] for p in search_points(SEARCH | {"objective": "size"})}
+    by_size = {p["id"]: p["x"] for p in search_points(SEARCH, "size_bytes")}
     assert by_size["l3-h33-f50"] == pytest.approx(5.3)  # MB
+
+
+def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
+    from benchmarks.report.plots import front
+
+    points = [{"x": x, "y": y} for x, y in ((1, 80), (2, 79), (2, 82), (3, 82), (4, 85), (0.5, 70))]
+    assert [(p["x"], p["y"]) for p in front(points)] == [(0.5, 70), (1, 80), (2, 82), (4, 85)]
 
 
 def test_a_search_where_none_met_the_budget_says_so():
@@ -396,7 +409,7 @@ def test_a_search_where_none_met_the_budget_says_so():
 
     failed = SEARCH | {"chosen": None, "why": "", "candidates": [
         c | {"status": "over budget"} for c in SEARCH["candidates"] if c["status"] != "not run"]}
-    assert search_lines(failed)[-1] == "Chosen: none: no candidate met the budget"
+    assert "Chosen: none: no candidate met the budget" in search_lines(failed)
     assert not any(cells[0].startswith("★") for cells in search_table(failed)[1])
 
 

@@ -47,12 +47,12 @@ def test_search_settings_are_validated_with_the_paths_of_their_stages(tmp_path, 
     assert "steps[0].distillation.student" in err  # the search builds the students; distill's student is not its key
 
 
-def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float]]) -> list[str]:
-    """run_candidate replaced by fixed (dev score, p50) per candidate id, to test the choosing alone; returns the
-    ids in the order they were run."""
+def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None]) -> list[str]:
+    """judge (and the teacher fall-back's ship) replaced by fixed (dev score, p50) per candidate id, to test the
+    choosing alone (the elastic training still runs); returns the ids in the order they were judged."""
     ran = []
 
-    def run_candidate(cfg, candidate, parent, teacher, ctx, folder, depth):
+    def judge(cfg, candidate, elastic, supernet, ctx, folder):
         ran.append(candidate.id)
         (folder / "student").mkdir(parents=True)
         (folder / "int8").mkdir()
@@ -60,10 +60,16 @@ def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float]]) -> lis
         if figures[candidate.id] is None:
             raise StageFailed(f"{candidate.id}: INT8 parity 0.5 below 0.9")
         dev, p50 = figures[candidate.id]
-        return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score_fp32": dev, "dev_score": dev,
-                "p50_ms": p50, "size_bytes": 1000, "macs": 1, "seconds": 0.1}
+        return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score": dev, "p50_ms": p50,
+                "size_bytes": 1000, "macs": 1, "seconds": 0.1}
 
-    monkeypatch.setattr(search_stage, "run_candidate", run_candidate)
+    def ship(cfg, student, ctx, folder):
+        ran.append("teacher")
+        dev, p50 = figures["teacher"]
+        return {"dev_score": dev, "p50_ms": p50, "size_bytes": 4000, "macs": 4}
+
+    monkeypatch.setattr(search_stage, "judge", judge)
+    monkeypatch.setattr(search_stage, "ship", ship)
     return ran
 
 
@@ -102,7 +108,7 @@ def test_the_fastest_candidate_within_the_dev_budget_is_chosen_and_every_candida
 
 def test_stop_at_first_fit_and_the_time_budget_leave_the_rest_not_run(monkeypatch, tmp_path, tiny_bert, tiny_csv):
     ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (2.0, 5.0),
-                                        "l2-h50-f50": (2.0, 3.0), "l2-h0-f50": (2.0, 2.5)})
+                                        "l2-h50-f50": (2.0, 3.0), "l2-h0-f50": (2.0, 2.5), "teacher": (0.0, 9.0)})
     code, folder = run_search(tmp_path, tiny_bert, tiny_csv, stop_at_first_fit=True)
     assert code == 0 and ran == ["l1-h50-f50", "l1-h0-f50"]
     rows = Artifact.load(folder).metrics["search"]["candidates"]
@@ -112,17 +118,31 @@ def test_stop_at_first_fit_and_the_time_budget_leave_the_rest_not_run(monkeypatc
     ran.clear()
     (tmp_path / "b").mkdir()
     code, folder = run_search(tmp_path / "b", tiny_bert, tiny_csv, max_minutes=1e-6)
-    assert code == 1  # the first candidate (over budget) spends the budget: nothing fits, the step fails
-    assert ran == ["l1-h50-f50"]
+    assert code == 1  # training spends the budget: no candidate is judged, the teacher does not fit either
+    assert ran == ["teacher"]
 
 
-def test_no_candidate_within_budget_fails_the_step_naming_each(monkeypatch, tmp_path, tiny_bert, tiny_csv, capsys):
-    fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (0.0, 1.0), "l2-h50-f50": None,
-                                  "l2-h0-f50": (0.0, 1.0)})
+def test_when_no_sub_network_fits_the_teacher_s_own_int8_is_the_answer(monkeypatch, tmp_path, tiny_bert, tiny_csv):
+    ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (0.0, 1.0), "l2-h50-f50": None,
+                                        "l2-h0-f50": (0.0, 1.0), "teacher": (2.0, 9.0)})
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, max_accuracy_drop=0.5)
+    assert code == 0 and ran[-1] == "teacher"
+    found = Artifact.load(folder).metrics["search"]
+    assert found["chosen"] == "teacher" and "no sub-network fits" in found["why"]
+    teacher = folder.with_name("00-teacher")
+    assert (folder / "model.safetensors").read_bytes() == (teacher / "model.safetensors").read_bytes()
+    assert [r["status"] for r in found["candidates"]] == ["over budget"] * 2 + ["failed", "over budget", "chosen"]
+
+
+def test_when_nothing_fits_the_step_fails_naming_each_and_keeps_every_figure(monkeypatch, tmp_path, tiny_bert,
+                                                                             tiny_csv, capsys):
+    fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (0.0, 1.5), "l2-h50-f50": None,
+                                  "l2-h0-f50": (0.0, 2.0), "teacher": (0.0, 9.0)})
     code, folder = run_search(tmp_path, tiny_bert, tiny_csv, max_accuracy_drop=0.5)
     assert code == 1 and not folder.exists()
     message = capsys.readouterr().err
     assert "within 0.5 points" in message and "l2-h50-f50: failed" in message and "l1-h0-f50: over budget" in message
+    assert "teacher: over budget" in message
 
 
 def test_search_runs_real_candidates_and_its_output_carries_on_through_export(tmp_path, tiny_csv):
@@ -214,10 +234,13 @@ def test_an_albert_teacher_with_a_unigram_tokenizer_goes_through_layer_drop_and_
     assert (run / "02-s" / "tokenizer.json").is_file()
 
 
-def test_candidates_with_4bit_embeddings_export_plain_gathers():
+def test_candidates_with_4bit_embeddings_export_plain_gathers(monkeypatch):
     """embedding_bits 4 rewrites the embedding Gathers, which a fused export no longer has."""
+    seen = []
+    monkeypatch.setattr(search_stage, "run_stage", lambda step, parent, ctx, out: seen.append(step) or parent)
+    monkeypatch.setattr(search_stage, "measure", lambda cfg, int8, ctx: {})
+    monkeypatch.setattr(search_stage.shutil, "rmtree", lambda path: None)
     for bits, fused in ((8, True), (4, False)):
         cfg = SearchConfig(name="s", quantization={"per_channel": True, "embedding_bits": bits})
-        export = next(s for s in search_stage.candidate_steps(cfg, Candidate(1, 0.5, 0.0), 2, "t")
-                      if s.type == "export")
-        assert export.fuse_embeddings is fused
+        search_stage.ship(cfg, Artifact("c", "hf-checkpoint", Path("."), "h"), None, Path("."))
+        assert seen[-2].type == "export" and seen[-2].fuse_embeddings is fused

@@ -246,7 +246,7 @@ def search_table(search: dict) -> Table:
     name = metric_label(search["metric"])
     head = ["candidate", "layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width",
             f"GMACs @{search['sequence_length']}", f"dev {name} FP32", f"dev {name} INT8", "drop (pts)", "p50 ms",
-            "size", "train+measure s", "status"]
+            "size", "Pareto", "judge s", "status"]
     body = []
     for c in search["candidates"]:
         heads = c.get("heads_per_layer")
@@ -255,7 +255,8 @@ def search_table(search: dict) -> Table:
                      "/".join(map(str, heads)) if heads else "", _s(c.get("intermediate_size")), giga(c.get("macs")),
                      _fixed(c.get("dev_score_fp32"), 4), _fixed(c.get("dev_score"), 4),
                      _fixed(c.get("drop_points"), 2), _s(c.get("p50_ms")),
-                     mb(c["size_bytes"]) if c.get("size_bytes") is not None else "", _s(c.get("seconds")),
+                     mb(c["size_bytes"]) if c.get("size_bytes") is not None else "", "✓" if c.get("pareto") else "",
+                     _s(c.get("seconds")),
                      c["status"] + (f": {c['reason']}" if c.get("reason") else "")])
     return head, body
 
@@ -277,7 +278,18 @@ def search_lines(search: dict) -> list[str]:
         f"Latency: ort-cpu, batch 1, sequence {search['sequence_length']}, {search['threads']} thread(s).",
         (f"Chosen: {chosen}: {search['why']}" if chosen else
          "Chosen: none: no candidate met the budget" + (f" ({search['why']})" if search.get("why") else "")),
+        *([search_cost(search)] if "train_seconds" in search else []),
     ]
+
+
+def search_cost(search: dict) -> str:
+    """What the search spent: one elastic training for all candidates, then judging each as it ships."""
+    judged = [c for c in search["candidates"] if c.get("seconds") is not None]
+    epochs = len(search.get("elastic_history", []))
+    return (f"Cost: {search['train_seconds'] / 60:.1f} min training every candidate at once ({epochs} epoch(s) of "
+            f"elastic distillation), {search['judge_seconds'] / 60:.1f} min judging {len(judged)} "
+            f"(export, INT8, dev, latency: {sum(c['seconds'] for c in judged) / max(len(judged), 1):.1f} s each). "
+            "Pareto: no other candidate is both faster (or smaller) and better on dev.")
 
 
 INTRO = ("Drop is in points of the score column, size× and speed-up× are baseline ÷ row at the first latency point. "
@@ -306,12 +318,13 @@ def plot_search(report: dict, key: str) -> tuple[str, dict] | None:
 
 def plot_title(report: dict, key: str) -> str:
     """"Accuracy vs p50 latency", "Entity F1 vs size on disk": the score the plot's vertical axis shows; a search
-    step's: "Search small: dev accuracy (INT8) vs p50 latency"."""
+    step's: "Search small: dev accuracy (INT8) vs p50 latency and size on disk"."""
     if key in PLOTS:
         name = headline(report)
         return f"{name[0].upper()}{name[1:]} vs {PLOTS[key][1]}"
     step, search = plot_search(report, key)
-    return f"Search {step}: dev {metric_label(search['metric'])} (INT8) vs {PLOTS[search['objective']][1]}"
+    return (f"Search {step}: dev {metric_label(search['metric'])} (INT8) vs {PLOTS['latency'][1]} and "
+            f"{PLOTS['size'][1]}")
 
 # One block of the report: ("h1" | "h2" | "h3", title), ("p", text), ("ul", lines), ("table", (css class, Table)),
 # ("note", lines) or ("plots", plot_files keys). Add a section here and it appears in report.md and report.html alike.

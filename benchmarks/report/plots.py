@@ -64,44 +64,62 @@ def pareto_png(report: dict, axis: str) -> bytes:
 SEARCH_COLOURS = {"chosen": "#d62728", "within budget": "#1f77b4", "over budget": "#9e9e9e"}
 
 
-def search_points(search: dict) -> list[dict]:
-    """The candidates that ran, as plotted: x (p50 ms, or MB when the objective is size), y (INT8 dev score, %),
-    the marker and colour (the chosen one a red star, over-budget ones grey) and the label."""
-    x = "p50_ms" if search["objective"] == "latency" else "size_bytes"
+AXES = {"p50_ms": 1.0, "size_bytes": 1e-6}  # what a search plot's panels put across, and the scale to ms or MB
+
+
+def search_points(search: dict, x: str) -> list[dict]:
+    """The candidates that were judged, as plotted against `x` (p50_ms or size_bytes): x (ms or MB), y (INT8 dev
+    score, %), the marker and colour (the chosen one a red star, over-budget ones grey) and the label."""
     points = []
     for c in search["candidates"]:
         if c.get("dev_score") is None or c.get(x) is None:  # not run, or failed before it was judged
             continue
         chosen = c["id"] == search.get("chosen")
-        points.append({"id": c["id"], "x": c[x] if x == "p50_ms" else c[x] / 1e6, "y": 100 * c["dev_score"],
+        points.append({"id": c["id"], "x": c[x] * AXES[x], "y": 100 * c["dev_score"],
                        "marker": "*" if chosen else "o", "colour": SEARCH_COLOURS.get(c["status"], "#9e9e9e"),
                        "label": f"{c['id']} (chosen)" if chosen else c["id"]})
     return points
 
 
+def front(points: list[dict]) -> list[dict]:
+    """The Pareto front of the points: none other is both lower on x and higher on y; by rising x."""
+    best, kept = float("-inf"), []
+    for p in sorted(points, key=lambda p: (p["x"], -p["y"])):
+        if p["y"] > best:
+            kept.append(p)
+            best = p["y"]
+    return kept
+
+
 def search_png(report: dict, key: str) -> bytes:
-    """A search step's candidates, with the budget (the teacher's dev score less the allowed drop) dashed."""
+    """A search step's candidates against p50 latency and against size, the Pareto front drawn as a step line
+    (only its points named, or the plot drowns in labels), and the budget (teacher dev less the drop) dashed."""
     plt = _pyplot()
     _, search = plot_search(report, key)
-    points = search_points(search)
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for i, p in enumerate(points):
-        ax.scatter(p["x"], p["y"], s=220 if p["marker"] == "*" else 60, marker=p["marker"], color=p["colour"],
-                   zorder=3)
-        ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)),
-                    fontsize=8, fontweight="bold" if p["marker"] == "*" else "normal")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110, sharey=True)
     budget = 100 * search_budget(search)
-    ax.axhline(budget, color="#d62728", linestyle="--", linewidth=1,
-               label=f"budget: teacher dev {100 * search['teacher_dev_score']:.2f}% − "
-                     f"{float(search['max_drop_points'])} points = {budget:.2f}%")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
-    latency = search["objective"] == "latency"
-    ax.set_xlabel(f"p50 latency, ms (ort-cpu, batch 1, sequence {search['sequence_length']}, "
-                  f"{search['threads']} thread(s))" if latency else "model file size, MB")
-    ax.set_ylabel(f"dev {metric_label(search['metric'])} (INT8), %")
-    ax.set_title(plot_title(report, key) + ("" if points else ": no candidate ran"))
-    ax.grid(alpha=0.3)
+    for ax, x in zip(axes, AXES):
+        points = search_points(search, x)
+        edge = front(points)
+        for p in points:
+            ax.scatter(p["x"], p["y"], s=220 if p["marker"] == "*" else 40, marker=p["marker"], color=p["colour"],
+                       zorder=3)
+        for i, p in enumerate(edge + [p for p in points if p["marker"] == "*" and p not in edge]):
+            ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)),
+                        fontsize=7, fontweight="bold" if p["marker"] == "*" else "normal")
+        if edge:
+            ax.step([p["x"] for p in edge], [p["y"] for p in edge], where="post", color="#2ca02c", linewidth=1,
+                    label="Pareto front", zorder=2)
+        ax.axhline(budget, color="#d62728", linestyle="--", linewidth=1,
+                   label=f"budget: teacher dev {100 * search['teacher_dev_score']:.2f}% − "
+                         f"{float(search['max_drop_points'])} points = {budget:.2f}%")
+        ax.legend(loc="lower right", fontsize=8)
+        ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+        ax.set_xlabel(f"p50 latency, ms (ort-cpu, batch 1, sequence {search['sequence_length']}, "
+                      f"{search['threads']} thread(s))" if x == "p50_ms" else "model file size, MB")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"dev {metric_label(search['metric'])} (INT8), %")
+    fig.suptitle(plot_title(report, key) + ("" if search_points(search, "p50_ms") else ": no candidate ran"))
     fig.tight_layout()
     return _png(fig)
 

@@ -13,7 +13,13 @@ class CompressError(Exception):
 
 
 class StageFailed(Exception):
-    """A stage ran but its result is not acceptable (e.g. ONNX parity beyond tolerance). Exit code 1."""
+    """A stage ran but its result is not acceptable (e.g. ONNX parity beyond tolerance). Exit code 1.
+
+    `metrics`: what the stage measured before it gave up (a search's candidates), for the report."""
+
+    def __init__(self, message: str, metrics: dict | None = None):
+        super().__init__(message)
+        self.metrics = metrics or {}
 
 
 def exit_code(body: Callable[[], int]) -> int:

@@ -196,8 +196,8 @@ class TeacherCache:
     cache matches a fresh forward pass to float16 rounding. Only what the loss terms read is kept: logits, and the
     hidden states and attention maps of the teacher layers the layer map names.
 
-    `rows` may be shared by several distillations from one teacher (a search's candidates): keys start with what
-    is kept, so students that read other layers never take each other's rows. None: no caching."""
+    `rows` may be shared by several distillations from one teacher (a search's candidates): a row serves any
+    student whose layers it holds, and is recomputed with the layers of one that needs others. None: no caching."""
 
     def __init__(self, teacher, flags: dict[str, bool], layer_map: dict[int, int],
                  rows: dict[bytes, dict[str, Any]] | None):
@@ -205,7 +205,6 @@ class TeacherCache:
         self.hidden = sorted(set(layer_map.values())) if flags.get("output_hidden_states") else []
         self.attention = sorted({t - 1 for s, t in layer_map.items() if s and t}) if flags.get("output_attentions") \
             else []
-        self.kept = f"hidden {self.hidden} attention {self.attention}|".encode()
 
     def forward(self, inputs: dict[str, torch.Tensor]):
         with torch.no_grad():
@@ -216,17 +215,23 @@ class TeacherCache:
             return self.forward(inputs)
         lengths = inputs["attention_mask"].sum(1).tolist()
         keys = [self._key(inputs, i, n) for i, n in enumerate(lengths)]
-        if any(k not in self.rows for k in keys):
+        if not all(self._covers(self.rows.get(k)) for k in keys):
             out = self.forward(inputs)
             for i, (k, n) in enumerate(zip(keys, lengths)):
-                self.rows.setdefault(k, self._row(out, i, n))
+                if not self._covers(self.rows.get(k)):
+                    self.rows[k] = self._row(out, i, n)
         return self._batch([self.rows[k] for k in keys], inputs["attention_mask"])
 
+    def _covers(self, row: dict[str, Any] | None) -> bool:
+        """Whether a cached row holds every layer this student reads."""
+        return row is not None and set(self.hidden) <= row["hidden"].keys() and set(self.attention) <= row[
+            "attention"].keys()
+
     def _key(self, inputs: dict[str, torch.Tensor], i: int, n: int) -> bytes:
-        """The row's real tokens (encode pads on the right) and what is kept of them."""
+        """The row's real tokens (encode pads on the right)."""
         parts = [inputs["input_ids"][i, :n]] + ([inputs["token_type_ids"][i, :n]] if "token_type_ids" in inputs
                                                  else [])
-        return self.kept + b"|".join(p.cpu().numpy().tobytes() for p in parts)
+        return b"|".join(p.cpu().numpy().tobytes() for p in parts)
 
     def _row(self, out, i: int, n: int) -> dict[str, Any]:
         logits = out.logits[i, :n] if out.logits.dim() == 3 else out.logits[i]

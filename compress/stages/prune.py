@@ -234,14 +234,14 @@ def _gradient_pass(model, batches: list[Batch]) -> tuple[Scores, list[torch.Tens
     return [group_scores(b, taylor.__getitem__, d) for b in bs], gate_grads
 
 
-def scoring_batches(tokenizer, cfg: PruneConfig, ctx: Context) -> list[Batch]:
-    """`cfg.batches` seeded-random training batches for the gradient criteria (none for magnitude)."""
-    if not IMPORTANCE[cfg.importance].needs_batches:
+def scoring_batches(tokenizer, importance: ImportanceName, count: int, batch_size: int, ctx: Context) -> list[Batch]:
+    """`count` seeded-random training batches for the gradient criteria (none for magnitude)."""
+    if not IMPORTANCE[importance].needs_batches:
         return []
     order = torch.randperm(len(ctx.data.train), generator=torch.Generator().manual_seed(ctx.seed)).tolist()
-    examples = [ctx.data.train[i] for i in order[: cfg.batches * cfg.batch_size]]
+    examples = [ctx.data.train[i] for i in order[: count * batch_size]]
     return [({k: torch.from_numpy(v) for k, v in enc.items()}, torch.from_numpy(labels))
-            for enc, labels in batches(tokenizer, examples, ctx.max_length, cfg.batch_size)]
+            for enc, labels in batches(tokenizer, examples, ctx.max_length, batch_size)]
 
 
 def original_heads(config, layer: int) -> list[int]:
@@ -331,7 +331,7 @@ def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageR
                 raise CompressError(f"prune: heads names layers {gone}, which drop_layers removes")
             heads = {renumber[i]: r for i, r in heads.items()}
     width_orig, importance = model.config.intermediate_size, IMPORTANCE[cfg.importance]
-    scoring = scoring_batches(tokenizer, cfg, ctx)
+    scoring = scoring_batches(tokenizer, cfg.importance, cfg.batches, cfg.batch_size, ctx)
     for round_ in range(1, cfg.iterations + 1):
         frac = round_ / cfg.iterations
         scores = importance(model, scoring)

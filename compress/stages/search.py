@@ -1,12 +1,13 @@
 """search: the fastest (or smallest) student whose INT8 model keeps the teacher's dev score within a budget.
 
-A candidate is one setting of depth x attention heads x FFN width. It goes through the stages a recipe would
-otherwise chain by hand (prune: layers, heads and FFN neurons by importance on the input; distill: from the
-teacher; vocab_prune if asked; export; dynamic INT8), each in a folder of its own under this step's, and is judged as it would ship:
-its INT8 model's dev score, and its ONNX Runtime latency (batch 1, `sequence_length`) or file size. The step's
-output is the chosen candidate's checkpoint (distilled, and vocabulary-pruned when `vocabulary` is set), so
-later steps carry on from it: an export and a quantize with the search's settings rebuild the very INT8 model
-that was judged. Every candidate's figures go to the manifest, which the report draws as a table and a plot.
+It trains once and judges many (compress/stages/elastic.py): the input is rewired so that heads and FFN neurons
+come in order of importance, one distillation trains every candidate of the grid (depth x heads x FFN) as a
+sub-network of it, and the vocabulary is pruned once. Each candidate is then cut out and judged as it would ship:
+exported, dynamic INT8, its dev score, ONNX Runtime latency (batch 1, `sequence_length`) and file size. The
+fastest within budget is chosen; `refine_epochs` distils it alone a little longer, kept only if dev still says
+it fits. When no sub-network fits, the teacher's own INT8 model is judged too, and chosen with a warning if it
+fits: the user gets the least-compressed answer rather than none. The step's output is the chosen checkpoint, so
+an export and a quantize with the search's settings after it rebuild the very model that was judged.
 
 Only dev decides: the test split is never read here.
 """
@@ -16,7 +17,6 @@ import itertools
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -29,10 +29,12 @@ from compress.core.config import Architecture, RecipeShapes, StepConfig, Strict
 from compress.core.data import encode
 from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import evaluate, points_below
-from compress.core.models import load_classifier, load_tokenizer
+from compress.core.models import copy_model_files, load_classifier, load_tokenizer, save_checkpoint
 from compress.core.stage import STAGES, Context, StageResult, register
-from compress.stages.distill import DistillConfig, DistillSettings, default_layer_map
-from compress.stages.prune import ImportanceName, PruneConfig, check_prunable
+from compress.core.train import train
+from compress.stages.distill import DistillConfig, DistillSettings, read_unlabeled
+from compress.stages.elastic import Candidate, ElasticLoss, attention_modules, extract, rewire
+from compress.stages.prune import IMPORTANCE, ImportanceName, check_prunable, scoring_batches
 from compress.stages.quantize_methods import DynamicConfig
 from compress.stages.vocab_prune import VocabPruneConfig
 from export.onnx import ExportConfig
@@ -50,8 +52,8 @@ class SearchSpace(Strict):
     layers: list[int] = Field([3], min_length=1, description="Encoder layers a candidate keeps: the teacher "
                               "layers distillation's default layer map reads, evenly spaced up to the top one "
                               "(ALBERT: applications of its shared layer).")
-    heads: list[float] = Field([0.0], min_length=1, description="Fractions of attention heads pruned (the least "
-                               "important of the whole encoder, as prune's heads).")
+    heads: list[float] = Field([0.0], min_length=1, description="Fractions of attention heads pruned in every "
+                               "layer (each layer's least important).")
     ffn: list[float] = Field([0.0], min_length=1, description="Fractions of FFN neurons pruned in every layer.")
 
     @field_validator("layers")
@@ -73,36 +75,6 @@ class SearchSpace(Strict):
                                                           sorted(set(self.ffn)))]
 
 
-@dataclass(frozen=True)
-class Candidate:
-    layers: int
-    heads: float
-    ffn: float
-
-    @property
-    def id(self) -> str:
-        """A step-name-safe label: l3-h33-f50 keeps 3 layers, prunes 33% of the heads and 50% of the FFN."""
-        return f"l{self.layers}-h{round(100 * self.heads)}-f{round(100 * self.ffn)}"
-
-    def settings(self) -> dict[str, Any]:
-        return {"id": self.id, "layers": self.layers, "heads": self.heads, "ffn": self.ffn}
-
-    def kept_layers(self, depth: int) -> list[int]:
-        """The input layers kept: those distillation's default layer map pairs the student's layers with."""
-        return [t - 1 for t in default_layer_map(self.layers, depth).values()]
-
-    def estimated_cost(self, config, objective: str, sequence_length: int) -> float:
-        """Encoder MACs (latency) or encoder weights (size) the candidate should have: the order candidates run
-        in, cheapest first, before any is measured. An ALBERT's layers share weights, so its depth costs no size."""
-        heads = config.num_attention_heads
-        attention = (heads - round(heads * self.heads)) * (config.hidden_size // heads)
-        ffn = round(config.intermediate_size * (1 - self.ffn))
-        weights = 4 * config.hidden_size * attention + 2 * config.hidden_size * ffn
-        if objective == "size":
-            return weights * (1 if config.model_type == "albert" else self.layers)
-        return self.layers * (sequence_length * weights + 2 * sequence_length**2 * attention)
-
-
 class SearchConfig(StepConfig):
     type: Literal["search"] = "search"
     teacher: str | None = Field(None, description="Earlier hf-checkpoint step that teaches and sets the budget's "
@@ -112,16 +84,20 @@ class SearchConfig(StepConfig):
                                      "candidate's INT8 model may lose on dev against the FP32 teacher.")
     objective: Literal["latency", "size"] = Field("latency", description="What the chosen one is best at among "
                                                   "those within budget: p50 latency, or file size.")
-    max_minutes: float | None = Field(None, gt=0, description="Wall-time budget: candidates not started once it is "
-                                      "spent are reported as not run (one already running finishes).")
-    stop_at_first_fit: bool = Field(False, description="Candidates run cheapest first (estimated MACs or weights); "
-                                    "stop at the first within budget instead of measuring the rest.")
-    importance: ImportanceName = Field("taylor", description="prune's importance for heads and neurons.")
+    max_minutes: float | None = Field(None, gt=0, description="Wall-time budget for judging: candidates not started "
+                                      "once it is spent (training included) are reported as not run.")
+    stop_at_first_fit: bool = Field(False, description="Candidates are judged cheapest first (estimated MACs or "
+                                    "weights); stop at the first within budget instead of judging the rest.")
+    importance: ImportanceName = Field("taylor", description="prune's importance, which orders heads and neurons.")
     prune_batches: int = Field(32, ge=1, description="Training batches that importance is scored on.")
-    distillation: DistillSettings = Field(DistillSettings(), description="Every candidate's distillation (distill's "
-                                     "keys, without student and teacher).")
-    vocabulary: VocabPruneConfig | None = Field(None, description="Every candidate's vocab_prune after "
-                                                "distillation (vocab_prune's keys); unset: the teacher's vocabulary.")
+    distillation: DistillSettings = Field(DistillSettings(), description="The elastic distillation (distill's "
+                                          "keys, without student and teacher).")
+    sandwich: int = Field(2, ge=0, description="Sub-networks drawn at random per training step, besides the "
+                          "largest and the smallest of the space (each costs a forward and backward pass).")
+    refine_epochs: int = Field(0, ge=0, le=100, description="Then distill the chosen candidate alone for this many "
+                               "epochs (distillation's other keys); kept if its INT8 dev score still fits.")
+    vocabulary: VocabPruneConfig | None = Field(None, description="vocab_prune of the trained elastic model before "
+                                                "candidates are cut (vocab_prune's keys); unset: the teacher's.")
     quantization: DynamicConfig = Field(DynamicConfig(name="candidate-int8"), description="Every candidate's dynamic "
                                         "INT8 (quantize's dynamic keys).")
     sequence_length: int = Field(128, ge=8, le=512, description="Tokens per example when timing (batch 1, padded).")
@@ -138,11 +114,14 @@ class SearchConfig(StepConfig):
         return data
 
     @model_validator(mode="after")
-    def _times_what_it_keeps(self) -> SearchConfig:
+    def _checks(self) -> SearchConfig:
         kept = self.vocabulary and self.vocabulary.max_positions
         if kept and kept < self.sequence_length:
             raise ValueError(f"vocabulary.max_positions {kept} is shorter than sequence_length "
                              f"{self.sequence_length}, the length candidates are timed at")
+        if self.distillation.loss.attention or self.distillation.loss.layer_map:
+            raise ValueError("distillation.loss: attention and layer_map are not supported by the search (its "
+                             "heads are reordered by importance and each depth has its own layer map)")
         return self
 
     def check_shapes(self, shapes: RecipeShapes) -> None:
@@ -164,6 +143,13 @@ def run_stage(step: StepConfig, parent: Artifact, ctx: Context, out: Path) -> Ar
                     step.type, result.files, result.metrics)
 
 
+def checkpoint(name: str, model, tokenizer, folder: Path, parent: Artifact, *key: object) -> Artifact:
+    """A model of the search's own making saved as an hf-checkpoint artifact the registered stages can take."""
+    save_checkpoint(model, tokenizer, folder)
+    return Artifact(name, "hf-checkpoint", folder, digest(name, parent.hash, *key), parent.name, "search",
+                    {"model": "model.safetensors"})
+
+
 @contextmanager
 def named(ctx: Context, artifact: Artifact) -> Iterator[str]:
     """The name distill finds `artifact` under in ctx.artifacts; the source, not a step, is there only meanwhile."""
@@ -178,8 +164,8 @@ def named(ctx: Context, artifact: Artifact) -> Iterator[str]:
 
 @contextmanager
 def shared_teacher_outputs(ctx: Context) -> Iterator[None]:
-    """Every candidate distills from one teacher on the same texts, so the teacher runs once per text for all of
-    them (distill's cache_teacher); the outputs are freed when the search ends."""
+    """The elastic training and any refinement distil from one teacher on the same texts, so the teacher runs
+    once per text for all of them (distill's cache_teacher); the outputs are freed when the search ends."""
     ctx.teacher_outputs = {}
     try:
         yield
@@ -187,17 +173,24 @@ def shared_teacher_outputs(ctx: Context) -> Iterator[None]:
         ctx.teacher_outputs = None
 
 
-def candidate_steps(cfg: SearchConfig, candidate: Candidate, depth: int, teacher: str) -> list[StepConfig]:
-    drop = sorted(set(range(depth)) - set(candidate.kept_layers(depth)))
-    name = f"{cfg.name}-{candidate.id}"
-    return [
-        PruneConfig(name=f"{name}-pruned", importance=cfg.importance, heads=candidate.heads, ffn=candidate.ffn,
-                    drop_layers=drop, batches=cfg.prune_batches),
-        DistillConfig(name=f"{name}-student", teacher=teacher, **cfg.distillation.model_dump()),
-        *([cfg.vocabulary.model_copy(update={"name": f"{name}-vocab"})] if cfg.vocabulary else []),
-        ExportConfig(name=f"{name}-onnx", fuse_embeddings=cfg.quantization.embedding_bits == 8),  # 4-bit: Gathers
-        cfg.quantization.model_copy(update={"name": f"{name}-int8"}),
-    ]
+def train_elastic(cfg: SearchConfig, parent: Artifact, teacher, grid: list[Candidate], ctx: Context,
+                  out: Path) -> tuple[Artifact, dict]:
+    """The input rewired by importance, then distilled as every candidate of `grid` at once; saved to `out`."""
+    tokenizer = load_tokenizer(parent.path)
+    model = load_classifier(parent.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
+    scoring = scoring_batches(tokenizer, cfg.importance, cfg.prune_batches, cfg.distillation.batch_size, ctx)
+    rewire(model, IMPORTANCE[cfg.importance](model, scoring))
+    settings = cfg.distillation
+    cache = ctx.teacher_outputs.setdefault(parent.hash, {}) if settings.cache_teacher else None
+    order = [c.estimated_cost(model.config, "latency", cfg.sequence_length) for c in grid]
+    loss = ElasticLoss(settings.loss, teacher, grid, order, cfg.sandwich, cache, ctx.seed)
+    extra = read_unlabeled(settings.unlabeled, ctx)
+    start = time.perf_counter()
+    history = train(model, tokenizer, settings, ctx, f"{cfg.name} elastic", loss_fn=loss,
+                    train_examples=ctx.data.train + extra if extra else None)
+    history["train_seconds"] = round(time.perf_counter() - start, 1)
+    return checkpoint(f"{cfg.name}-elastic", model, tokenizer, out, parent, settings.model_dump(), cfg.sandwich,
+                      [c.id for c in grid]), history
 
 
 def measure(cfg: SearchConfig, int8: Artifact, ctx: Context) -> dict[str, Any]:
@@ -207,24 +200,61 @@ def measure(cfg: SearchConfig, int8: Artifact, ctx: Context) -> dict[str, Any]:
     dev = evaluate(runtime.run, tokenizer, ctx.data.dev, ctx.data.labels, ctx.max_length, ctx.eval_batch_size,
                    desc=f"{int8.name} dev")
     inputs = encode(tokenizer, ctx.data.dev[:1], cfg.sequence_length, pad_to_max=True)  # a real text, padded
-    latency = measure_latency(lambda: runtime.run(inputs), warmup=10, min_repeats=30, max_seconds=8.0,
-                              batch_size=1, min_seconds=2.0)
+    latency = measure_latency(lambda: runtime.run(inputs), warmup=5, min_repeats=20, max_seconds=3.0,
+                              batch_size=1, min_seconds=0.5)
     cost = architecture_cost(int8.path, cfg.sequence_length) or {}
     return {"dev_score": dev["score"], "p50_ms": latency["p50_ms"], "size_bytes": model_bytes(int8),
             "macs": cost.get(f"macs_seq{cfg.sequence_length}")}
 
 
-def run_candidate(cfg: SearchConfig, candidate: Candidate, parent: Artifact, teacher: str, ctx: Context,
-                  folder: Path, depth: int) -> dict[str, Any]:
-    start, artifacts = time.perf_counter(), {}
-    artifact = parent
-    for step in candidate_steps(cfg, candidate, depth, teacher):
-        role = step.name.rsplit("-", 1)[1]  # pruned, student, vocab, onnx, int8
-        artifact = artifacts[role] = run_stage(step, artifact, ctx, folder / role)
-    pruned, student = artifacts["pruned"].metrics, artifacts["student"].metrics
-    return {"heads_per_layer": pruned["heads_per_layer"], "intermediate_size": pruned["intermediate_size"],
-            "dev_score_fp32": student["best_dev_score"], **measure(cfg, artifacts["int8"], ctx),
+def ship(cfg: SearchConfig, student: Artifact, ctx: Context, folder: Path) -> dict[str, Any]:
+    """Export and INT8 `student` as the step after the search will, then measure it."""
+    onnx = run_stage(ExportConfig(name=f"{student.name}-onnx", fuse_embeddings=cfg.quantization.embedding_bits == 8),
+                     student, ctx, folder / "onnx")  # 4-bit embeddings: plain Gathers for the rewrite
+    int8 = run_stage(cfg.quantization.model_copy(update={"name": f"{student.name}-int8"}), onnx, ctx, folder / "int8")
+    shutil.rmtree(folder / "onnx")
+    return measure(cfg, int8, ctx)
+
+
+def judge(cfg: SearchConfig, candidate: Candidate, elastic: Artifact, supernet, ctx: Context,
+          folder: Path) -> dict[str, Any]:
+    """`candidate` cut out of the trained elastic model, saved, shipped and measured."""
+    start = time.perf_counter()
+    sub = extract(supernet, candidate)
+    student = checkpoint(f"{cfg.name}-{candidate.id}", sub, load_tokenizer(elastic.path), folder / "student",
+                         elastic, candidate.id)
+    heads = [a.num_attention_heads for a in attention_modules(sub)]
+    return {"heads_per_layer": heads * (sub.config.num_hidden_layers if len(heads) == 1 else 1),
+            "intermediate_size": sub.config.intermediate_size, **ship(cfg, student, ctx, folder),
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def refine(cfg: SearchConfig, chosen: dict, elastic: Artifact, supernet, teacher: str, ctx: Context,
+           folder: Path) -> tuple[Artifact, dict[str, Any]]:
+    """The chosen candidate cut from the elastic model before vocabulary pruning, distilled alone for
+    `refine_epochs`, vocabulary-pruned as the elastic model was, then shipped and measured."""
+    candidate = Candidate(chosen["layers"], chosen["heads"], chosen["ffn"])
+    start = time.perf_counter()
+    cut = checkpoint(f"{cfg.name}-{candidate.id}-cut", extract(supernet, candidate), load_tokenizer(elastic.path),
+                     folder / "cut", elastic, candidate.id)
+    settings = cfg.distillation.model_dump() | {"epochs": cfg.refine_epochs}
+    student = run_stage(DistillConfig(name=f"{cfg.name}-refined", teacher=teacher, **settings), cut, ctx,
+                        folder / "student")
+    if cfg.vocabulary:
+        student = run_stage(cfg.vocabulary.model_copy(update={"name": f"{cfg.name}-refined-vocab"}), student, ctx,
+                            folder / "vocab")
+    row = ship(cfg, student, ctx, folder) | {"dev_score_fp32": student.metrics.get("best_dev_score"),
+                                             "seconds": round(time.perf_counter() - start, 1)}
+    return student, row
+
+
+def pareto(rows: list[dict], objective: str) -> None:
+    """Mark the candidates no other beats on both dev score and the objective (p50 or size)."""
+    key = "p50_ms" if objective == "latency" else "size_bytes"
+    judged = [r for r in rows if r.get("dev_score") is not None]
+    for r in judged:
+        r["pareto"] = not any(o is not r and o["dev_score"] >= r["dev_score"] and o[key] <= r[key]
+                              and (o["dev_score"] > r["dev_score"] or o[key] < r[key]) for o in judged)
 
 
 def choose(rows: list[dict], objective: str) -> dict | None:
@@ -241,6 +271,67 @@ def why(chosen: dict, rows: list[dict], cfg: SearchConfig, metric: str, teacher_
             f"{chosen['dev_score']:.4f} ({-chosen['drop_points']:+.2f} points)")
 
 
+def judged(row: dict, cfg: SearchConfig, teacher_dev: float) -> dict:
+    row["drop_points"] = points_below(teacher_dev, row["dev_score"])
+    row["status"] = "within budget" if row["drop_points"] <= cfg.max_accuracy_drop else "over budget"
+    return row | {"reason": row.get("reason", "")}
+
+
+def judge_all(cfg: SearchConfig, grid: list[Candidate], elastic: Artifact, ctx: Context, out: Path,
+              teacher_dev: float, metric: str, started: float) -> list[dict]:
+    """Every candidate of `grid` (cheapest first) judged, or 'not run' once the time or first-fit rule says so."""
+    supernet = load_classifier(elastic.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
+    rows, fit = [], None
+    for candidate in grid:
+        row = candidate.settings()
+        spent = (time.perf_counter() - started) / 60
+        if cfg.max_minutes is not None and spent >= cfg.max_minutes:
+            rows.append(row | {"status": "not run", "reason": f"the search's {cfg.max_minutes:g}-minute budget "
+                               f"was spent ({spent:.1f} min)"})
+            continue
+        if fit and cfg.stop_at_first_fit:
+            rows.append(row | {"status": "not run", "reason": f"{fit}, estimated cheaper, met the budget "
+                               "(stop_at_first_fit)"})
+            continue
+        try:
+            row = judged(row | judge(cfg, candidate, elastic, supernet, ctx, out / "candidates" / candidate.id),
+                         cfg, teacher_dev)
+        except StageFailed as e:  # e.g. INT8 parity: this candidate is out, the others still count
+            rows.append(row | {"status": "failed", "reason": str(e)})
+            ctx.log.warning("%s: %s failed: %s", cfg.name, candidate.id, e)
+            continue
+        fit = fit or (candidate.id if row["status"] == "within budget" else None)
+        rows.append(row)
+        ctx.log.info("%s: %s: dev %s %.4f INT8 (%+.2f points), p50 %.2f ms, %.1f MB, %s (%.0f s)", cfg.name,
+                     candidate.id, metric, row["dev_score"], -row["drop_points"], row["p50_ms"],
+                     row["size_bytes"] / 1e6, row["status"], row["seconds"])
+    return rows
+
+
+def fall_back_to_teacher(cfg: SearchConfig, teacher_art: Artifact, ctx: Context, out: Path, teacher_dev: float,
+                         metric: str) -> dict:
+    """The teacher's own INT8 model, judged like a candidate: the least-compressed answer there is."""
+    ctx.log.warning("%s: no sub-network's INT8 model kept the dev %s within %g points; judging the teacher's own "
+                    "INT8 model", cfg.name, metric, cfg.max_accuracy_drop)
+    start = time.perf_counter()
+    config = load_classifier(teacher_art.path, ctx.data.labels, ctx.allow_pickle, ctx.task).config
+    row = {"id": "teacher", "layers": config.num_hidden_layers, "heads": 0.0, "ffn": 0.0,
+           "intermediate_size": config.intermediate_size}
+    try:
+        row |= ship(cfg, teacher_art, ctx, out / "candidates" / "teacher")
+    except StageFailed as e:
+        return row | {"status": "failed", "reason": str(e)}
+    return judged(row | {"seconds": round(time.perf_counter() - start, 1)}, cfg, teacher_dev)
+
+
+def search_figures(cfg: SearchConfig, rows: list[dict], metric: str, teacher_art: Artifact, teacher_dev: float,
+                   chosen: dict | None, reason: str, costs: dict) -> dict:
+    pareto(rows, cfg.objective)
+    return {"objective": cfg.objective, "metric": metric, "max_drop_points": cfg.max_accuracy_drop,
+            "teacher": teacher_art.name, "teacher_dev_score": teacher_dev, "sequence_length": cfg.sequence_length,
+            "threads": cfg.threads, "chosen": chosen and chosen["id"], "why": reason, "candidates": rows, **costs}
+
+
 @register(SearchConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
 def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     from transformers import AutoConfig
@@ -248,72 +339,88 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     teacher_art = ctx.artifacts[cfg.teacher] if cfg.teacher else parent
     config = AutoConfig.from_pretrained(parent.path)
     depth = config.num_hidden_layers
-    candidates = cfg.space.candidates()
-    too_deep = sorted({c.layers for c in candidates if c.layers > depth})
+    grid = cfg.space.candidates()
+    too_deep = sorted({c.layers for c in grid if c.layers > depth})
     if too_deep:
         raise CompressError(f"{cfg.name}: space.layers {too_deep} exceed the input's {depth} layers")
-    whole = [c.id for c in candidates if c.layers == depth and not c.heads and not c.ffn]
+    whole = [c.id for c in grid if c.layers == depth and not c.heads and not c.ffn]
     if whole:
         raise CompressError(f"{cfg.name}: candidate {whole[0]} keeps the whole model (nothing to prune); drop it "
                             "from space")
     if cfg.sequence_length > config.max_position_embeddings:
         raise CompressError(f"{cfg.name}: sequence_length {cfg.sequence_length} is longer than the input's "
                             f"max_position_embeddings {config.max_position_embeddings}")
-    candidates.sort(key=lambda c: c.estimated_cost(config, cfg.objective, cfg.sequence_length))
+    grid.sort(key=lambda c: c.estimated_cost(config, cfg.objective, cfg.sequence_length))
     teacher = load_classifier(teacher_art.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
     dev = evaluate(TorchRuntime(teacher).run, load_tokenizer(teacher_art.path), ctx.data.dev, ctx.data.labels,
                    ctx.max_length, ctx.eval_batch_size, desc=f"{cfg.name}: teacher dev")
     teacher_dev, metric = dev["score"], dev["metric"]
     ctx.log.info("%s: %d candidates, cheapest first: %s; teacher dev %s %.4f, budget %g points", cfg.name,
-                 len(candidates), [c.id for c in candidates], metric, teacher_dev, cfg.max_accuracy_drop)
-    rows, start, fit = [], time.perf_counter(), None
+                 len(grid), [c.id for c in grid], metric, teacher_dev, cfg.max_accuracy_drop)
+    started = time.perf_counter()
     with named(ctx, teacher_art) as teacher_name, shared_teacher_outputs(ctx):
-        for candidate in candidates:
-            row = candidate.settings()
-            spent = (time.perf_counter() - start) / 60
-            if cfg.max_minutes is not None and spent >= cfg.max_minutes:
-                rows.append(row | {"status": "not run", "reason": f"the search's {cfg.max_minutes:g}-minute budget "
-                                   f"was spent ({spent:.1f} min)"})
-                continue
-            if fit and cfg.stop_at_first_fit:
-                rows.append(row | {"status": "not run", "reason": f"{fit}, estimated cheaper, met the budget "
-                                   "(stop_at_first_fit)"})
-                continue
-            try:
-                row |= run_candidate(cfg, candidate, parent, teacher_name, ctx, out / "candidates" / candidate.id,
-                                     depth)
-            except StageFailed as e:  # e.g. INT8 parity: this candidate is out, the others still count
-                rows.append(row | {"status": "failed", "reason": str(e)})
-                ctx.log.warning("%s: %s failed: %s", cfg.name, candidate.id, e)
-                continue
-            row["drop_points"] = points_below(teacher_dev, row["dev_score"])
-            row["status"] = "within budget" if row["drop_points"] <= cfg.max_accuracy_drop else "over budget"
-            fit = fit or (candidate.id if row["status"] == "within budget" else None)
-            rows.append(row | {"reason": ""})
-            ctx.log.info("%s: %s: dev %s %.4f INT8 (%.4f FP32, %+.2f points), p50 %.2f ms, %.1f MB, %s (%.0f s)",
-                         cfg.name, candidate.id, metric, row["dev_score"], row["dev_score_fp32"], -row["drop_points"],
-                         row["p50_ms"], row["size_bytes"] / 1e6, row["status"], row["seconds"])
-    chosen = choose(rows, cfg.objective)
+        trained, history = train_elastic(cfg, parent, teacher, grid, ctx, out / "elastic")
+        elastic = trained if not cfg.vocabulary else run_stage(
+            cfg.vocabulary.model_copy(update={"name": f"{cfg.name}-vocab"}), trained, ctx, out / "elastic-vocab")
+        judging = time.perf_counter()
+        rows = judge_all(cfg, grid, elastic, ctx, out, teacher_dev, metric, started)
+        chosen = choose(rows, cfg.objective)
+        output = chosen and out / "candidates" / chosen["id"] / "student"
+        if chosen and cfg.refine_epochs:
+            chosen, output = keep_refined(cfg, chosen, rows, trained, teacher_name, ctx, out, teacher_dev, output)
+    if chosen is None:
+        rows.append(fall_back_to_teacher(cfg, teacher_art, ctx, out, teacher_dev, metric))
+        chosen, output = choose(rows, cfg.objective), teacher_art.path
+    costs = {"train_seconds": history["train_seconds"], "judge_seconds": round(time.perf_counter() - judging, 1),
+             "elastic_history": history["history"]}
     if chosen is None:
         tried = "; ".join(f"{r['id']}: {r['status']}" + (f" ({-r['drop_points']:+.2f} points)" if "drop_points" in r
                                                          else f" ({r['reason']})") for r in rows)
-        raise StageFailed(f"{cfg.name}: no candidate's INT8 model kept the dev {metric} within "
-                          f"{cfg.max_accuracy_drop:g} points of the teacher's {teacher_dev:.4f}: {tried}")
+        raise StageFailed(f"{cfg.name}: no candidate's INT8 model, the teacher's own included, kept the dev {metric} "
+                          f"within {cfg.max_accuracy_drop:g} points of the teacher's {teacher_dev:.4f}: {tried}",
+                          metrics={"search": search_figures(cfg, rows, metric, teacher_art, teacher_dev, None, "",
+                                                            costs)})
     chosen["status"] = "chosen"
     reason = why(chosen, rows, cfg, metric, teacher_dev)
+    if chosen["id"] == "teacher":
+        reason += "; no sub-network fits, so this is the teacher itself, uncompressed but for INT8"
+        ctx.log.warning("%s: %s", cfg.name, reason)
     ctx.log.info("%s: chose %s: %s", cfg.name, chosen["id"], reason)
-    checkpoint = out / "candidates" / chosen["id"] / ("vocab" if cfg.vocabulary else "student")
-    for f in checkpoint.iterdir():
-        shutil.move(f, out / f.name)
+    for f in output.iterdir():
+        (shutil.copy2 if chosen["id"] == "teacher" else shutil.move)(f, out / f.name)
+    tidy(out)
+    return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
+        "search": search_figures(cfg, rows, metric, teacher_art, teacher_dev, chosen, reason, costs),
+        "best_dev_score": chosen["dev_score"], "metric": metric,
+        "search_seconds": round(time.perf_counter() - started, 1),
+    })
+
+
+def keep_refined(cfg: SearchConfig, chosen: dict, rows: list[dict], trained: Artifact, teacher: str, ctx: Context,
+                 out: Path, teacher_dev: float, output: Path) -> tuple[dict, Path]:
+    """The chosen candidate refined: its row joins the table, and it replaces the candidate as cut (row and
+    checkpoint folder) if dev says it still fits and scores no lower."""
+    supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
+    student, figures = refine(cfg, chosen, trained, supernet, teacher, ctx,
+                              out / "candidates" / f"{chosen['id']}+refined")
+    row = judged({**chosen, **figures, "id": f"{chosen['id']}+refined", "reason": ""}, cfg, teacher_dev)
+    rows.append(row)
+    kept = row["status"] == "within budget" and row["dev_score"] >= chosen["dev_score"]
+    ctx.log.info("%s: %s refined: dev %.4f INT8 (as cut %.4f): %s", cfg.name, chosen["id"], row["dev_score"],
+                 chosen["dev_score"], "kept" if kept else "not kept")
+    if kept:
+        chosen["reason"] = "refined: the refinement below scores at least as well on dev"
+        return row, student.path
+    row["reason"] = "refinement not kept: " + ("over budget" if row["status"] == "over budget"
+                                               else "scores lower on dev than as cut")
+    return chosen, output
+
+
+def tidy(out: Path) -> None:
+    """Keep the INT8 model of each candidate; the elastic models and the other checkpoints go."""
+    for folder in (out / "elastic", out / "elastic-vocab"):
+        shutil.rmtree(folder, ignore_errors=True)
     for folder in (out / "candidates").iterdir():
         for part in folder.iterdir():
             if part.name not in KEPT:
                 shutil.rmtree(part)
-    return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
-        "search": {"objective": cfg.objective, "metric": metric, "max_drop_points": cfg.max_accuracy_drop,
-                   "teacher": teacher_art.name, "teacher_dev_score": teacher_dev,
-                   "sequence_length": cfg.sequence_length, "threads": cfg.threads, "chosen": chosen["id"],
-                   "why": reason, "candidates": rows},
-        "best_dev_score": chosen["dev_score_fp32"], "metric": metric,
-        "search_seconds": round(time.perf_counter() - start, 1),
-    })
