@@ -371,3 +371,21 @@ def test_qat_tagger_exports_per_token_logits_that_agree_with_fake_quant(tmp_path
     assert onnx_run(inputs).shape == (5, run_ctx.max_length, len(TAGS))  # a sequence length it was not exported at
     test = evaluate(onnx_run, tokenizer, run_ctx.data.test, TAGS, run_ctx.max_length, 32)
     assert test["entity_f1"] >= 0.9
+
+
+def test_a_tagger_goes_through_the_search_and_its_chosen_sub_network_tags(tmp_path, teacher, conll):
+    """The search's elastic training, cutting, export and INT8 judging on a token head: every candidate judged by
+    entity F1 on dev, the chosen one a tagger of its shape."""
+    art, ctx = teacher
+    steps = [{"name": "s", "type": "search", "max_accuracy_drop": 100, "refine_epochs": 1, "sequence_length": 16,
+              "space": {"layers": [1, 2], "heads": [0.5], "ffn": [0.5]},
+              "distillation": {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "loss": {"hidden": 1.0}},
+              "quantization": {"parity": {"min_agreement": 0.0}}}]
+    arts, run_ctx = run_steps(tmp_path, art.path, conll, steps)
+    found = arts["s"].metrics["search"]
+    assert found["metric"] == "entity_f1" and len(found["candidates"]) == 3  # two cut, the chosen one refined
+    assert all(0 <= c["dev_score"] <= 1 and c["p50_ms"] > 0 for c in found["candidates"])
+    chosen = next(c for c in found["candidates"] if c["status"] == "chosen")
+    model = load(arts["s"].path)
+    assert type(model).__name__ == "BertForTokenClassification"
+    assert model.config.num_hidden_layers == chosen["layers"] and model.config.intermediate_size == 32
