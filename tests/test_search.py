@@ -122,6 +122,32 @@ def test_stop_at_first_fit_and_the_time_budget_leave_the_rest_not_run(monkeypatc
     assert ran == ["teacher"]
 
 
+def test_refinement_tries_the_fastest_promising_candidates_and_keeps_the_first_that_fits(
+        monkeypatch, tmp_path, tiny_bert, tiny_csv):
+    fake_candidates(monkeypatch, {"l1-h50-f50": (0.80, 1.0), "l1-h0-f50": (0.885, 1.5), "l2-h50-f50": (0.888, 2.0),
+                                  "l2-h0-f50": (0.90, 2.5)})
+    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 0.9, "metric": "accuracy"})  # teacher dev
+    refined = []
+
+    def refine(cfg, candidate, trained, supernet, teacher, ctx, folder):
+        refined.append(candidate["id"])
+        (folder / "student").mkdir(parents=True)
+        (folder / "student" / "model.safetensors").write_text(f"{candidate['id']}+refined")
+        dev = {"l1-h0-f50": 0.88, "l2-h50-f50": 0.895}[candidate["id"]]
+        return (Artifact("r", "hf-checkpoint", folder / "student", "h"),
+                {"dev_score": dev, "p50_ms": candidate["p50_ms"], "size_bytes": 1000, "macs": 1, "seconds": 0.1})
+
+    monkeypatch.setattr(search_stage, "refine", refine)
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, refine_epochs=1, refine_tries=3)
+    assert code == 0
+    # l1-h50-f50 is 10 points under as cut (beyond refine_within), l2-h0-f50 fits as cut: faster ones go first
+    assert refined == ["l1-h0-f50", "l2-h50-f50"]
+    found = Artifact.load(folder).metrics["search"]
+    assert found["chosen"] == "l2-h50-f50+refined" and (folder / "model.safetensors").read_text() == found["chosen"]
+    statuses = {r["id"]: r["status"] for r in found["candidates"]}
+    assert statuses["l1-h0-f50+refined"] == "over budget" and statuses["l2-h0-f50"] == "within budget"
+
+
 def test_when_no_sub_network_fits_the_teacher_s_own_int8_is_the_answer(monkeypatch, tmp_path, tiny_bert, tiny_csv):
     ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (0.0, 1.0), "l2-h50-f50": None,
                                         "l2-h0-f50": (0.0, 1.0), "teacher": (2.0, 9.0)})

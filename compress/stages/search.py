@@ -4,10 +4,12 @@ It trains once and judges many (compress/stages/elastic.py): the input is rewire
 come in order of importance, one distillation trains every candidate of the grid (depth x heads x FFN) as a
 sub-network of it, and the vocabulary is pruned once. Each candidate is then cut out and judged as it would ship:
 exported, dynamic INT8, its dev score, ONNX Runtime latency (batch 1, `sequence_length`) and file size. The
-fastest within budget is chosen; `refine_epochs` distils it alone a little longer, kept only if dev still says
-it fits. When no sub-network fits, the teacher's own INT8 model is judged too, and chosen with a warning if it
-fits: the user gets the least-compressed answer rather than none. The step's output is the chosen checkpoint, so
-an export and a quantize with the search's settings after it rebuild the very model that was judged.
+fastest within budget is chosen; with `refine_epochs`, the fastest promising candidates are first distilled alone
+a little longer and judged again, and the first that then fits is chosen (a cut sub-network starts far closer to
+its teacher than a pruned one, so a short refinement is the cheap way to the small end of the space). When no
+sub-network fits, the teacher's own INT8 model is judged too, and chosen with a warning if it fits: the user gets
+the least-compressed answer rather than none. The step's output is the chosen checkpoint, so an export and a
+quantize with the search's settings after it rebuild the very model that was judged.
 
 Only dev decides: the test split is never read here.
 """
@@ -94,8 +96,11 @@ class SearchConfig(StepConfig):
                                           "keys, without student and teacher).")
     sandwich: int = Field(2, ge=0, description="Sub-networks drawn at random per training step, besides the "
                           "largest and the smallest of the space (each costs a forward and backward pass).")
-    refine_epochs: int = Field(0, ge=0, le=100, description="Then distill the chosen candidate alone for this many "
-                               "epochs (distillation's other keys); kept if its INT8 dev score still fits.")
+    refine_epochs: int = Field(0, ge=0, le=100, description="Then distill candidates alone for this many epochs "
+                               "(distillation's other keys), fastest first, until one's INT8 dev score fits.")
+    refine_tries: int = Field(2, ge=1, description="How many candidates may be refined.")
+    refine_within: float = Field(1.0, ge=0, description="Points beyond the budget a candidate may score as cut and "
+                                 "still be refined: how much refinement is expected to win back.")
     vocabulary: VocabPruneConfig | None = Field(None, description="vocab_prune of the trained elastic model before "
                                                 "candidates are cut (vocab_prune's keys); unset: the teacher's.")
     quantization: DynamicConfig = Field(DynamicConfig(name="candidate-int8"), description="Every candidate's dynamic "
@@ -366,8 +371,8 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
         rows = judge_all(cfg, grid, elastic, ctx, out, teacher_dev, metric, started)
         chosen = choose(rows, cfg.objective)
         output = chosen and out / "candidates" / chosen["id"] / "student"
-        if chosen and cfg.refine_epochs:
-            chosen, output = keep_refined(cfg, chosen, rows, trained, teacher_name, ctx, out, teacher_dev, output)
+        if cfg.refine_epochs:
+            chosen, output = refine_fastest(cfg, rows, chosen, output, trained, teacher_name, ctx, out, teacher_dev)
     if chosen is None:
         rows.append(fall_back_to_teacher(cfg, teacher_art, ctx, out, teacher_dev, metric))
         chosen, output = choose(rows, cfg.objective), teacher_art.path
@@ -396,23 +401,27 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     })
 
 
-def keep_refined(cfg: SearchConfig, chosen: dict, rows: list[dict], trained: Artifact, teacher: str, ctx: Context,
-                 out: Path, teacher_dev: float, output: Path) -> tuple[dict, Path]:
-    """The chosen candidate refined: its row joins the table, and it replaces the candidate as cut (row and
-    checkpoint folder) if dev says it still fits and scores no lower."""
-    supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
-    student, figures = refine(cfg, chosen, trained, supernet, teacher, ctx,
-                              out / "candidates" / f"{chosen['id']}+refined")
-    row = judged({**chosen, **figures, "id": f"{chosen['id']}+refined", "reason": ""}, cfg, teacher_dev)
-    rows.append(row)
-    kept = row["status"] == "within budget" and row["dev_score"] >= chosen["dev_score"]
-    ctx.log.info("%s: %s refined: dev %.4f INT8 (as cut %.4f): %s", cfg.name, chosen["id"], row["dev_score"],
-                 chosen["dev_score"], "kept" if kept else "not kept")
-    if kept:
-        chosen["reason"] = "refined: the refinement below scores at least as well on dev"
-        return row, student.path
-    row["reason"] = "refinement not kept: " + ("over budget" if row["status"] == "over budget"
-                                               else "scores lower on dev than as cut")
+def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, output: Path | None,
+                   trained: Artifact, teacher: str, ctx: Context, out: Path,
+                   teacher_dev: float) -> tuple[dict | None, Path | None]:
+    """Refine the candidates worth it, fastest (or smallest) first, and choose the first whose refinement fits.
+
+    Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget, and no slower than the
+    candidate chosen as cut (which stays chosen if no refinement fits). Every refinement's row joins the table."""
+    key = "p50_ms" if cfg.objective == "latency" else "size_bytes"
+    pareto(rows, cfg.objective)
+    pool = sorted((r for r in rows if r.get("pareto") and r["drop_points"] <= cfg.max_accuracy_drop + cfg.refine_within
+                   and (chosen is None or r[key] <= chosen[key])), key=lambda r: r[key])
+    supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task) if pool else None
+    for candidate in pool[: cfg.refine_tries]:
+        student, figures = refine(cfg, candidate, trained, supernet, teacher, ctx,
+                                  out / "candidates" / f"{candidate['id']}+refined")
+        row = judged({**candidate, **figures, "id": f"{candidate['id']}+refined", "reason": ""}, cfg, teacher_dev)
+        rows.append(row)
+        ctx.log.info("%s: %s refined: dev %.4f INT8 (as cut %.4f), %s", cfg.name, candidate["id"], row["dev_score"],
+                     candidate["dev_score"], row["status"])
+        if row["status"] == "within budget":
+            return row, student.path
     return chosen, output
 
 
