@@ -322,7 +322,7 @@ SEARCH = {"objective": "latency", "metric": "accuracy", "max_drop_points": 1.0, 
                "heads_per_layer": [6, 6], "intermediate_size": 1536, "macs": 150994944, "dev_score_fp32": 0.80,
                "dev_score": 0.7951, "drop_points": 3.08, "p50_ms": 3.2, "size_bytes": 4_100_000, "seconds": 300.5},
               {"id": "l3-h33-f50", "layers": 3, "heads": 0.33, "ffn": 0.5, "status": "chosen", "reason": "",
-               "pareto": True,
+               "pareto": True, "drop_se": 0.21,
                "heads_per_layer": [8, 8, 8], "intermediate_size": 768, "macs": 301989888, "dev_score_fp32": 0.8201,
                "dev_score": 0.8190, "drop_points": 0.69, "p50_ms": 5.1, "size_bytes": 5_300_000, "seconds": 410.2},
               {"id": "l4-h0-f50", "layers": 4, "heads": 0.0, "ffn": 0.5, "status": "within budget", "reason": "",
@@ -355,10 +355,10 @@ def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path
     assert list(rows) == ["l2-h50-f50", "★ l3-h33-f50", "l4-h0-f50", "l6-h0-f0"]  # only the chosen one starred
     chosen = rows["★ l3-h33-f50"]
     assert [chosen[c] for c in ("layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width", "GMACs @128",
-                                "dev accuracy FP32", "dev accuracy INT8", "drop (pts)", "p50 ms", "size", "Pareto",
-                                "judge s", "status")] == [
-        "3", "33%", "50%", "8/8/8", "768", "0.302", "0.8201", "0.8190", "0.69", "5.1", "5.3 MB", "✓", "410.2",
-        "chosen"]
+                                "dev accuracy FP32", "dev accuracy INT8", "drop (pts)", "drop SE (pts)", "p50 ms",
+                                "size", "Pareto", "judge s", "status")] == [
+        "3", "33%", "50%", "8/8/8", "768", "0.302", "0.8201", "0.8190", "0.69", "0.21", "5.1", "5.3 MB", "✓",
+        "410.2", "chosen"]
     assert rows["l2-h50-f50"]["status"] == "over budget"
     not_run = rows["l6-h0-f0"]
     assert not_run["status"] == "not run: the search's 30-minute budget was spent (31.2 min)"

@@ -60,16 +60,17 @@ def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None])
         if figures[candidate.id] is None:
             raise StageFailed(f"{candidate.id}: INT8 parity 0.5 below 0.9")
         dev, p50 = figures[candidate.id]
-        return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score": dev, "p50_ms": p50,
+        return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score": dev, "dev_parts": None, "p50_ms": p50,
                 "size_bytes": 1000, "macs": 1, "seconds": 0.1}
 
     def ship(cfg, student, ctx, folder):
         ran.append("teacher")
         dev, p50 = figures["teacher"]
-        return {"dev_score": dev, "p50_ms": p50, "size_bytes": 4000, "macs": 4}
+        return {"dev_score": dev, "dev_parts": None, "p50_ms": p50, "size_bytes": 4000, "macs": 4}
 
     monkeypatch.setattr(search_stage, "judge", judge)
     monkeypatch.setattr(search_stage, "ship", ship)
+    monkeypatch.setattr(search_stage, "drop_standard_error", lambda reference, parts: 0.0)  # fixed scores: exact
     return ran
 
 
@@ -126,7 +127,7 @@ def test_refinement_tries_the_fastest_promising_candidates_and_keeps_the_first_t
         monkeypatch, tmp_path, tiny_bert, tiny_csv):
     fake_candidates(monkeypatch, {"l1-h50-f50": (0.80, 1.0), "l1-h0-f50": (0.885, 1.5), "l2-h50-f50": (0.888, 2.0),
                                   "l2-h0-f50": (0.90, 2.5)})
-    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 0.9, "metric": "accuracy"})  # teacher dev
+    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 0.9, "metric": "accuracy", "parts": None})
     refined = []
 
     def refine(cfg, candidate, trained, supernet, teacher, ctx, folder):
@@ -135,7 +136,8 @@ def test_refinement_tries_the_fastest_promising_candidates_and_keeps_the_first_t
         (folder / "student" / "model.safetensors").write_text(f"{candidate['id']}+refined")
         dev = {"l1-h0-f50": 0.88, "l2-h50-f50": 0.895}[candidate["id"]]
         return (Artifact("r", "hf-checkpoint", folder / "student", "h"),
-                {"dev_score": dev, "p50_ms": candidate["p50_ms"], "size_bytes": 1000, "macs": 1, "seconds": 0.1})
+                {"dev_score": dev, "dev_parts": None, "p50_ms": candidate["p50_ms"], "size_bytes": 1000, "macs": 1,
+                 "seconds": 0.1})
 
     monkeypatch.setattr(search_stage, "refine", refine)
     code, folder = run_search(tmp_path, tiny_bert, tiny_csv, refine_epochs=1, refine_tries=3)
@@ -146,6 +148,19 @@ def test_refinement_tries_the_fastest_promising_candidates_and_keeps_the_first_t
     assert found["chosen"] == "l2-h50-f50+refined" and (folder / "model.safetensors").read_text() == found["chosen"]
     statuses = {r["id"]: r["status"] for r in found["candidates"]}
     assert statuses["l1-h0-f50+refined"] == "over budget" and statuses["l2-h0-f50"] == "within budget"
+
+
+def test_a_candidate_must_fit_by_the_margin_of_its_dev_drop_s_standard_error(monkeypatch, tmp_path, tiny_bert,
+                                                                            tiny_csv):
+    fake_candidates(monkeypatch, {"l1-h50-f50": (0.895, 1.0), "l1-h0-f50": (0.895, 1.5), "l2-h50-f50": (0.895, 2.0),
+                                  "l2-h0-f50": (0.90, 2.5)})
+    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 0.9, "metric": "accuracy", "parts": None})
+    monkeypatch.setattr(search_stage, "drop_standard_error", lambda reference, parts: 0.6)
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, margin=1.0)
+    found = Artifact.load(folder).metrics["search"]
+    # 0.5 points under, 0.6 of noise: 1.1 > 1.0 for the three faster ones; the one at the teacher's score fits
+    assert code == 0 and found["chosen"] == "l2-h0-f50" and found["margin_se"] == 1.0
+    assert [r["drop_se"] for r in found["candidates"]] == [0.6] * 4
 
 
 def test_when_no_sub_network_fits_the_teacher_s_own_int8_is_the_answer(monkeypatch, tmp_path, tiny_bert, tiny_csv):

@@ -245,8 +245,8 @@ def search_table(search: dict) -> Table:
     run has only its settings and why; the dev scores are the search's own (dev split, INT8 judged, FP32 beside)."""
     name = metric_label(search["metric"])
     head = ["candidate", "layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width",
-            f"GMACs @{search['sequence_length']}", f"dev {name} FP32", f"dev {name} INT8", "drop (pts)", "p50 ms",
-            "size", "Pareto", "judge s", "status"]
+            f"GMACs @{search['sequence_length']}", f"dev {name} FP32", f"dev {name} INT8", "drop (pts)",
+            "drop SE (pts)", "p50 ms", "size", "Pareto", "judge s", "status"]
     body = []
     for c in search["candidates"]:
         heads = c.get("heads_per_layer")
@@ -254,7 +254,7 @@ def search_table(search: dict) -> Table:
                      f"{100 * c['heads']:.0f}%", f"{100 * c['ffn']:.0f}%",
                      "/".join(map(str, heads)) if heads else "", _s(c.get("intermediate_size")), giga(c.get("macs")),
                      _fixed(c.get("dev_score_fp32"), 4), _fixed(c.get("dev_score"), 4),
-                     _fixed(c.get("drop_points"), 2), _s(c.get("p50_ms")),
+                     _fixed(c.get("drop_points"), 2), _fixed(c.get("drop_se"), 2), _s(c.get("p50_ms")),
                      mb(c["size_bytes"]) if c.get("size_bytes") is not None else "", "✓" if c.get("pareto") else "",
                      _s(c.get("seconds")),
                      c["status"] + (f": {c['reason']}" if c.get("reason") else "")])
@@ -273,8 +273,9 @@ def search_lines(search: dict) -> list[str]:
     chosen = search.get("chosen")
     return [
         f"Budget: INT8 dev {name} at most {float(search['max_drop_points'])} points below the teacher's "
-        f"({search['teacher']}: {search['teacher_dev_score']:.4f}), i.e. at least {search_budget(search):.4f}; "
-        f"objective: {best}.",
+        f"({search['teacher']}: {search['teacher_dev_score']:.4f}), i.e. at least {search_budget(search):.4f}"
+        + (f", by {search['margin_se']:g} standard error(s) of each drop (paired bootstrap over dev)"
+           if search.get("margin_se") else "") + f"; objective: {best}.",
         f"Latency: ort-cpu, batch 1, sequence {search['sequence_length']}, {search['threads']} thread(s).",
         (f"Chosen: {chosen}: {search['why']}" if chosen else
          "Chosen: none: no candidate met the budget" + (f" ({search['why']})" if search.get("why") else "")),
@@ -286,8 +287,10 @@ def search_cost(search: dict) -> str:
     """What the search spent: one elastic training for all candidates, then judging each as it ships."""
     judged = [c for c in search["candidates"] if c.get("seconds") is not None]
     epochs = len(search.get("elastic_history", []))
-    return (f"Cost: {search['train_seconds'] / 60:.1f} min training every candidate at once ({epochs} epoch(s) of "
-            f"elastic distillation), {search['judge_seconds'] / 60:.1f} min judging {len(judged)} "
+    trained = (f"{search['train_seconds'] / 60:.1f} min training every candidate at once ({epochs} epoch(s) of "
+               "elastic distillation" + ("; reused from the run's cache" if search.get("elastic_reused") else "")
+               + ")")
+    return (f"Cost: {trained}, {search['judge_seconds'] / 60:.1f} min judging {len(judged)} "
             f"(export, INT8, dev, latency: {sum(c['seconds'] for c in judged) / max(len(judged), 1):.1f} s each). "
             "Pareto: no other candidate is both faster (or smaller) and better on dev.")
 

@@ -80,20 +80,54 @@ def word_predictions(logits: np.ndarray, first: np.ndarray, examples: list[Examp
     return tags
 
 
+def entity_counts(gold: list[list[str]], predicted: list[list[str]]) -> np.ndarray:
+    """(true positives, false positives, false negatives) of entities per sentence: the parts micro-F1 sums."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rows = []
+    for g, p in zip(gold, predicted):
+        true, found = set(get_entities(g)), set(get_entities(p))
+        rows.append((len(true & found), len(found - true), len(true - found)))
+    return np.array(rows, dtype=float).reshape(-1, 3)
+
+
+def score_of(parts: np.ndarray) -> np.ndarray:
+    """The score from per-example parts summed over the second-to-last axis: accuracy from (correct,), entity
+    micro-F1 from (tp, fp, fn)."""
+    total = parts.sum(-2)
+    if parts.shape[-1] == 1:
+        return total[..., 0] / parts.shape[-2]
+    tp, fp, fn = total[..., 0], total[..., 1], total[..., 2]
+    return np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=2 * tp + fp + fn > 0)
+
+
+def drop_standard_error(reference: np.ndarray, parts: np.ndarray, resamples: int = 500, seed: int = 0) -> float:
+    """Points: the standard error of `reference`'s score minus `parts`' over the same examples, by a paired
+    bootstrap (both scored on each resample). Why: a budget of a point on a dev set of a thousand examples is
+    within its noise; how much a drop can be trusted depends on the set's size and on how often the two disagree."""
+    picks = np.random.default_rng(seed).integers(len(parts), size=(resamples, len(parts)))
+    return float(100 * (score_of(reference[picks]) - score_of(parts[picks])).std())
+
+
 def _evaluate_tags(run: RunBatch, tokenizer, examples: list[Example], names: list[str], max_length: int,
-                   batch_size: int, desc: str) -> dict:
+                   batch_size: int, desc: str, parts: bool) -> dict:
     outside = names.index(OUTSIDE) if OUTSIDE in names else 0
     predicted = []
     for i in progress(range(0, len(examples), batch_size), desc, total=(len(examples) + batch_size - 1) // batch_size):
         chunk = examples[i : i + batch_size]
         inputs, first = encode_words(tokenizer, chunk, max_length)
         predicted += word_predictions(run(inputs), first, chunk, outside)
-    return entity_metrics([[names[t] for t in e.label] for e in examples], [[names[t] for t in p] for p in predicted])
+    gold, predicted = [[names[t] for t in e.label] for e in examples], [[names[t] for t in p] for p in predicted]
+    return entity_metrics(gold, predicted) | ({"parts": entity_counts(gold, predicted)} if parts else {})
 
 
 def evaluate(run: RunBatch, tokenizer, examples: list[Example], names: list[str], max_length: int,
-             batch_size: int, desc: str = "evaluate") -> dict:
+             batch_size: int, desc: str = "evaluate", parts: bool = False) -> dict:
+    """The task's metrics; `parts`: also each example's share of the score (an array, see score_of), for
+    drop_standard_error."""
     if is_tagged(examples):
-        return _evaluate_tags(run, tokenizer, examples, names, max_length, batch_size, desc)
+        return _evaluate_tags(run, tokenizer, examples, names, max_length, batch_size, desc, parts)
     logits = predict_logits(run, tokenizer, examples, max_length, batch_size, desc)
-    return classification_metrics(np.array([e.label for e in examples]), logits, names)
+    labels = np.array([e.label for e in examples])
+    correct = {"parts": (logits.argmax(-1) == labels).astype(float)[:, None]} if parts else {}
+    return classification_metrics(labels, logits, names) | correct

@@ -19,18 +19,20 @@ import itertools
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from benchmarks.latency import measure_latency
 from benchmarks.size import architecture_cost, model_bytes
-from compress.core.artifact import Artifact, digest
+from compress.core.artifact import Artifact, commit, digest
 from compress.core.config import Architecture, RecipeShapes, StepConfig, Strict
 from compress.core.data import encode
 from compress.core.errors import CompressError, StageFailed
-from compress.core.evaluate import evaluate, points_below
+from compress.core.evaluate import drop_standard_error, evaluate, points_below
 from compress.core.models import copy_model_files, load_classifier, load_tokenizer, save_checkpoint
 from compress.core.stage import STAGES, Context, StageResult, register
 from compress.core.train import train
@@ -107,6 +109,9 @@ class SearchConfig(StepConfig):
                                         "INT8 (quantize's dynamic keys).")
     sequence_length: int = Field(128, ge=8, le=512, description="Tokens per example when timing (batch 1, padded).")
     threads: int = Field(1, ge=1, description="ONNX Runtime threads when timing.")
+    margin: float = Field(1.0, ge=0, description="Standard errors of its dev drop (a paired bootstrap over the dev "
+                          "examples) by which a candidate must fit the budget: the smaller the dev set, and the more "
+                          "often a candidate disagrees with the teacher, the less a drop measured on it says.")
 
     @model_validator(mode="before")
     @classmethod
@@ -198,18 +203,36 @@ def train_elastic(cfg: SearchConfig, parent: Artifact, teacher, grid: list[Candi
                       [c.id for c in grid]), history
 
 
+def elastic_model(cfg: SearchConfig, parent: Artifact, teacher_art: Artifact, teacher, grid: list[Candidate],
+                  ctx: Context) -> tuple[Artifact, dict]:
+    """The trained elastic model, kept in the run folder's cache/ under a hash of what training reads: a search
+    re-run with another budget, objective or refinement re-judges the candidates without training again."""
+    key = digest(parent.hash, teacher_art.hash, cfg.distillation.model_dump(), cfg.sandwich, cfg.importance,
+                 cfg.prune_batches, [c.id for c in grid])
+    folder = ctx.run_dir / "cache" / f"elastic-{key}"
+    done = Artifact.load(folder)
+    if done and done.hash == key:
+        ctx.log.info("%s: elastic model of these training settings reused from %s", cfg.name, folder)
+        return done, done.metrics | {"reused": True}
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trained, history = train_elastic(cfg, parent, teacher, grid, ctx, partial)
+    trained.hash, trained.metrics = key, history
+    return commit(partial, folder, trained), history
+
+
 def measure(cfg: SearchConfig, int8: Artifact, ctx: Context) -> dict[str, Any]:
     """The INT8 model as it would ship: dev score, p50 latency at the search's shape, size, MACs."""
     tokenizer = load_tokenizer(int8.path)
     runtime = OrtRuntime(int8.file("model"), threads=cfg.threads, precision="int8")
     dev = evaluate(runtime.run, tokenizer, ctx.data.dev, ctx.data.labels, ctx.max_length, ctx.eval_batch_size,
-                   desc=f"{int8.name} dev")
+                   desc=f"{int8.name} dev", parts=True)
     inputs = encode(tokenizer, ctx.data.dev[:1], cfg.sequence_length, pad_to_max=True)  # a real text, padded
     latency = measure_latency(lambda: runtime.run(inputs), warmup=5, min_repeats=20, max_seconds=3.0,
                               batch_size=1, min_seconds=0.5)
     cost = architecture_cost(int8.path, cfg.sequence_length) or {}
-    return {"dev_score": dev["score"], "p50_ms": latency["p50_ms"], "size_bytes": model_bytes(int8),
-            "macs": cost.get(f"macs_seq{cfg.sequence_length}")}
+    return {"dev_score": dev["score"], "dev_parts": dev["parts"], "p50_ms": latency["p50_ms"],
+            "size_bytes": model_bytes(int8), "macs": cost.get(f"macs_seq{cfg.sequence_length}")}
 
 
 def ship(cfg: SearchConfig, student: Artifact, ctx: Context, folder: Path) -> dict[str, Any]:
@@ -253,6 +276,14 @@ def refine(cfg: SearchConfig, chosen: dict, elastic: Artifact, supernet, teacher
     return student, row
 
 
+@dataclass(frozen=True)
+class Reference:
+    """The teacher's dev score that budgets are set against, and each dev example's part in it."""
+
+    score: float
+    parts: np.ndarray
+
+
 def pareto(rows: list[dict], objective: str) -> None:
     """Mark the candidates no other beats on both dev score and the objective (p50 or size)."""
     key = "p50_ms" if objective == "latency" else "size_bytes"
@@ -268,22 +299,27 @@ def choose(rows: list[dict], objective: str) -> dict | None:
     return min(fits, key=lambda r: r["p50_ms" if objective == "latency" else "size_bytes"], default=None)
 
 
-def why(chosen: dict, rows: list[dict], cfg: SearchConfig, metric: str, teacher_dev: float) -> str:
+def why(chosen: dict, rows: list[dict], cfg: SearchConfig, metric: str, teacher: Reference) -> str:
     fits = sum(r["status"] in ("within budget", "chosen") for r in rows)
     best = f"p50 {chosen['p50_ms']} ms" if cfg.objective == "latency" else f"{chosen['size_bytes'] / 1e6:.1f} MB"
     return (f"{'fastest' if cfg.objective == 'latency' else 'smallest'} ({best}) of the {fits} candidate(s) whose "
-            f"INT8 dev {metric} is within {cfg.max_accuracy_drop:g} points of the teacher's {teacher_dev:.4f}: "
+            f"INT8 dev {metric} is within {cfg.max_accuracy_drop:g} points of the teacher's {teacher.score:.4f} "
+            f"by {cfg.margin:g} standard error(s): "
             f"{chosen['dev_score']:.4f} ({-chosen['drop_points']:+.2f} points)")
 
 
-def judged(row: dict, cfg: SearchConfig, teacher_dev: float) -> dict:
-    row["drop_points"] = points_below(teacher_dev, row["dev_score"])
-    row["status"] = "within budget" if row["drop_points"] <= cfg.max_accuracy_drop else "over budget"
+def judged(row: dict, cfg: SearchConfig, teacher: Reference) -> dict:
+    """Drop and status of a measured row: within budget when its dev drop, plus `margin` standard errors of that
+    drop, is at most the budget."""
+    row["drop_points"] = points_below(teacher.score, row["dev_score"])
+    row["drop_se"] = round(drop_standard_error(teacher.parts, row.pop("dev_parts")), 3)
+    fits = row["drop_points"] + cfg.margin * row["drop_se"] <= cfg.max_accuracy_drop
+    row["status"] = "within budget" if fits else "over budget"
     return row | {"reason": row.get("reason", "")}
 
 
 def judge_all(cfg: SearchConfig, grid: list[Candidate], elastic: Artifact, ctx: Context, out: Path,
-              teacher_dev: float, metric: str, started: float) -> list[dict]:
+              teacher: Reference, metric: str, started: float) -> list[dict]:
     """Every candidate of `grid` (cheapest first) judged, or 'not run' once the time or first-fit rule says so."""
     supernet = load_classifier(elastic.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
     rows, fit = [], None
@@ -300,7 +336,7 @@ def judge_all(cfg: SearchConfig, grid: list[Candidate], elastic: Artifact, ctx: 
             continue
         try:
             row = judged(row | judge(cfg, candidate, elastic, supernet, ctx, out / "candidates" / candidate.id),
-                         cfg, teacher_dev)
+                         cfg, teacher)
         except StageFailed as e:  # e.g. INT8 parity: this candidate is out, the others still count
             rows.append(row | {"status": "failed", "reason": str(e)})
             ctx.log.warning("%s: %s failed: %s", cfg.name, candidate.id, e)
@@ -313,7 +349,7 @@ def judge_all(cfg: SearchConfig, grid: list[Candidate], elastic: Artifact, ctx: 
     return rows
 
 
-def fall_back_to_teacher(cfg: SearchConfig, teacher_art: Artifact, ctx: Context, out: Path, teacher_dev: float,
+def fall_back_to_teacher(cfg: SearchConfig, teacher_art: Artifact, ctx: Context, out: Path, teacher: Reference,
                          metric: str) -> dict:
     """The teacher's own INT8 model, judged like a candidate: the least-compressed answer there is."""
     ctx.log.warning("%s: no sub-network's INT8 model kept the dev %s within %g points; judging the teacher's own "
@@ -326,14 +362,15 @@ def fall_back_to_teacher(cfg: SearchConfig, teacher_art: Artifact, ctx: Context,
         row |= ship(cfg, teacher_art, ctx, out / "candidates" / "teacher")
     except StageFailed as e:
         return row | {"status": "failed", "reason": str(e)}
-    return judged(row | {"seconds": round(time.perf_counter() - start, 1)}, cfg, teacher_dev)
+    return judged(row | {"seconds": round(time.perf_counter() - start, 1)}, cfg, teacher)
 
 
-def search_figures(cfg: SearchConfig, rows: list[dict], metric: str, teacher_art: Artifact, teacher_dev: float,
+def search_figures(cfg: SearchConfig, rows: list[dict], metric: str, teacher_art: Artifact, teacher: Reference,
                    chosen: dict | None, reason: str, costs: dict) -> dict:
     pareto(rows, cfg.objective)
     return {"objective": cfg.objective, "metric": metric, "max_drop_points": cfg.max_accuracy_drop,
-            "teacher": teacher_art.name, "teacher_dev_score": teacher_dev, "sequence_length": cfg.sequence_length,
+            "teacher": teacher_art.name, "teacher_dev_score": teacher.score, "margin_se": cfg.margin,
+            "sequence_length": cfg.sequence_length,
             "threads": cfg.threads, "chosen": chosen and chosen["id"], "why": reason, "candidates": rows, **costs}
 
 
@@ -358,35 +395,35 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     grid.sort(key=lambda c: c.estimated_cost(config, cfg.objective, cfg.sequence_length))
     teacher = load_classifier(teacher_art.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
     dev = evaluate(TorchRuntime(teacher).run, load_tokenizer(teacher_art.path), ctx.data.dev, ctx.data.labels,
-                   ctx.max_length, ctx.eval_batch_size, desc=f"{cfg.name}: teacher dev")
-    teacher_dev, metric = dev["score"], dev["metric"]
+                   ctx.max_length, ctx.eval_batch_size, desc=f"{cfg.name}: teacher dev", parts=True)
+    reference, metric = Reference(dev["score"], dev["parts"]), dev["metric"]
     ctx.log.info("%s: %d candidates, cheapest first: %s; teacher dev %s %.4f, budget %g points", cfg.name,
-                 len(grid), [c.id for c in grid], metric, teacher_dev, cfg.max_accuracy_drop)
+                 len(grid), [c.id for c in grid], metric, reference.score, cfg.max_accuracy_drop)
     started = time.perf_counter()
     with named(ctx, teacher_art) as teacher_name, shared_teacher_outputs(ctx):
-        trained, history = train_elastic(cfg, parent, teacher, grid, ctx, out / "elastic")
+        trained, history = elastic_model(cfg, parent, teacher_art, teacher, grid, ctx)
         elastic = trained if not cfg.vocabulary else run_stage(
             cfg.vocabulary.model_copy(update={"name": f"{cfg.name}-vocab"}), trained, ctx, out / "elastic-vocab")
         judging = time.perf_counter()
-        rows = judge_all(cfg, grid, elastic, ctx, out, teacher_dev, metric, started)
+        rows = judge_all(cfg, grid, elastic, ctx, out, reference, metric, started)
         chosen = choose(rows, cfg.objective)
         output = chosen and out / "candidates" / chosen["id"] / "student"
         if cfg.refine_epochs:
-            chosen, output = refine_fastest(cfg, rows, chosen, output, trained, teacher_name, ctx, out, teacher_dev)
+            chosen, output = refine_fastest(cfg, rows, chosen, output, trained, teacher_name, ctx, out, reference)
     if chosen is None:
-        rows.append(fall_back_to_teacher(cfg, teacher_art, ctx, out, teacher_dev, metric))
+        rows.append(fall_back_to_teacher(cfg, teacher_art, ctx, out, reference, metric))
         chosen, output = choose(rows, cfg.objective), teacher_art.path
     costs = {"train_seconds": history["train_seconds"], "judge_seconds": round(time.perf_counter() - judging, 1),
-             "elastic_history": history["history"]}
+             "elastic_history": history["history"], "elastic_reused": history.get("reused", False)}
     if chosen is None:
         tried = "; ".join(f"{r['id']}: {r['status']}" + (f" ({-r['drop_points']:+.2f} points)" if "drop_points" in r
                                                          else f" ({r['reason']})") for r in rows)
         raise StageFailed(f"{cfg.name}: no candidate's INT8 model, the teacher's own included, kept the dev {metric} "
-                          f"within {cfg.max_accuracy_drop:g} points of the teacher's {teacher_dev:.4f}: {tried}",
-                          metrics={"search": search_figures(cfg, rows, metric, teacher_art, teacher_dev, None, "",
+                          f"within {cfg.max_accuracy_drop:g} points of the teacher's {reference.score:.4f}: {tried}",
+                          metrics={"search": search_figures(cfg, rows, metric, teacher_art, reference, None, "",
                                                             costs)})
     chosen["status"] = "chosen"
-    reason = why(chosen, rows, cfg, metric, teacher_dev)
+    reason = why(chosen, rows, cfg, metric, reference)
     if chosen["id"] == "teacher":
         reason += "; no sub-network fits, so this is the teacher itself, uncompressed but for INT8"
         ctx.log.warning("%s: %s", cfg.name, reason)
@@ -395,7 +432,7 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
         (shutil.copy2 if chosen["id"] == "teacher" else shutil.move)(f, out / f.name)
     tidy(out)
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
-        "search": search_figures(cfg, rows, metric, teacher_art, teacher_dev, chosen, reason, costs),
+        "search": search_figures(cfg, rows, metric, teacher_art, reference, chosen, reason, costs),
         "best_dev_score": chosen["dev_score"], "metric": metric,
         "search_seconds": round(time.perf_counter() - started, 1),
     })
@@ -403,7 +440,7 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
 
 def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, output: Path | None,
                    trained: Artifact, teacher: str, ctx: Context, out: Path,
-                   teacher_dev: float) -> tuple[dict | None, Path | None]:
+                   reference: Reference) -> tuple[dict | None, Path | None]:
     """Refine the candidates worth it, fastest (or smallest) first, and choose the first whose refinement fits.
 
     Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget, and no slower than the
@@ -416,7 +453,7 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, out
     for candidate in pool[: cfg.refine_tries]:
         student, figures = refine(cfg, candidate, trained, supernet, teacher, ctx,
                                   out / "candidates" / f"{candidate['id']}+refined")
-        row = judged({**candidate, **figures, "id": f"{candidate['id']}+refined", "reason": ""}, cfg, teacher_dev)
+        row = judged({**candidate, **figures, "id": f"{candidate['id']}+refined", "reason": ""}, cfg, reference)
         rows.append(row)
         ctx.log.info("%s: %s refined: dev %.4f INT8 (as cut %.4f), %s", cfg.name, candidate["id"], row["dev_score"],
                      candidate["dev_score"], row["status"])
@@ -426,9 +463,9 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, out
 
 
 def tidy(out: Path) -> None:
-    """Keep the INT8 model of each candidate; the elastic models and the other checkpoints go."""
-    for folder in (out / "elastic", out / "elastic-vocab"):
-        shutil.rmtree(folder, ignore_errors=True)
+    """Keep the INT8 model of each candidate; the vocabulary-pruned elastic model and the checkpoints go (the
+    trained elastic model stays in the run's cache/)."""
+    shutil.rmtree(out / "elastic-vocab", ignore_errors=True)
     for folder in (out / "candidates").iterdir():
         for part in folder.iterdir():
             if part.name not in KEPT:
