@@ -154,10 +154,15 @@ def load_recipe(path: str | Path) -> Recipe:
         raise CompressError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise CompressError(f"{path}: not valid YAML: {e}") from None
+    return recipe_from(raw, str(path))
+
+
+def recipe_from(raw: Any, where: str) -> Recipe:
+    """A recipe from its parsed YAML (or a dict given in Python); `where` names it in errors."""
     if not isinstance(raw, dict):
-        raise CompressError(f"{path}: a recipe is a mapping with at least `name` and `steps`")
+        raise CompressError(f"{where}: a recipe is a mapping with at least `name` and `steps`")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         lines = "\n".join(f"  {_describe(err)}" for err in e.errors())
-        raise CompressError(f"{path}: invalid recipe\n{lines}") from None
+        raise CompressError(f"{where}: invalid recipe\n{lines}") from None
