@@ -17,7 +17,7 @@ from benchmarks.suite import BenchmarkConfig
 from compress.core.config import Architecture, RecipeShapes, Strict
 from compress.core.data import BUILTIN_TASKS, SOURCE_TAGS, TASKS, DataConfig
 from compress.core.errors import CompressError
-from compress.core.models import ModelConfig
+from compress.core.models import ModelConfig, tokenizer_kind
 from compress.core.stage import STAGES, Context, step_classes
 from compress.gate import GateConfig
 from compress.stages import distill, finetune, prune, qat, quantize, search, vocab_prune  # noqa: F401  (register)
@@ -44,7 +44,8 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _steps_connect(self) -> Recipe:
         kinds: dict[str, str] = {}
-        architectures = {None: Architecture.of(self.model.source_config())}  # by step name; None: the source
+        source = Architecture.of(self.model.source_config(), tokenizer_kind(self.model.folder()))
+        architectures = {None: source}  # by step name; None: the source
         previous: str | None = None
         shapes = self.shapes()
         for i, step in enumerate(self.steps):

@@ -91,6 +91,28 @@ def check_checkpoint_folder(folder: Path, allow_pickle: bool = False) -> None:
     raise ValueError(f"{folder}: no weights (expected one of {WEIGHT_FILES})")
 
 
+def tokenizer_kind(folder: Path) -> str:
+    """The model of the fast tokenizer the stages will load from `folder` (tokenizer.json's model type: WordPiece,
+    Unigram, BPE...), read without loading it where the file is there; else what AutoTokenizer makes of the slow
+    files: a fast tokenizer's model, or "slow-only <class>" / "unloadable (<error>)"."""
+    if (folder / "tokenizer.json").is_file():
+        return str(_read_json(folder / "tokenizer.json").get("model", {}).get("type"))
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001  (whatever stops it here stops every stage: say it, let the step decide)
+        return f"unloadable ({type(e).__name__}: {str(e)[:120]})"
+    return kind_of(tokenizer)
+
+
+def kind_of(tokenizer) -> str:
+    """A loaded tokenizer's model (WordPiece, Unigram, BPE...), or "slow-only <class>" where it has no fast one."""
+    if not tokenizer.is_fast:
+        return f"slow-only {type(tokenizer).__name__}"
+    return json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"]
+
+
 def checkpoint_config(folder: Path) -> dict:
     """config.json of a checkpoint folder, refused unless its model_type is one the stages handle."""
     config = _read_json(folder / "config.json")
