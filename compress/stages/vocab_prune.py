@@ -301,7 +301,7 @@ def write_pruned_tokenizer(tokenizer, keep: list[int], folder: Path):
     if full.get("padding"):
         full["padding"]["pad_id"] = new_id[full["padding"]["pad_id"]]
     (folder / "tokenizer.json").write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
-    for slow in set(tokenizer.vocab_files_names.values()) - {"tokenizer.json"}:
+    for slow in set(getattr(tokenizer, "vocab_files_names", {}).values()) - {"tokenizer.json"}:
         (folder / slow).unlink(missing_ok=True)
     if full["model"]["type"] == "WordPiece":
         token_of = {i: t for t, i in full["model"]["vocab"].items()}
