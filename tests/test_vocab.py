@@ -336,3 +336,30 @@ def test_a_tokenizer_vocab_prune_cannot_cut_is_refused_at_validation(tmp_path, t
         load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps))
         albert = sentencepiece_albert(tmp_path / "albert", SENTENCES + WORDS, layers=2)
         load_recipe(write_recipe(tmp_path, albert, tiny_csv, steps))
+
+
+def test_fill_by_drift_brings_back_whole_sentencepiece_words(tmp_path):
+    """A Unigram token ▁word is a candidate as the word it spells; the filled words come back whole."""
+    from transformers import AlbertForSequenceClassification
+
+    old = sentencepiece_tokenizer(SENTENCES + WORDS, "Unigram", vocab_size=90)
+    torch.manual_seed(0)
+    model = AlbertForSequenceClassification(tiny_config("albert", vocab_size=len(old))).eval()
+    keep = kept_ids(old, model.config, SENTENCES[:3], min_count=1, keep_characters=True)
+    filled = fill_by_drift(model, old, keep, len(keep) + 3)
+    words = old.convert_ids_to_tokens(filled)
+    assert len(filled) == 3 and all(w.startswith("▁") for w in words)  # word starts, read as their word
+    new = write_pruned_tokenizer(old, sorted(keep + filled), tmp_path / "new")
+    assert [new.tokenize(w[1:]) for w in words] == [[w] for w in words]
+
+
+def test_the_tokenizer_kind_is_read_without_loading_or_from_the_slow_files(tmp_path, tiny_bert):
+    from compress.core.models import tokenizer_kind
+
+    assert tokenizer_kind(tiny_bert) == "WordPiece"
+    slow = tmp_path / "slow"
+    shutil.copytree(tiny_bert, slow)
+    (slow / "tokenizer.json").unlink()  # vocab.txt alone: AutoTokenizer builds the fast WordPiece from it
+    assert tokenizer_kind(slow) == "WordPiece"
+    (slow / "vocab.txt").unlink()
+    assert tokenizer_kind(slow).startswith("unloadable")
