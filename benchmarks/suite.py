@@ -143,9 +143,14 @@ def _row_key(artifact: Artifact, backend: str) -> dict:
     return {"artifact": artifact.name, "backend": backend, "kind": artifact.kind}
 
 
+def not_measured_row(name: str, kind: str, backend: str, reason: str) -> dict:
+    """A back end, or a skipped step, that cannot run here (no GPU, missing package): a fact about the machine,
+    not a failure."""
+    return {"artifact": name, "backend": backend, "kind": kind, "status": "not measured", "reason": reason}
+
+
 def _not_measured(artifact: Artifact, backend: str, reason: str) -> dict:
-    """A back end that cannot run here (no GPU, missing package): a fact about the machine, not a failure."""
-    return _row_key(artifact, backend) | {"status": "not measured", "reason": reason}
+    return not_measured_row(artifact.name, artifact.kind, backend, reason)
 
 
 def _failed(artifact: Artifact, backend: str, reason: str) -> dict:

@@ -18,14 +18,13 @@ from benchmarks.hardware import describe, fingerprint
 from benchmarks.ingest import ingested_rows
 from benchmarks.report.build import build_report
 from benchmarks.report.write import write_report
-from benchmarks.suite import METHOD_VERSION, benchmark_isolated
+from benchmarks.suite import METHOD_VERSION, benchmark_isolated, not_measured_row
 from compress.core.artifact import MANIFEST, Artifact, commit, digest, write_json_atomic
-from compress.core.errors import CompressError
-from compress.core.models import resolve_source
+from compress.core.errors import CompressError, StepUnavailable
 from compress.core.stage import STAGES, Context
 from compress.core.train import process_state
 from compress.gate import violations
-from compress.recipe import Recipe
+from compress.recipe import Recipe, load_recipe, recipe_from
 from runtimes import BACKENDS
 
 
@@ -67,7 +66,7 @@ def discard_run_folder(log: logging.Logger, created: Path) -> None:
 
 
 def source_artifact(recipe: Recipe) -> Artifact:
-    path = resolve_source(recipe.model.source)
+    path = recipe.model.folder()
     weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
     h = digest(recipe.model.model_dump(), recipe.data.model_dump(), recipe.seed, weights)
     return Artifact("source", "hf-checkpoint", path, h, None, "source", {"model": "model.safetensors"})
@@ -122,13 +121,33 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
     return committed
 
 
-def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
+def run_steps(recipe: Recipe, ctx: Context, source: Artifact, force: bool) -> dict[str, str]:
+    """Every step in order, into ctx.artifacts. A step this installation cannot run (StepUnavailable), and every
+    step that reads its artifact, is skipped with the reason; returns those reasons by step name."""
+    skipped: dict[str, str] = {}
+    for index, step in enumerate(recipe.steps):
+        inputs = [recipe.parent_of(index), *step.references().values()]
+        missing = next((name for name in inputs if name in skipped), None)
+        try:
+            if missing:
+                raise StepUnavailable(f"its input {missing!r} was skipped: {skipped[missing]}")
+            ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
+        except StepUnavailable as e:
+            ctx.log.warning("%s: skipped: %s", step.name, e)
+            skipped[step.name] = str(e)
+    return skipped
+
+
+def benchmark_rows(recipe: Recipe, ctx: Context, skipped: dict[str, str]) -> list[dict]:
     """Rows are cached by (artifact hash, back end, benchmark settings, hardware) so a re-run measures nothing;
-    a failed row is not cached, so the next run tries it again."""
+    a failed row is not cached, so the next run tries it again. A skipped step's rows are "not measured", with
+    the reason it was skipped."""
     cache = ctx.run_dir / "benchmarks"
     cache.mkdir(exist_ok=True)
-    rows = []
     measured = recipe.benchmark.artifacts
+    rows = [not_measured_row(step.name, STAGES[step.type].produces, backend, f"step skipped: {skipped[step.name]}")
+            for step in recipe.steps if step.name in skipped and (measured is None or step.name in measured)
+            for backend in recipe.benchmark.backends if STAGES[step.type].produces in BACKENDS[backend].kinds]
     for artifact in ctx.artifacts.values():
         if measured is not None and artifact.name not in measured:
             continue
@@ -152,7 +171,17 @@ def benchmark_rows(recipe: Recipe, ctx: Context) -> list[dict]:
     return rows
 
 
-def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
+def run_recipe(recipe: str | Path | dict, out: str | Path = "runs", force: bool = False) -> dict | None:
+    """Run a recipe (a YAML file's path, or the same mapping as a dict) into `out`/<name>, as `python -m
+    compress.run` does, and return the report (report.json's content) with `gate`: whether the recipe's gate passed
+    and why not (None without a gate). Bad input raises CompressError (the command's exit 2), a stage whose result
+    fails its check StageFailed (exit 1); a failed gate is in the result, not raised. Under torchrun, ranks other
+    than 0 return None (rank 0 writes and returns the report)."""
+    loaded = recipe_from(recipe, "recipe (dict)") if isinstance(recipe, dict) else load_recipe(recipe)
+    return run_pipeline(loaded, Path(out), force)
+
+
+def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> dict | None:
     run_dir = out_root / recipe.name
     ctx = recipe.context(run_dir, setup_logging())
     data, source = ctx.data, source_artifact(recipe)  # bad data fails here, before anything is written
@@ -164,8 +193,7 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
                  len(data.dev), len(data.test), data.labels,
                  ", ".join(f"{n} without {what}" for what, n in data.dropped.items()) or "none")
     try:
-        for index, step in enumerate(recipe.steps):
-            ctx.artifacts[step.name] = run_step(index, recipe, ctx, source, force)
+        skipped = run_steps(recipe, ctx, source, force)
     except CompressError:
         # Bad input only a stage could see (e.g. drop_layers beyond the model's depth): when no step of this new
         # run finished, nothing is worth keeping, so exit 2 leaves nothing behind, run.log included.
@@ -173,8 +201,8 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
             discard_run_folder(ctx.log, created)
         raise
     if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports
-        return 0
-    rows = benchmark_rows(recipe, ctx) + ingested_rows(run_dir)
+        return None
+    rows = benchmark_rows(recipe, ctx, skipped) + ingested_rows(run_dir)
     artifacts = [a.to_json() for a in ctx.artifacts.values()]
     report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe(),  # best: the gate's limit
                           budget_points=recipe.gate.max_accuracy_drop if recipe.gate else 1.0)
@@ -182,11 +210,12 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> int:
     for warning in report["warnings"]:
         ctx.log.warning("%s", warning)
     ctx.log.info("report: %s", run_dir / "report.md")
+    gate = None
     if recipe.gate:
         found = violations(report, recipe.gate.max_accuracy_drop, recipe.gate.artifacts)
         for line in found:
             ctx.log.error("GATE FAILED: %s", line)
-        if found:
-            return 1
-        ctx.log.info("gate passed (max drop %s)", recipe.gate.limits())
-    return 0
+        if not found:
+            ctx.log.info("gate passed (max drop %s)", recipe.gate.limits())
+        gate = {"passed": not found, "violations": found, "limits": recipe.gate.limits()}
+    return report | {"gate": gate}

@@ -17,7 +17,7 @@ from benchmarks.suite import BenchmarkConfig
 from compress.core.config import Architecture, RecipeShapes, Strict
 from compress.core.data import BUILTIN_TASKS, SOURCE_TAGS, TASKS, DataConfig
 from compress.core.errors import CompressError
-from compress.core.models import ModelConfig
+from compress.core.models import ModelConfig, tokenizer_kind
 from compress.core.stage import STAGES, Context, step_classes
 from compress.gate import GateConfig
 from compress.stages import distill, finetune, prune, qat, quantize, search, vocab_prune  # noqa: F401  (register)
@@ -44,7 +44,8 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _steps_connect(self) -> Recipe:
         kinds: dict[str, str] = {}
-        architectures = {None: Architecture.of(self.model.source_config())}  # by step name; None: the source
+        source = Architecture.of(self.model.source_config(), tokenizer_kind(self.model.folder()))
+        architectures = {None: source}  # by step name; None: the source
         previous: str | None = None
         shapes = self.shapes()
         for i, step in enumerate(self.steps):
@@ -154,10 +155,15 @@ def load_recipe(path: str | Path) -> Recipe:
         raise CompressError(f"{path}: cannot read the recipe: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise CompressError(f"{path}: not valid YAML: {e}") from None
+    return recipe_from(raw, str(path))
+
+
+def recipe_from(raw: Any, where: str) -> Recipe:
+    """A recipe from its parsed YAML (or a dict given in Python); `where` names it in errors."""
     if not isinstance(raw, dict):
-        raise CompressError(f"{path}: a recipe is a mapping with at least `name` and `steps`")
+        raise CompressError(f"{where}: a recipe is a mapping with at least `name` and `steps`")
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         lines = "\n".join(f"  {_describe(err)}" for err in e.errors())
-        raise CompressError(f"{path}: invalid recipe\n{lines}") from None
+        raise CompressError(f"{where}: invalid recipe\n{lines}") from None

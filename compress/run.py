@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print("\n".join(plan(recipe)))
             return 0
-        return run_pipeline(recipe, args.out, args.force)
+        report = run_pipeline(recipe, args.out, args.force)
+        return 1 if report and report["gate"] and not report["gate"]["passed"] else 0
 
     return exit_code(body)
 

@@ -48,6 +48,42 @@ def save_tiny_model(folder: Path, arch: str = "bert", seed: int = 0, **overrides
     return folder
 
 
+def sentencepiece_tokenizer(texts: list[str], kind: str = "Unigram", vocab_size: int = 80):
+    """An ALBERT-style fast tokenizer as SentencePiece models convert to (lower-casing, Metaspace ▁ word starts,
+    [CLS] x [SEP]) with a Unigram or BPE model trained here on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import AlbertTokenizerFast
+
+    specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.Unigram() if kind == "Unigram" else models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = (trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+               if kind == "Unigram" else trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
+    return AlbertTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", cls_token="[CLS]",
+                               sep_token="[SEP]", mask_token="[MASK]")
+
+
+def sentencepiece_albert(folder: Path, texts: list[str], kind: str = "Unigram", layers: int = 4,
+                         vocab_size: int = 80) -> Path:
+    """A tiny ALBERT classifier with a SentencePiece-style (Unigram or BPE) fast tokenizer trained on `texts`."""
+    import torch
+    from transformers import AlbertForSequenceClassification
+
+    tokenizer = sentencepiece_tokenizer(texts, kind, vocab_size)
+    torch.manual_seed(0)
+    model = AlbertForSequenceClassification(tiny_config("albert", vocab_size=len(tokenizer),
+                                                        num_hidden_layers=layers, pad_token_id=0))
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A random 2-layer BERT classifier (hidden 32, 4 heads) with a matching WordPiece tokenizer."""

@@ -298,10 +298,16 @@ def test_teacher_must_be_an_earlier_checkpoint_step(tmp_path, tiny_bert, tiny_cs
     assert "steps[1] (s).teacher: 'onnx' is not an earlier hf-checkpoint step" in capsys.readouterr().err
 
 
-def test_unlabeled_data_needs_a_source_that_carries_some(tmp_path, tiny_bert, tiny_csv, capsys):
+def test_unlabeled_data_on_a_user_file_means_its_training_texts(tmp_path, tiny_bert, tiny_csv, capsys):
+    """A recipe written for rotten_tomatoes (`unlabeled: data`) runs unchanged on a user's file, which has no
+    unlabeled text of its own: distillation reads the training texts alone, and the log says so."""
     steps = [{"name": "s", "type": "distill", "from": "source", "unlabeled": "data", "epochs": 1}]
-    assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)), "--out", str(tmp_path / "runs")]) == 2
-    assert "carries no unlabeled text" in capsys.readouterr().err
+    recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, steps, benchmark={"backends": ["torch-cpu"],
+                          "sequence_lengths": [16], "min_repeats": 5, "max_seconds": 0.2})
+    assert main([str(recipe), "--out", str(tmp_path / "runs")]) == 0
+    assert "unlabeled: 'data': " + str(tiny_csv) + " carries no unlabeled text of its own, so distillation reads " \
+           "its " in capsys.readouterr().err
+    assert Artifact.load(tmp_path / "runs" / "tiny" / "00-s").metrics["unlabeled_examples"] == 0
     steps[0]["unlabeled"] = str(tmp_path / "missing.txt")
     assert main([str(write_recipe(tmp_path, tiny_bert, tiny_csv, steps)), "--out", str(tmp_path / "runs")]) == 2
     assert "unlabeled text file not found" in capsys.readouterr().err

@@ -254,7 +254,7 @@ def test_unlabeled_lines_become_untagged_word_examples(tmp_path, teacher):
     _, ctx = teacher
     text = tmp_path / "extra.txt"
     text.write_text("mary  visited\tparis\n\n   \nsmithson left\n")
-    extra = read_unlabeled(text, ctx)
+    extra = read_unlabeled(text, ctx, "s")
     assert extra == [Example("mary visited paris", (IGNORE,) * 3, None, ("mary", "visited", "paris")),
                      Example("smithson left", (IGNORE,) * 2, None, ("smithson", "left"))]
     inputs, labels = encode_labeled(tokenizer_of(teacher[0].path), extra, 24)

@@ -13,7 +13,8 @@ from compress.core.errors import StageFailed
 from compress.run import main
 from compress.stages import search as search_stage
 from compress.stages.search import Candidate, SearchConfig
-from tests.conftest import TINY_TRAINING, WORDS, save_tiny_model, sentiment_rows, write_recipe
+from tests.conftest import (TINY_TRAINING, WORDS, save_tiny_model, sentencepiece_albert, sentiment_rows,
+                            write_recipe)
 
 FAST = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
 
@@ -229,29 +230,7 @@ def weights(folder: Path) -> dict[str, np.ndarray]:
 
 def unigram_albert(folder: Path, texts: list[str], layers: int = 4) -> Path:
     """A tiny ALBERT classifier with a SentencePiece-style (Unigram, Metaspace) fast tokenizer trained here."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import AlbertForSequenceClassification, AlbertTokenizerFast
-
-    from tests.conftest import tiny_config
-
-    specials = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(texts, trainers.UnigramTrainer(vocab_size=80, special_tokens=specials, unk_token="<unk>"))
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
-    fast = AlbertTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", cls_token="[CLS]",
-                               sep_token="[SEP]", mask_token="[MASK]")
-    torch.manual_seed(0)
-    model = AlbertForSequenceClassification(tiny_config("albert", vocab_size=tok.get_vocab_size(),
-                                                        num_hidden_layers=layers, pad_token_id=0))
-    model.save_pretrained(folder, safe_serialization=True)
-    fast.save_pretrained(folder)
-    return folder
+    return sentencepiece_albert(folder, texts, "Unigram", layers)
 
 
 def test_an_albert_teacher_with_a_unigram_tokenizer_goes_through_layer_drop_and_the_search(tmp_path, tiny_csv):

@@ -18,9 +18,10 @@ from compress.core.models import load_tokenizer
 from compress.recipe import load_recipe
 from compress.run import main
 from compress.stages.quantize_methods import embeddings_4bit
-from compress.stages.vocab_prune import (check_wordpiece, coverage, fill_by_drift, kept_ids, prune_embeddings, trim_positions,
-                            write_pruned_tokenizer)
-from tests.conftest import save_tiny_model, tiny_config, write_recipe
+from compress.stages.vocab_prune import (check_same_pieces, check_tokenizer_kind, coverage, fill_by_drift, kept_ids,
+                                        prune_embeddings, trim_positions, write_pruned_tokenizer)
+from tests.conftest import (WORDS, save_tiny_model, sentencepiece_albert, sentencepiece_tokenizer, sentiment_rows,
+                            tiny_config, write_recipe)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -172,14 +173,14 @@ def test_pruned_embeddings_keep_tied_lm_head_and_bias_consistent(arch):
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
 
 
-def test_sentencepiece_tokenizer_is_refused_by_name(tmp_path):
+def test_a_wordlevel_tokenizer_is_refused_by_name(tmp_path):
     from tokenizers import Tokenizer
-    from tokenizers.models import Unigram
+    from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(Unigram([("[UNK]", 0.0), ("a", -1.0)], unk_id=0)))
-    with pytest.raises(CompressError, match="Unigram"):
-        check_wordpiece(tok, tmp_path)
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")))
+    with pytest.raises(CompressError, match="WordLevel"):
+        check_tokenizer_kind(tok, tmp_path)
 
 
 def test_model_and_tokenizer_that_do_not_match_are_an_error(tmp_path, tiny_bert):
@@ -274,3 +275,91 @@ def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, ar
         with pytest.raises(CompressError, match="fuse_embeddings: false"):
             embeddings_4bit(run / "02-onnx" / "model.onnx", tmp_path / "x.onnx", 16, "int8")
     assert {"## Size split", "## Vocabulary pruning"} <= set((run / "report.md").read_text().splitlines())
+
+
+SENTENCES = [r["text"] for r in sentiment_rows(240)]
+
+
+@pytest.mark.parametrize("kind", ["Unigram", "BPE"])
+def test_sentencepiece_pruning_keeps_the_pieces_of_every_covered_text(tmp_path, kind):
+    """Unigram and BPE models (ALBERT-style tokenizer.json) are cut like WordPiece: texts whose pieces are all kept
+    split the same way (ids renumbered), and the rest is counted."""
+    from transformers import AutoTokenizer
+
+    old = sentencepiece_tokenizer(SENTENCES + WORDS, kind, vocab_size=90)
+    corpus = SENTENCES[:6]
+    keep = kept_ids(old, tiny_config(), corpus, min_count=1, keep_characters=False)
+    assert len(keep) < len(old)
+    write_pruned_tokenizer(old, keep, tmp_path / "new")
+    new = AutoTokenizer.from_pretrained(tmp_path / "new")
+    assert new.is_fast and len(new) == len(keep) and not (tmp_path / "new" / "spiece.model").exists()
+    for text in corpus:
+        assert new.tokenize(text) == old.tokenize(text)
+        assert new(text)["input_ids"] == [keep.index(i) for i in old(text)["input_ids"]]
+    covered = [t for t in SENTENCES if set(old(t)["input_ids"]) <= set(keep)]
+    assert len(corpus) < len(covered) < len(SENTENCES)  # texts beyond the corpus are covered, not all of them
+    check_same_pieces(old, new, keep, SENTENCES, "v")  # every covered text splits as before
+    assert coverage(old, new, set(keep), SENTENCES)["uncovered_occurrences"] > 0
+    model = json.loads(new.backend_tokenizer.to_str())["model"]
+    if kind == "Unigram":  # the lowest score stays, so the unknown-character score does not move
+        old_scores = [score for _, score in json.loads(old.backend_tokenizer.to_str())["model"]["vocab"]]
+        assert min(score for _, score in model["vocab"]) == min(old_scores)
+    else:  # the merges that make kept tokens, and only those
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        assert 0 < len(merges) < len(json.loads(old.backend_tokenizer.to_str())["model"]["merges"])
+        assert all({a, b, a + b} <= set(model["vocab"]) for a, b in merges)
+
+
+def test_a_tokenizer_vocab_prune_cannot_cut_is_refused_at_validation(tmp_path, tiny_bert, tiny_csv):
+    """WordLevel (or a slow-only tokenizer) cannot be cut: the recipe says so before anything runs, for a
+    vocab_prune step and for a search's `vocabulary:`, naming the step; a WordPiece or SentencePiece one passes."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    source = tmp_path / "wordlevel"
+    shutil.copytree(tiny_bert, source)
+    vocab = json.loads((tiny_bert / "tokenizer.json").read_text())["model"]["vocab"]
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (source / f).unlink(missing_ok=True)
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(source)
+    assert len(vocab) == 43
+    for steps, where in (([{"name": "v", "type": "vocab_prune"}], r"steps\[0\] \(v\)"),
+                         ([{"name": "t", "type": "finetune"},
+                           {"name": "s", "type": "search", "space": {"layers": [1]}, "vocabulary": {}}],
+                          r"steps\[1\] \(s\)")):
+        with pytest.raises(CompressError, match=where + r": vocab_prune cuts fast WordPiece .* the input's is "
+                                                        "WordLevel"):
+            load_recipe(write_recipe(tmp_path, source, tiny_csv, steps))
+        load_recipe(write_recipe(tmp_path, tiny_bert, tiny_csv, steps))
+        albert = sentencepiece_albert(tmp_path / "albert", SENTENCES + WORDS, layers=2)
+        load_recipe(write_recipe(tmp_path, albert, tiny_csv, steps))
+
+
+def test_fill_by_drift_brings_back_whole_sentencepiece_words(tmp_path):
+    """A Unigram token ▁word is a candidate as the word it spells; the filled words come back whole."""
+    from transformers import AlbertForSequenceClassification
+
+    old = sentencepiece_tokenizer(SENTENCES + WORDS, "Unigram", vocab_size=90)
+    torch.manual_seed(0)
+    model = AlbertForSequenceClassification(tiny_config("albert", vocab_size=len(old))).eval()
+    keep = kept_ids(old, model.config, SENTENCES[:3], min_count=1, keep_characters=True)
+    filled = fill_by_drift(model, old, keep, len(keep) + 3)
+    words = old.convert_ids_to_tokens(filled)
+    assert len(filled) == 3 and all(w.startswith("▁") for w in words)  # word starts, read as their word
+    new = write_pruned_tokenizer(old, sorted(keep + filled), tmp_path / "new")
+    assert [new.tokenize(w[1:]) for w in words] == [[w] for w in words]
+
+
+def test_the_tokenizer_kind_is_read_without_loading_or_from_the_slow_files(tmp_path, tiny_bert):
+    from compress.core.models import tokenizer_kind
+
+    assert tokenizer_kind(tiny_bert) == "WordPiece"
+    slow = tmp_path / "slow"
+    shutil.copytree(tiny_bert, slow)
+    (slow / "tokenizer.json").unlink()  # vocab.txt alone: AutoTokenizer builds the fast WordPiece from it
+    assert tokenizer_kind(slow) == "WordPiece"
+    (slow / "vocab.txt").unlink()
+    assert tokenizer_kind(slow).startswith("unloadable")

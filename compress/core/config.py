@@ -25,17 +25,20 @@ class RecipeShapes:
 
 @dataclass(frozen=True)
 class Architecture:
-    """What the recipe knows of a step's input model before anything runs: config.json's model_type and ALBERT's
-    layer sharing (num_hidden_groups, inner_group_num), followed step by step from the source's config.json.
+    """What the recipe knows of a step's input model before anything runs: config.json's model_type, ALBERT's
+    layer sharing (num_hidden_groups, inner_group_num) and the kind of tokenizer, followed step by step from the
+    source's folder.
     Why: a step that cannot take its input (prune on a many-group ALBERT) must fail at validation, not after the
     steps before it have trained for an hour."""
 
     model_type: str
     sharing: tuple[int, int] = (1, 1)
+    tokenizer: str | None = None  # its fast tokenizer's model (WordPiece, Unigram, BPE), or why there is none
 
     @classmethod
-    def of(cls, config: dict) -> Architecture:
-        return cls(config["model_type"], (config.get("num_hidden_groups", 1), config.get("inner_group_num", 1)))
+    def of(cls, config: dict, tokenizer: str | None = None) -> Architecture:
+        return cls(config["model_type"], (config.get("num_hidden_groups", 1), config.get("inner_group_num", 1)),
+                   tokenizer)
 
     def __str__(self) -> str:
         groups, inner = self.sharing

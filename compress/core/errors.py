@@ -22,6 +22,12 @@ class StageFailed(Exception):
         self.metrics = metrics or {}
 
 
+class StepUnavailable(Exception):
+    """A step this installation cannot run: an optional package is missing or cannot be imported (Optimum, for the
+    reference row). Not bad input and not a failed result: the run goes on without the step and the steps built on
+    it, and their benchmark rows read "not measured" with this message."""
+
+
 def exit_code(body: Callable[[], int]) -> int:
     """Run a command-line body; bad input prints `error: ...` and gives 2, a failed stage `stage failed: ...` and 1.
     Every CLI of the project goes through here, so they all answer bad input the same way."""

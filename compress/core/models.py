@@ -1,8 +1,11 @@
-"""Where models come from and how they are loaded: local folders, safetensors, no remote code."""
+"""Where models come from and how they are loaded: the built-in MiniLM, local folders, Hub repos through the
+huggingface_hub cache; safetensors unless the recipe allows pickle; never remote code (only BERT and ALBERT
+configs are accepted, loaded with transformers' own classes, and trust_remote_code is never passed)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -25,6 +28,10 @@ SUPPORTED_MODEL_TYPES = ("bert", "albert")  # config.json model_type values ever
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model")  # fast, WordPiece, SentencePiece: one is needed
+# A Hub repo id (org/name). A path that exists is a local folder first, so only a missing one is looked up.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# What a Hub snapshot needs: config, tokenizer and safetensors weights; pickle weights only when allowed.
+HUB_FILES = ("*.json", "*.txt", "*.model", "*.safetensors")
 
 
 def check_safetensors(path: Path) -> None:
@@ -84,6 +91,28 @@ def check_checkpoint_folder(folder: Path, allow_pickle: bool = False) -> None:
     raise ValueError(f"{folder}: no weights (expected one of {WEIGHT_FILES})")
 
 
+def tokenizer_kind(folder: Path) -> str:
+    """The model of the fast tokenizer the stages will load from `folder` (tokenizer.json's model type: WordPiece,
+    Unigram, BPE...), read without loading it where the file is there; else what AutoTokenizer makes of the slow
+    files: a fast tokenizer's model, or "slow-only <class>" / "unloadable (<error>)"."""
+    if (folder / "tokenizer.json").is_file():
+        return str(_read_json(folder / "tokenizer.json").get("model", {}).get("type"))
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as e:  # noqa: BLE001  (whatever stops it here stops every stage: say it, let the step decide)
+        return f"unloadable ({type(e).__name__}: {str(e)[:120]})"
+    return kind_of(tokenizer)
+
+
+def kind_of(tokenizer) -> str:
+    """A loaded tokenizer's model (WordPiece, Unigram, BPE...), or "slow-only <class>" where it has no fast one."""
+    if not tokenizer.is_fast:
+        return f"slow-only {type(tokenizer).__name__}"
+    return json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"]
+
+
 def checkpoint_config(folder: Path) -> dict:
     """config.json of a checkpoint folder, refused unless its model_type is one the stages handle."""
     config = _read_json(folder / "config.json")
@@ -105,24 +134,56 @@ def check_source_folder(folder: Path, allow_pickle: bool) -> None:
 
 class ModelConfig(Strict):
     allow_pickle: bool = Field(False, description="Allow pytorch_model.bin (pickle) weights. Off: safetensors only.")
-    source: str = Field("minilm", description=f"Built-in {sorted(BUILTIN_MODELS)} or a local checkpoint folder.")
+    revision: str | None = Field(None, description="Hub sources: the branch, tag or commit to use (default main).")
+    source: str = Field("minilm", description=f"Built-in {sorted(BUILTIN_MODELS)}, a local checkpoint folder, or a "
+                        "Hugging Face Hub repo id (org/name) in the huggingface_hub cache.")
 
     @field_validator("source")
     @classmethod
     def _checkpoint_usable(cls, v: str, info: ValidationInfo) -> str:
+        revision, allow_pickle = info.data.get("revision"), info.data.get("allow_pickle", False)
+        if revision is not None and not is_hub_id(v):
+            raise ValueError(f"model.revision {revision!r} applies to a Hub repo id (org/name), not to {v!r}")
         if v not in BUILTIN_MODELS:
-            check_source_folder(Path(v), info.data.get("allow_pickle", False))
+            check_source_folder(resolve_source(v, revision, allow_pickle), allow_pickle)
         return v
+
+    def folder(self) -> Path:
+        """The checkpoint folder the source names: a package's, the user's, or a Hub snapshot in the cache."""
+        return resolve_source(self.source, self.revision, self.allow_pickle)
 
     def source_config(self) -> dict:
         """The source checkpoint's config.json, which the recipe checks its steps and lengths against."""
-        return checkpoint_config(resolve_source(self.source))
+        return checkpoint_config(self.folder())
 
 
-def resolve_source(source: str) -> Path:
+def is_hub_id(source: str) -> bool:
+    return source not in BUILTIN_MODELS and not Path(source).exists() and HUB_ID.match(source) is not None
+
+
+def resolve_source(source: str, revision: str | None = None, allow_pickle: bool = False) -> Path:
     if source in BUILTIN_MODELS:
         return _package_dir(source, *BUILTIN_MODELS[source])
-    return Path(source)
+    return hub_snapshot(source, revision, allow_pickle) if is_hub_id(source) else Path(source)
+
+
+def hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Path:
+    """The repo's snapshot folder in the huggingface_hub cache (HF_HUB_CACHE), fetched first only where
+    HF_HUB_OFFLINE is off (`python -m compress.run` turns it on unless told otherwise). ValueError naming the repo
+    when it is neither cached nor reachable, so a recipe naming it is refused at validation."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=constants.HF_HUB_OFFLINE,
+                                      allow_patterns=[*HUB_FILES, *(["*.bin"] if allow_pickle else [])]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, HFValidationError, OSError) as e:
+        where = f"at revision {revision!r}" if revision else "(revision main)"
+        offline = (" HF_HUB_OFFLINE is on, so nothing is downloaded: fetch it with `hf download "
+                   f"{repo_id}`, or set HF_HUB_OFFLINE=0." if constants.HF_HUB_OFFLINE else "")
+        raise ValueError(f"{repo_id!r} is not a local folder, and no Hub repo of that id is in the Hugging Face "
+                         f"cache {constants.HF_HUB_CACHE} {where}.{offline} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 HEADS = {TASKS[0]: "ForSequenceClassification", TASKS[1]: "ForTokenClassification"}  # architecture suffixes

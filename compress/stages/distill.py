@@ -45,7 +45,8 @@ class DistillSettings(TrainingSettings):
     loss: LossConfig = LossConfig()
     unlabeled: Literal["data"] | Path | None = Field(
         None, description="Extra text for the soft losses only: a file, one example per line, or 'data' for the "
-                          "unlabeled text the data source carries (rotten_tomatoes: plot summaries).")
+                          "unlabeled text the data source carries (rotten_tomatoes: plot summaries; a source "
+                          "without any, a user's file: its training texts, which distillation reads anyway).")
     learning_rate: float = Field(1e-4, gt=0, lt=1)
     cache_teacher: bool = Field(True, description="Keep the teacher's outputs for each training text after its first "
                                 "pass, so later epochs run the student only. Costs memory: the logits, plus "
@@ -303,13 +304,16 @@ def unlabeled_example(line: str, task: str) -> Example:
     return Example(line, IGNORE)
 
 
-def read_unlabeled(source: Path | str | None, ctx: Context) -> list[Example]:
+def read_unlabeled(source: Path | str | None, ctx: Context, step: str) -> list[Example]:
+    """Extra text for the soft losses. `data` means the source's own unlabeled text; a source that has none (a
+    user's file, bbc_news) has its training texts, which every distillation reads already: nothing is added, and
+    the log says so (a recipe written for rotten_tomatoes then runs unchanged on the user's data)."""
     if source is None:
         return []
     if source == "data":
         if not ctx.data.unlabeled:
-            raise CompressError(f"unlabeled: 'data', but data source {ctx.data.source!r} carries no unlabeled text; "
-                                "give a text file instead")
+            ctx.log.info("%s: unlabeled: 'data': %s carries no unlabeled text of its own, so distillation reads its "
+                         "%d training texts only", step, ctx.data.source, len(ctx.data.train))
         lines = ctx.data.unlabeled
     else:
         lines = [l.strip() for l in Path(source).read_text(encoding="utf-8", errors="replace").splitlines()]
@@ -327,7 +331,7 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
         raise CompressError(f"{cfg.name}: teacher {teacher_art.name!r} and input {parent.name!r} use different "
                             "vocabularies; distillation feeds both the same token ids")
     teacher = load_classifier(teacher_art.path, labels, allow_pickle, ctx.task)
-    extra = read_unlabeled(cfg.unlabeled, ctx)
+    extra = read_unlabeled(cfg.unlabeled, ctx, cfg.name)
     parent_model = load_classifier(parent.path, labels, allow_pickle, ctx.task)
     row_counts = lambda: sum(  # noqa: E731  (apart: unlabeled lines carry no text pair)
         embedding_row_counts(encode(tokenizer, part, ctx.max_length), parent_model.config)

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from compress.core.artifact import Artifact
 from compress.core.calibration import calibration_examples, calibration_reader, onnx_input_names
-from compress.core.errors import CompressError, StageFailed
+from compress.core.errors import CompressError, StageFailed, StepUnavailable
 from compress.core.parity import OLD_NAMES, ParityChecked
 from compress.core.stage import Context
 
@@ -146,9 +146,7 @@ class OptimumDynamicConfig(QuantizeBase):
     def apply(self, parent: Artifact, ctx: Context, out: Path) -> dict:
         """It is given the plain export: on ORT's fused graph it stops with "Unable to find data type for
         weight_name" and, unlike quantize_dynamic, offers no DefaultTensorType option to get past it."""
-        from optimum.onnxruntime import ORTQuantizer
-        from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
+        ORTQuantizer, AutoQuantizationConfig = optimum_quantizer()
         file_name = parent.files.get("raw", parent.files["model"])
         work = out / "work"
         ORTQuantizer.from_pretrained(parent.path, file_name=file_name).quantize(
@@ -159,6 +157,21 @@ class OptimumDynamicConfig(QuantizeBase):
         shutil.rmtree(work)
         return {"per_channel": self.per_channel, "quantized_file": file_name,
                 "reference": "optimum ORTQuantizer avx512_vnni dynamic"}
+
+
+def optimum_quantizer():
+    """Optimum's ORTQuantizer and AutoQuantizationConfig, or StepUnavailable saying why not. Optimum is an optional
+    extra (`compress[reference]`): optimum-onnx 0.1 pins transformers < 4.58, so an environment on transformers 5
+    cannot have it, and an Optimum built for another transformers can fail on import with any error."""
+    try:
+        from optimum.onnxruntime import ORTQuantizer
+        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    except ModuleNotFoundError as e:
+        raise StepUnavailable(f"Optimum is not installed ({e}); pip install 'compress[reference]' (optimum-onnx 0.1 "
+                              "needs transformers < 4.58)") from None
+    except Exception as e:  # noqa: BLE001  (an incompatible install breaks in its own way)
+        raise StepUnavailable(f"Optimum cannot be imported here ({type(e).__name__}: {e})") from None
+    return ORTQuantizer, AutoQuantizationConfig
 
 
 class StaticConfig(QuantizeBase):

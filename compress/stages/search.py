@@ -143,6 +143,8 @@ class SearchConfig(StepConfig):
 
     def check_architecture(self, given: Architecture) -> None:
         check_prunable(given)
+        if self.vocabulary:
+            self.vocabulary.check_architecture(given)
 
 
 def run_stage(step: StepConfig, parent: Artifact, ctx: Context, out: Path) -> Artifact:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from typing import Callable, Literal
 
 import numpy as np
@@ -61,7 +62,7 @@ def student_architecture(spec: StudentSpec, given: Architecture) -> Architecture
     elif isinstance(spec, (LayerDrop, Albertize)) and given.model_type != "bert":
         raise ValueError(f"student.{next(iter(spec.model_dump()))} needs a BERT input, not {given}")
     if isinstance(spec, Albertize):
-        return Architecture("albert", (spec.albertize.num_groups, spec.albertize.layers_per_group))
+        return replace(given, model_type="albert", sharing=(spec.albertize.num_groups, spec.albertize.layers_per_group))
     return given
 
 

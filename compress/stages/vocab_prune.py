@@ -8,8 +8,20 @@ candidate can be in it, because the pruned vocabulary is a subset of the old one
 So pi is taken again, and by induction the word splits into the same pieces; only the ids change. A word with a
 dropped piece is split differently, or becomes [UNK] when no split exists: the stage counts both on dev and test.
 
+The same holds for SentencePiece's models, as the fast tokenizer (tokenizer.json) runs them. Unigram picks, among
+all splits of a word into vocabulary pieces, the one whose pieces' scores sum highest: the pruned vocabulary offers
+a subset of the old splits, still including the old best one when its pieces are kept, so that one still wins. One
+catch: a character no piece covers gets the unknown score, set 10 below the lowest piece score, so the lowest-scored
+piece is always kept and that score does not move. BPE splits a word into characters and applies its merges in rank
+order; a kept token keeps every merge that makes it (and, recursively, their parts), and the merges of a kept word
+are then the lowest-ranked among the pruned merges exactly where they were among all, so they apply in the same
+order. Kept merges keep their ranks.
+
 New ids keep the old order (kept ids sorted), so [PAD] = 0 and the other special tokens keep their relative places.
-Only WordPiece tokenizers are handled: SentencePiece (ALBERT's usual Unigram) is refused with a CompressError.
+The tokenizer.json is rewritten (model vocabulary, BPE merges, added tokens, the post-processor's and padding's
+ids); a WordPiece tokenizer also gets its slow vocab.txt, a SentencePiece one loses its slow spiece.model (which
+would no longer match). Fast WordPiece, Unigram and BPE tokenizers are handled; anything else (a slow-only
+tokenizer, WordLevel) is refused at validation (the recipe follows the tokenizer kind from the source's folder).
 
 Token classification reads its examples word-split (is_split_into_words), and each word is pre-tokenized and split
 on its own, so the argument holds word by word: a word whose pieces are all kept keeps its pieces, and with them
@@ -35,16 +47,17 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from compress.core.artifact import Artifact
-from compress.core.config import RecipeShapes
+from compress.core.config import Architecture, RecipeShapes
 from compress.core.data import Example, is_tagged
 from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import predict_logits
-from compress.core.models import load_classifier, load_tokenizer, save_checkpoint
+from compress.core.models import kind_of, load_classifier, load_tokenizer, save_checkpoint
 from compress.core.parity import ParityChecked, logit_agreement
 from compress.core.stage import Context, StageResult, register
 from runtimes.torch_runtime import TorchRuntime
 
 SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
+PRUNABLE = ("WordPiece", "Unigram", "BPE")  # fast tokenizer models whose vocabulary this stage can cut
 
 
 class VocabPruneConfig(ParityChecked):
@@ -69,6 +82,10 @@ class VocabPruneConfig(ParityChecked):
         if v is not None and not Path(v).is_file():
             raise ValueError(f"extra corpus file not found: {v!r}")
         return v
+
+    def check_architecture(self, given: Architecture) -> None:
+        if given.tokenizer is not None and given.tokenizer not in PRUNABLE:
+            raise ValueError(unsupported(given.tokenizer))
 
     def check_shapes(self, shapes: RecipeShapes) -> None:
         if self.max_positions is None:
@@ -100,33 +117,76 @@ def tokenize(tokenizer, texts: list[Text], **kwargs):
     return tokenizer(texts, is_split_into_words=bool(texts) and isinstance(texts[0], list), **kwargs)
 
 
-def check_wordpiece(tokenizer, folder: Path) -> None:
-    model_type = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["type"] if tokenizer.is_fast else None
-    if model_type != "WordPiece":
-        raise CompressError(f"{folder}: vocab_prune handles WordPiece tokenizers (BERT vocab.txt); this one is "
-                            f"{model_type or type(tokenizer).__name__} (SentencePiece/Unigram is not supported)")
+def unsupported(kind: str) -> str:
+    slow = " (save the model's fast tokenizer, tokenizer.json, beside it)" if kind.startswith("slow") else ""
+    return (f"vocab_prune cuts fast WordPiece (BERT), Unigram and BPE (SentencePiece) tokenizers; the input's is "
+            f"{kind}{slow}")
+
+
+def check_tokenizer_kind(tokenizer, folder: Path) -> None:
+    if kind_of(tokenizer) not in PRUNABLE:
+        raise CompressError(f"{folder}: {unsupported(kind_of(tokenizer))}")
+
+
+def model_json(tokenizer) -> dict:
+    """The fast tokenizer's model section of its tokenizer.json: type, vocabulary, and BPE's merges."""
+    return json.loads(tokenizer.backend_tokenizer.to_str())["model"]
 
 
 def kept_ids(tokenizer, config, texts: list[Text], min_count: int, keep_characters: bool) -> list[int]:
     """Ids the corpus uses at least `min_count` times, plus every special or added token (and, with
-    `keep_characters`, the single-character pieces of the corpus's characters), sorted."""
+    `keep_characters`, the single-character pieces of the corpus's characters), completed for the model."""
     counts = Counter(i for ids in tokenize(tokenizer, texts, add_special_tokens=False)["input_ids"] for i in ids)
     always = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     always |= {getattr(config, f) for f in SPECIAL_ID_FIELDS if getattr(config, f, None) is not None}
     if keep_characters:
         always |= character_ids(tokenizer, texts)
-    return sorted({i for i, c in counts.items() if c >= min_count} | always)
+    return complete(tokenizer, {i for i, c in counts.items() if c >= min_count} | always)
+
+
+def complete(tokenizer, ids: set[int]) -> list[int]:
+    """`ids`, sorted, plus what the model needs to split kept text as before (see the module's docstring): a BPE
+    token's merge parts, recursively; a Unigram's lowest-scored piece."""
+    model, vocab = model_json(tokenizer), tokenizer.get_vocab()
+    if model["type"] == "Unigram":
+        ids = ids | {min(range(len(model["vocab"])), key=lambda i: model["vocab"][i][1])}
+    elif model["type"] == "BPE":
+        made_by: dict[str, list[tuple[str, str]]] = {}
+        for a, b in map(merge_pair, model["merges"]):
+            made_by.setdefault(merged(a, b, model), []).append((a, b))
+        token_of = {i: t for t, i in vocab.items()}
+        todo, ids = [token_of[i] for i in ids], set(ids)
+        while todo:
+            for part in (p for pair in made_by.get(todo.pop(), []) for p in pair):
+                if vocab[part] not in ids:
+                    ids.add(vocab[part])
+                    todo.append(part)
+    return sorted(ids)
+
+
+def merge_pair(merge: str | list[str]) -> tuple[str, str]:
+    """A BPE merge as tokenizer.json writes it: "a b" (older files) or ["a", "b"]."""
+    a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+    return a, b
+
+
+def merged(a: str, b: str, model: dict) -> str:
+    """The token a BPE merge makes: b loses its continuing-subword prefix, as the tokenizers library does."""
+    prefix = model.get("continuing_subword_prefix") or ""
+    return a + b[len(prefix):]
 
 
 def character_ids(tokenizer, texts: list[Text]) -> set[int]:
-    """Ids of `c` and `##c` for every character of the corpus's words, as the tokenizer normalizes and splits them
-    (a word list's characters are those of its words: joining them with spaces adds none)."""
+    """Ids of `c` (and `##c`, where the model has such a prefix) for every character of the corpus's words, as the
+    tokenizer normalizes and splits them (a word list's characters are those of its words: joining them with
+    spaces adds none; a SentencePiece word's include its ▁)."""
     backend = tokenizer.backend_tokenizer
     normalize = backend.normalizer.normalize_str if backend.normalizer else str
-    chars = {c for t in texts for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalize(
-        " ".join(t) if isinstance(t, list) else t)) for c in word}
-    vocab, prefix = tokenizer.get_vocab(), backend.model.continuing_subword_prefix
-    return {vocab[piece] for c in chars for piece in (c, prefix + c) if piece in vocab}
+    split = backend.pre_tokenizer.pre_tokenize_str if backend.pre_tokenizer else lambda t: [(t, None)]
+    chars = {c for t in texts for word, _ in split(normalize(" ".join(t) if isinstance(t, list) else t))
+             for c in word}
+    vocab, prefix = tokenizer.get_vocab(), model_json(tokenizer).get("continuing_subword_prefix") or ""
+    return {vocab[piece] for c in chars for piece in {c, prefix + c} if piece in vocab}
 
 
 def fill_by_drift(model, tokenizer, keep: list[int], size: int, batch_size: int = 256) -> list[int]:
@@ -138,7 +198,8 @@ def fill_by_drift(model, tokenizer, keep: list[int], size: int, batch_size: int 
     it is split (L1 between log-probabilities; logits for a single-output head; a tagger's at the word's first
     piece, where its tag is read), and the largest movers come back.
     It is task-aware, needs no extra text, and costs two forward passes over a few-token input per candidate.
-    Candidates are tokens the tokenizer produces for their own string: no `##` pieces, no [unusedN]."""
+    Candidates are tokens the tokenizer produces for their own string: no `##` pieces, no [unusedN]. The caller
+    completes the result (`complete`), so a BPE word brings back the merges that make it."""
     import tempfile
 
     import torch
@@ -146,7 +207,7 @@ def fill_by_drift(model, tokenizer, keep: list[int], size: int, batch_size: int 
     kept = set(keep)
     token_of = {i: t for t, i in tokenizer.get_vocab().items()}
     dropped = [i for i in sorted(token_of) if i not in kept]
-    words = [token_of[i] for i in dropped]
+    words = [tokenizer.convert_tokens_to_string([token_of[i]]) for i in dropped]  # ▁word -> word
     alone = tokenizer(words, add_special_tokens=False)["input_ids"]
     candidates = [(i, w) for i, w, ids in zip(dropped, words, alone) if ids == [i]]
     wanted = size - len(keep)
@@ -225,22 +286,65 @@ def prune_embeddings(model, keep: list[int]) -> None:
 
 
 def write_pruned_tokenizer(tokenizer, keep: list[int], folder: Path):
-    """Same class and settings over the kept tokens: vocab.txt in the new id order, the added-token table
-    renumbered, then the fast tokenizer rebuilt from these slow files; saved fast (tokenizer.json) and slow."""
+    """Same class and settings over the kept tokens, ids renumbered in the old order: tokenizer.json rewritten
+    (pruned_model, and every id it holds elsewhere), tokenizer_config.json's added-token table renumbered; WordPiece
+    also gets vocab.txt (its slow tokenizer, which loads alike), SentencePiece loses its slow model file."""
     from transformers import AutoTokenizer
 
     tokenizer.save_pretrained(folder)
-    token_of = {i: t for t, i in tokenizer.get_vocab().items()}
-    (folder / "vocab.txt").write_text("".join(token_of[i] + "\n" for i in keep), encoding="utf-8")
-    (folder / "tokenizer.json").unlink()
+    new_id = {old: new for new, old in enumerate(keep)}
+    full = json.loads(tokenizer.backend_tokenizer.to_str())
+    full["model"] = pruned_model(full["model"], keep)
+    for token in full.get("added_tokens") or []:
+        token["id"] = new_id[token["id"]]
+    renumber(full.get("post_processor"), new_id)
+    if full.get("padding"):
+        full["padding"]["pad_id"] = new_id[full["padding"]["pad_id"]]
+    (folder / "tokenizer.json").write_text(json.dumps(full, ensure_ascii=False), encoding="utf-8")
+    for slow in set(getattr(tokenizer, "vocab_files_names", {}).values()) - {"tokenizer.json"}:
+        (folder / slow).unlink(missing_ok=True)
+    if full["model"]["type"] == "WordPiece":
+        token_of = {i: t for t, i in full["model"]["vocab"].items()}
+        (folder / "vocab.txt").write_text("".join(token_of[i] + "\n" for i in range(len(token_of))), encoding="utf-8")
     config_file = folder / "tokenizer_config.json"
     config = json.loads(config_file.read_text())
-    new_id = {old: new for new, old in enumerate(keep)}
     config["added_tokens_decoder"] = {str(new_id[int(k)]): v for k, v in config.get("added_tokens_decoder", {}).items()}
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    pruned = AutoTokenizer.from_pretrained(folder, use_fast=True)  # converts the slow files into a fast tokenizer
+    pruned = AutoTokenizer.from_pretrained(folder)
     pruned.save_pretrained(folder)
     return pruned
+
+
+def pruned_model(model: dict, keep: list[int]) -> dict:
+    """The model section over the kept ids (those of tokens added outside the model's vocabulary come last, and
+    stay outside it): Unigram's scored piece list and unk_id, or WordPiece's and BPE's token -> id map, and the BPE
+    merges whose parts and result are all kept, in their old order."""
+    if model["type"] == "Unigram":
+        pieces = [model["vocab"][i] for i in keep if i < len(model["vocab"])]
+        unk = model.get("unk_id")
+        return model | {"vocab": pieces, "unk_id": None if unk is None else keep.index(unk)}
+    token_of = {i: t for t, i in model["vocab"].items()}
+    vocab = {token_of[i]: new for new, i in enumerate(keep) if i in token_of}
+    if model["type"] == "BPE":
+        fits = lambda a, b: {a, b, merged(a, b, model)} <= vocab.keys()  # noqa: E731
+        return model | {"vocab": vocab, "merges": [m for m in model["merges"] if fits(*merge_pair(m))]}
+    return model | {"vocab": vocab}
+
+
+def renumber(node, new_id: dict[int, int]) -> None:
+    """The post-processor's special-token ids, in place: TemplateProcessing's `ids` lists, BERT/RoBERTa
+    processing's [token, id] `cls` and `sep`, and those of a Sequence's members."""
+    if isinstance(node, list):
+        for item in node:
+            renumber(item, new_id)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "ids":
+                node[key] = [new_id[i] for i in value]
+            elif key in ("cls", "sep") and isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                node[key] = [value[0], new_id[value[1]]]
+            else:
+                renumber(value, new_id)
 
 
 def coverage(old_tok, new_tok, keep: set[int], texts: list[Text]) -> dict:
@@ -297,7 +401,7 @@ def fully_covered(tokenizer, examples: list[Example], keep: set[int]) -> list[Ex
 @register(VocabPruneConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
 def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     tokenizer = load_tokenizer(parent.path)
-    check_wordpiece(tokenizer, parent.path)
+    check_tokenizer_kind(tokenizer, parent.path)
     model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle, task=ctx.task).eval()
     corpus = texts_of(ctx.data.train)
     if cfg.extra_corpus:
@@ -307,7 +411,7 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     if cfg.fill_to is not None and cfg.fill_to > vocab_before:
         raise CompressError(f"{cfg.name}: fill_to {cfg.fill_to} is more than the {vocab_before} tokens the model has")
     filled = fill_by_drift(model, tokenizer, keep, cfg.fill_to) if cfg.fill_to else []
-    keep = sorted(keep + filled)
+    keep = complete(tokenizer, set(keep + filled))
     kept = set(keep)
     max_length = ctx.max_length
     check = fully_covered(tokenizer, ctx.data.dev, kept)[: cfg.parity.examples]
