@@ -35,7 +35,8 @@ def default_recipe(source: Path, data: dict) -> dict:
     search = steps["small"]
     assert search["distillation"]["unlabeled"] == "data" and "vocabulary" in search  # what this test is about
     search["distillation"].update(FAST)
-    search.update(max_accuracy_drop=100, max_minutes=10, sequence_length=16, prune_batches=4)
+    search.update(max_accuracy_drop=100, max_minutes=10, sequence_length=16, prune_batches=4,
+                  space={"layers": [2, 4], "heads": [0.5], "ffn": [0.75]})  # two shapes: what is tested is the data
     recipe["benchmark"] |= {"backends": ["torch-cpu", "ort-cpu"], "sequence_lengths": [16], "warmup": 1,
                             "min_repeats": 5, "max_seconds": 0.3}
     recipe["gate"]["max_accuracy_drop"] = 100
@@ -71,7 +72,7 @@ def test_the_default_recipe_runs_on_a_csv_with_its_own_split_column(tmp_path):
                           ("small-int8", "ort-cpu")]:
         assert found[(name, backend)]["status"] == "measured"
     search = json.loads((run / "04-small" / "manifest.json").read_text())["metrics"]["search"]
-    assert search["chosen"] == "l4-h50-f75"
+    assert search["chosen"].startswith("l2-h50-f75")  # the faster of the two (refined: refine_epochs is set)
 
 
 def test_an_albert_with_a_unigram_tokenizer_goes_through_the_default_recipe(tmp_path, tiny_csv):
