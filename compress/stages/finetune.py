@@ -14,7 +14,7 @@ from compress.core.stage import Context, StageResult, register
 from compress.core.train import TrainingConfig, train
 
 
-# A fixed epoch count gives small data too few optimizer steps to learn anything; the default recipe's ~560 steps on
+# A fixed epoch count gives small data too few optimizer steps to learn anything; the default recipe's 550 steps on
 # Rotten Tomatoes are above this floor, so it leaves them as they are.
 MIN_STEPS = 500
 
