@@ -81,6 +81,8 @@ def read_note(run_dir: Path) -> tuple[dict, dict]:
     if not report.get("reference_note"):
         raise CompressError(f"{path}: no reference_note: no artifact is marked as the reference (its manifest's "
                             "metrics.reference), or none of ours was measured on its back end")
+    if report["reference_note"]["best"] is None:
+        raise CompressError(f"{path}: {report['reference_note']['rule']}: nothing to set beside the reference")
     return report, report["reference_note"]
 
 

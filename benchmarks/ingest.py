@@ -65,7 +65,7 @@ def ingest(paths: list[Path], run_dir: Path) -> dict:
     pipeline_rows = [r for r in report["rows"] if "measured_on" not in r]
     merged = build_report(report["recipe"], report["baseline"]["artifact"], report["artifacts"],
                           pipeline_rows + ingested_rows(run_dir), report["hardware"],
-                          report.get("budget_points", 1.0))
+                          report.get("budget_points", 1.0), report.get("failure"))  # a failed run stays failed
     write_report(merged, run_dir)
     return merged
 

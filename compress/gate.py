@@ -1,9 +1,11 @@
 """The score gate: fail when an artifact loses more than the allowed points of the task's score (accuracy, or
-entity F1 for token classification) against the baseline; every message names the metric.
+entity F1 for token classification) against the baseline, when the baseline itself is at chance (a drop against it
+means nothing), or when a score is under an absolute floor; every message names the metric.
 
 A missing figure is a failure, never a pass: a gate that cannot see a number cannot vouch for it.
 
-    python -m compress.gate runs/default/report.json --max-drop 1.0 [--artifact NAME ...]
+    python -m compress.gate runs/default/report.json --max-drop 1.0 [--artifact NAME ...] [--allow-chance-baseline]
+        [--min-score 0.8]
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field
 
 from benchmarks.report.build import metric, score
 from compress.core.config import Strict
 from compress.core.errors import CompressError, exit_code
-from compress.core.evaluate import points_below
+from compress.core.evaluate import at_chance, points_below
 
 
 class GateConfig(Strict):
@@ -35,19 +38,46 @@ class GateConfig(Strict):
     artifacts: list[str] | dict[str, float] | None = Field(
         None, description="Steps the gate applies to (default: all), or each with its own limit in points: "
                           "{teacher-int8: 1.0, small-int8: 1.5}.")
+    allow_chance_baseline: bool = Field(
+        False, description="A baseline at chance (compress.core.evaluate.at_chance) fails the gate, and a fine-tuned "
+                           "model at chance on dev stops the run, unless this says it is expected.")
+    min_score: Annotated[float, Field(ge=0, le=1)] | dict[str, Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description="An absolute floor on the test score (0..1, as the report prints it): one for the baseline "
+                          "and every gated artifact, or {step: floor} for the steps named.")
 
 
-def violations(report: dict, max_drop: float, artifacts: list[str] | dict[str, float] | None = None) -> list[str]:
-    """Every reason the report fails the gate: drops beyond `max_drop` points of the baseline's score (or the
-    artifact's own limit, where `artifacts` maps names to limits), and missing or failed figures."""
+def floors(min_score: float | dict[str, float] | None, gated: list[str], baseline: str) -> dict[str, float]:
+    """Each step's floor: the mapping's, or the one figure for the baseline and every gated step."""
+    if isinstance(min_score, dict):
+        return min_score
+    return {} if min_score is None else dict.fromkeys([baseline, *gated], min_score)
+
+
+def baseline_row(report: dict) -> dict:
+    """The row the report's drops are measured against (with its per-class supports, which chance needs); reports
+    that name no back end for it give their `baseline` entry itself."""
+    base = report.get("baseline", {})
+    return next((r for r in report["rows"] if r.get("status") == "measured" and r["artifact"] == base.get("artifact")
+                 and r["backend"] == base.get("backend")), base)
+
+
+def violations(report: dict, max_drop: float, artifacts: list[str] | dict[str, float] | None = None,
+               allow_chance_baseline: bool = False, min_score: float | dict[str, float] | None = None) -> list[str]:
+    """Every reason the report fails the gate: a run that stopped at a failed step, a baseline at chance (unless
+    allowed), drops beyond `max_drop` points of the baseline's score (or the artifact's own limit, where `artifacts`
+    maps names to limits), scores under a `min_score` floor, and missing or failed figures."""
+    failure = report.get("failure")
+    stopped = [f"the run failed at step {failure['step']}: {failure['reason']}"] if failure else []
     baseline = report.get("baseline", {})
     base = score(baseline)
     if not isinstance(base, (int, float)):
         name = baseline.get("artifact")
-        return [f"baseline {name!r} has no measured {metric(report)}"] + failed_rows(report, name)
+        return stopped + [f"baseline {name!r} has no measured {metric(report)}"] + failed_rows(report, name)
     names = artifacts or list(dict.fromkeys(r["artifact"] for r in report["rows"]))
     limits = artifacts if isinstance(artifacts, dict) else dict.fromkeys(names, max_drop)
-    found: list[str] = []
+    found = stopped + ([] if allow_chance_baseline else chance_violation(report))
+    for name, floor in floors(min_score, list(names), baseline.get("artifact")).items():
+        found += floor_violations(report, name, floor)
     for name in names:
         measured = [r for r in report["rows"] if r["artifact"] == name and r.get("status") == "measured"]
         failed = failed_rows(report, name)
@@ -59,6 +89,24 @@ def violations(report: dict, max_drop: float, artifacts: list[str] | dict[str, f
             if problem:
                 found.append(problem)
     return found
+
+
+def chance_violation(report: dict) -> list[str]:
+    """A baseline at chance on test: every drop against it is meaningless, so the gate cannot vouch for anything."""
+    row = baseline_row(report)
+    why = at_chance(row)
+    if why is None:
+        return []
+    return [f"baseline {row['artifact']!r} is at chance on test: {why}; no drop against it can show a loss, so "
+            f"nothing is judged (train it longer or check the labels; gate.allow_chance_baseline: true if a model at "
+            f"chance is expected)"]
+
+
+def floor_violations(report: dict, name: str, floor: float) -> list[str]:
+    """Every measured row of `name` whose score is under the absolute floor (the figure `min_score` gives)."""
+    rows = [r for r in report["rows"] if r["artifact"] == name and r.get("status") == "measured"]
+    return [f"{name} on {r['backend']}: {metric(r)} {score(r):.4f} is below the gate's min_score {floor}"
+            for r in rows if isinstance(score(r), (int, float)) and points_below(floor, score(r)) > 0]
 
 
 def failed_rows(report: dict, name: str) -> list[str]:
@@ -99,10 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-drop", type=float, required=True, help="allowed drop of the score (accuracy, entity F1) "
                    "in points")
     p.add_argument("--artifact", action="append", help="gate only these artifacts (repeatable); default: all")
+    p.add_argument("--allow-chance-baseline", action="store_true", help="a baseline at chance is expected: do not "
+                   "fail on it")
+    p.add_argument("--min-score", type=float, help="absolute floor (0..1) on the score of the baseline and of every "
+                   "gated artifact")
     args = p.parse_args(argv)
 
     def body() -> int:
-        found = violations(read_report(args.report), args.max_drop, args.artifact)
+        if args.min_score is not None and not 0 <= args.min_score <= 1:
+            raise CompressError(f"--min-score must be between 0 and 1 (got {args.min_score})")
+        found = violations(read_report(args.report), args.max_drop, args.artifact, args.allow_chance_baseline,
+                           args.min_score)
         return verdict(found, "GATE FAILED", f"gate passed: no artifact lost more than {args.max_drop} points")
 
     return exit_code(body)

@@ -12,7 +12,9 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 from benchmarks.hardware import describe, fingerprint
 from benchmarks.ingest import ingested_rows
@@ -20,7 +22,8 @@ from benchmarks.report.build import build_report
 from benchmarks.report.write import write_report
 from benchmarks.suite import METHOD_VERSION, benchmark_isolated, not_measured_row
 from compress.core.artifact import MANIFEST, Artifact, commit, digest, write_json_atomic
-from compress.core.errors import CompressError, StepUnavailable
+from compress.core.errors import CompressError, StageFailed, StepUnavailable
+from compress.core.lock import run_lock
 from compress.core.stage import STAGES, Context
 from compress.core.train import process_state
 from compress.gate import violations
@@ -46,15 +49,21 @@ def log_to(log: logging.Logger, handler: logging.Handler) -> None:
     log.addHandler(handler)
 
 
-def open_run_folder(log: logging.Logger, run_dir: Path, out_root: Path) -> None:
-    """Create the run folder and log to its run.log. Called once the inputs have loaded, so bad input leaves no
-    folder; a folder that cannot be written (--out is, or is under, a regular file) is bad input too."""
+@contextmanager
+def open_run_folder(log: logging.Logger, run_dir: Path, out_root: Path) -> Iterator[None]:
+    """Create the run folder, hold its lock for the run (compress.core.lock: a second run on it exits 2 naming this
+    one) and log to its run.log. Called once the inputs have loaded, so bad input leaves no folder; a folder that
+    cannot be written (--out is, or is under, a regular file) is bad input too."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        log_to(log, logging.FileHandler(run_dir / "run.log"))
     except OSError as e:
         raise CompressError(f"--out {str(out_root)!r}: cannot write the run folder {str(run_dir)!r}: "
                             f"{e.strerror or e}") from None
+    with run_lock(run_dir) as left:
+        log_to(log, logging.FileHandler(run_dir / "run.log"))
+        if left:
+            log.warning("%s: the run that held this folder (%s) ended without releasing it; taken over", run_dir, left)
+        yield
 
 
 def discard_run_folder(log: logging.Logger, created: Path) -> None:
@@ -121,10 +130,9 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
     return committed
 
 
-def run_steps(recipe: Recipe, ctx: Context, source: Artifact, force: bool) -> dict[str, str]:
+def run_steps(recipe: Recipe, ctx: Context, source: Artifact, force: bool, skipped: dict[str, str]) -> None:
     """Every step in order, into ctx.artifacts. A step this installation cannot run (StepUnavailable), and every
-    step that reads its artifact, is skipped with the reason; returns those reasons by step name."""
-    skipped: dict[str, str] = {}
+    step that reads its artifact, is skipped with the reason, recorded in `skipped` by step name."""
     for index, step in enumerate(recipe.steps):
         inputs = [recipe.parent_of(index), *step.references().values()]
         missing = next((name for name in inputs if name in skipped), None)
@@ -135,7 +143,6 @@ def run_steps(recipe: Recipe, ctx: Context, source: Artifact, force: bool) -> di
         except StepUnavailable as e:
             ctx.log.warning("%s: skipped: %s", step.name, e)
             skipped[step.name] = str(e)
-    return skipped
 
 
 def benchmark_rows(recipe: Recipe, ctx: Context, skipped: dict[str, str]) -> list[dict]:
@@ -186,36 +193,63 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> dict | 
     ctx = recipe.context(run_dir, setup_logging())
     data, source = ctx.data, source_artifact(recipe)  # bad data fails here, before anything is written
     created = next((p for p in (out_root, run_dir) if not p.exists()), None)  # the outermost folder this run makes
-    if process_state().is_main_process:
-        open_run_folder(ctx.log, run_dir, out_root)
-    ctx.log.info("run %s -> %s", recipe.name, run_dir)
-    ctx.log.info("data %s: %d train / %d dev / %d test, labels %s, rows left out: %s", data.source, len(data.train),
-                 len(data.dev), len(data.test), data.labels,
-                 ", ".join(f"{n} without {what}" for what, n in data.dropped.items()) or "none")
-    try:
-        skipped = run_steps(recipe, ctx, source, force)
-    except CompressError:
-        # Bad input only a stage could see (e.g. drop_layers beyond the model's depth): when no step of this new
-        # run finished, nothing is worth keeping, so exit 2 leaves nothing behind, run.log included.
-        if created and process_state().is_main_process and not any(run_dir.glob(f"*/{MANIFEST}")):
-            discard_run_folder(ctx.log, created)
-        raise
-    if not process_state().is_main_process:  # under torchrun / accelerate launch only rank 0 measures and reports
-        return None
-    rows = benchmark_rows(recipe, ctx, skipped) + ingested_rows(run_dir)
-    artifacts = [a.to_json() for a in ctx.artifacts.values()]
-    report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe(),  # best: the gate's limit
-                          budget_points=recipe.gate.max_accuracy_drop if recipe.gate else 1.0)
-    write_report(report, run_dir)
-    for warning in report["warnings"]:
-        ctx.log.warning("%s", warning)
-    ctx.log.info("report: %s", run_dir / "report.md")
+    main = process_state().is_main_process
+    with open_run_folder(ctx.log, run_dir, out_root) if main else nullcontext():
+        ctx.log.info("run %s -> %s", recipe.name, run_dir)
+        ctx.log.info("data %s: %d train / %d dev / %d test, labels %s, rows left out: %s", data.source, len(data.train),
+                     len(data.dev), len(data.test), data.labels,
+                     ", ".join(f"{n} without {what}" for what, n in data.dropped.items()) or "none")
+        skipped: dict[str, str] = {}
+        try:
+            run_steps(recipe, ctx, source, force, skipped)
+        except Exception as e:
+            finished = any(run_dir.glob(f"*/{MANIFEST}"))
+            if isinstance(e, CompressError) and created and main and not finished:
+                # Bad input only a stage could see (e.g. drop_layers beyond the model's depth): when no step of this
+                # new run finished, nothing is worth keeping, so exit 2 leaves nothing behind, run.log included.
+                discard_run_folder(ctx.log, created)
+            elif main:  # steps run in order: the one that failed is the first neither finished nor skipped
+                failed = next(s.name for s in recipe.steps if s.name not in ctx.artifacts and s.name not in skipped)
+                report_failure(recipe, ctx, skipped, failed, e)
+            raise
+        if not main:  # under torchrun / accelerate launch only rank 0 measures and reports
+            return None
+        report = report_run(recipe, ctx, skipped)
     gate = None
     if recipe.gate:
-        found = violations(report, recipe.gate.max_accuracy_drop, recipe.gate.artifacts)
+        rules = recipe.gate
+        found = violations(report, rules.max_accuracy_drop, rules.artifacts, rules.allow_chance_baseline,
+                           rules.min_score)
         for line in found:
             ctx.log.error("GATE FAILED: %s", line)
         if not found:
             ctx.log.info("gate passed (max drop %s)", recipe.gate.limits())
         gate = {"passed": not found, "violations": found, "limits": recipe.gate.limits()}
     return report | {"gate": gate}
+
+
+def report_run(recipe: Recipe, ctx: Context, skipped: dict[str, str], failure: dict | None = None) -> dict:
+    """Benchmark every finished step (cached rows reused) and write report.json, .md and .html."""
+    rows = benchmark_rows(recipe, ctx, skipped) + ingested_rows(ctx.run_dir)
+    artifacts = [a.to_json() for a in ctx.artifacts.values()]
+    report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe(),  # best: the gate's limit
+                          budget_points=recipe.gate.max_accuracy_drop if recipe.gate else 1.0, failure=failure)
+    write_report(report, ctx.run_dir)
+    for warning in report["warnings"]:
+        ctx.log.warning("%s", warning)
+    ctx.log.info("report: %s", ctx.run_dir / "report.md")
+    return report
+
+
+def report_failure(recipe: Recipe, ctx: Context, skipped: dict[str, str], step: str, error: Exception) -> None:
+    """The report of a run that stopped at `step`: the steps that finished, measured as usual, why it stopped (its
+    first lines) and what the failed step measured before it gave up (StageFailed.metrics, e.g. a search's
+    candidates). The exit code stays the failure's, so a report that cannot be made is only logged."""
+    code = 2 if isinstance(error, CompressError) else 1
+    reason = str(error) if isinstance(error, (CompressError, StageFailed)) else f"{type(error).__name__}: {error}"
+    ctx.log.error("%s failed; reporting the %d step(s) that finished", step, len(ctx.artifacts))
+    try:
+        report_run(recipe, ctx, skipped, {"step": step, "exit_code": code, "reason": reason,
+                                          "metrics": getattr(error, "metrics", {})})
+    except Exception as e:  # noqa: BLE001  (the run's own failure is what the user must see)
+        ctx.log.error("the report of the failed run could not be written: %s: %s", type(e).__name__, e)

@@ -32,7 +32,8 @@ TAGS = set(STAGES) | {c.model_fields["method"].default for spec in STAGES.values
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds splits, sampling and training (NumPy takes "
+                      "0 to 2**32 - 1).")
     task: Literal[TASKS] = Field(TASKS[0], description="What the model does: one label per text (or text pair), "
                                  "or one tag per word (NER); the data must hold that kind of labels.")
     model: ModelConfig = ModelConfig()
@@ -74,12 +75,13 @@ class Recipe(Strict):
         for ref in measured or []:
             if ref not in kinds:
                 raise ValueError(f"benchmark.artifacts: {ref!r} is not a step name")
+        floored = list(self.gate.min_score) if self.gate and isinstance(self.gate.min_score, dict) else []
         if self.gate:
-            for ref in [self.gate.baseline, *(self.gate.artifacts or [])]:
+            for ref in [self.gate.baseline, *(self.gate.artifacts or []), *floored]:
                 if ref is not None and ref not in kinds:
                     raise ValueError(f"gate: {ref!r} is not a step name")
         if measured is not None:
-            needed = [self.baseline_step(), *((self.gate and self.gate.artifacts) or [])]
+            needed = [self.baseline_step(), *((self.gate and self.gate.artifacts) or []), *floored]
             left_out = [ref for ref in needed if ref not in measured]
             if left_out:
                 raise ValueError(f"benchmark.artifacts leaves out {left_out}: the report's baseline and the gate's "
@@ -119,7 +121,7 @@ class Recipe(Strict):
     def context(self, run_dir: Path, log: logging.Logger) -> Context:
         """What the stages of this recipe get to see of it."""
         return Context(run_dir, log, self.data, self.seed, self.benchmark.eval_batch_size, self.model.allow_pickle,
-                       task=self.task)
+                       task=self.task, allow_chance=bool(self.gate and self.gate.allow_chance_baseline))
 
     def baseline_step(self) -> str:
         """The step every row is compared with: the gate's baseline, else the first step."""

@@ -1,6 +1,7 @@
 """python -m compress.run RECIPE [--out DIR] [--dry-run] [--force]
 
-Exit codes: 0 done (and the gate passed), 1 a stage failed or the gate failed, 2 bad input.
+Exit codes: 0 done (and the gate passed), 1 a stage failed (a fine-tuned model at chance on dev included) or the
+gate failed, 2 bad input or a run folder in use by another run.
 """
 from __future__ import annotations
 

@@ -136,4 +136,6 @@ def write_recipe(folder: Path, model: Path | str, data: Path, steps: list[dict],
 
 # Settings under which the tiny BERT learns the tiny sentiment data (test accuracy ~1.0) in ~40 steps.
 # force: the fixtures already carry a classifier head for these labels, which would otherwise skip training.
-TINY_TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0, "force": True}
+# min_steps 0: exactly these epochs (finetune's default floor of 500 steps is for real data, not seconds-long tests).
+TINY_TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0, "force": True,
+                 "min_steps": 0}

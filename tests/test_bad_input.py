@@ -101,6 +101,8 @@ CASES: dict[str, object] = {  # a Case, or pytest.param of one where it needs a 
     "out-of-range": (lambda i: i.recipe([{"name": "teacher", "type": "finetune", "learning_rate": 5}]),
                      ["steps[0].learning_rate", "(got 5)"]),
     "max-length-out-of-range": (lambda i: i.recipe(data={"max_length": 4}), ["data.max_length", "(got 4)"]),
+    "negative-seed": (lambda i: i.recipe(seed=-1), ["recipe.yaml", "seed: Input should be greater than or equal to 0",
+                                                    "(got -1)"]),
     "unknown-step-type": (lambda i: i.recipe([{"name": "a", "type": "sharpen"}]), ["steps[0]", "'sharpen'"]),
     "bad-from": (lambda i: i.recipe([{"name": "a", "type": "export", "from": "later"}]),
                  ["steps[0] (a).from", "'later' is not an earlier step"]),

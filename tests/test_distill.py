@@ -256,7 +256,7 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
     unlabeled.write_text("a very good film\n\nthe plot was dull\n")
     train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
     steps = [
-        {"name": "teacher", "type": "finetune", "force": True, **train},
+        {"name": "teacher", "type": "finetune", "force": True, "min_steps": 0, **train},
         {"name": "albert", "type": "distill", "teacher": "teacher",
          "student": {"albertize": {"embedding_size": 8, "anneal": 0.5}},
          "loss": {"hidden": 1.0, "attention": 1.0}, "unlabeled": str(unlabeled), **train},
@@ -323,7 +323,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_csv):
     """torchrun, two CPU processes, gloo on localhost: fine-tuning and distillation land where one process does."""
     model = save_tiny_model(tmp_path / "model", "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
-    steps = [{"name": "teacher", "type": "finetune", "force": True, **train},
+    steps = [{"name": "teacher", "type": "finetune", "force": True, "min_steps": 0, **train},
              {"name": "student", "type": "distill", "student": {"layer_drop": [1]}, "loss": {"hidden": 1.0}, **train}]
     recipe = write_recipe(tmp_path, model, tiny_csv, steps)
     assert main([str(recipe), "--out", str(tmp_path / "one")]) == 0

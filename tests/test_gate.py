@@ -78,3 +78,75 @@ def test_a_failed_row_fails_the_gate_with_its_reason_even_beside_a_measured_one(
     base_failed = {**row("teacher", None, "torch-cpu", "failed"), "reason": "the benchmark process died"}
     found = violations(report([base_failed], base=None), 1.0)
     assert found[0] == "baseline 'teacher' has no measured accuracy" and "process died" in found[1]
+
+
+def judged_row(name, acc, supports=(50, 50), backend="torch-cpu"):
+    """A measured row with the per-class supports chance is read from (the classes' shares of test)."""
+    per_class = {f"c{i}": {"precision": 0, "recall": 0, "f1": 0, "support": n} for i, n in enumerate(supports)}
+    return row(name, acc, backend) | {"per_class": per_class}
+
+
+def chance_report(rows):
+    return {"baseline": {"artifact": "teacher", "backend": "torch-cpu", "accuracy": rows[0]["accuracy"]}, "rows": rows}
+
+
+def test_a_baseline_at_chance_fails_the_gate_unless_the_recipe_expects_it():
+    at_chance = chance_report([judged_row("teacher", 0.505), judged_row("int8", 0.50, backend="ort-cpu")])
+    found = violations(at_chance, 1.0)
+    assert found == ["baseline 'teacher' is at chance on test: accuracy 0.5050 against 0.5000 for always answering "
+                     "its most frequent class (at most 1.00 points above it); no drop against it can show a loss, so "
+                     "nothing is judged (train it longer or check the labels; gate.allow_chance_baseline: true if a "
+                     "model at chance is expected)"]
+    assert violations(at_chance, 1.0, allow_chance_baseline=True) == []
+    assert violations(chance_report([judged_row("teacher", 0.52)]), 1.0) == []  # 2 points above: it learned
+
+
+def test_chance_is_the_majority_share_so_one_class_for_everything_is_at_chance_on_imbalanced_data_too():
+    from compress.core.evaluate import at_chance
+
+    def metrics(acc, supports):
+        return judged_row("m", acc, supports)
+
+    assert at_chance(metrics(0.90, (90, 10)))  # answers the majority class for everything
+    assert at_chance(metrics(0.10, (90, 10)))  # answers the minority class for everything
+    assert at_chance(metrics(0.905, (90, 10))) and not at_chance(metrics(0.92, (90, 10)))
+    # the margin is at most a tenth of the room above chance: on a 99% majority a model need not be perfect
+    assert at_chance(metrics(0.9905, (990, 10))) and not at_chance(metrics(0.995, (990, 10)))
+    assert at_chance(metrics(0.34, (34, 33, 33))) and not at_chance(metrics(0.40, (34, 33, 33)))
+    tagger = {"metric": "entity_f1", "score": 0.0, "per_class": {"LOC": {"support": 12}}}
+    assert "0.0000 for finding no entity" in at_chance(tagger)
+    assert not at_chance(tagger | {"score": 0.2})
+    assert at_chance({"accuracy": 0.5}) is None  # no supports (a row measured on a device): not judged
+
+
+def test_a_tagger_finding_nothing_fails_the_gate_as_at_chance():
+    rows = [r | {"metric": "entity_f1", "score": r.pop("accuracy")} for r in
+            [judged_row("teacher", 0.0), judged_row("int8", 0.0, backend="ort-cpu")]]
+    report = {"metric": "entity_f1", "rows": rows,
+              "baseline": {"artifact": "teacher", "backend": "torch-cpu", "metric": "entity_f1", "score": 0.0}}
+    found = violations(report, 1.0)
+    assert len(found) == 1 and "entity F1 0.0000 against 0.0000 for finding no entity" in found[0]
+    assert violations(report, 1.0, allow_chance_baseline=True) == []
+
+
+def test_min_score_is_an_absolute_floor_for_the_baseline_and_the_gated_artifacts():
+    r = chance_report([judged_row("teacher", 0.85), judged_row("int8", 0.845, backend="ort-cpu"),
+                       judged_row("other", 0.70, backend="ort-cpu")])
+    assert violations(r, 1.0, ["int8"], min_score=0.8) == []
+    assert violations(r, 1.0, ["int8"], min_score=0.846) == [
+        "int8 on ort-cpu: accuracy 0.8450 is below the gate's min_score 0.846"]
+    assert violations(r, 1.0, ["int8"], min_score={"teacher": 0.86}) == [
+        "teacher on torch-cpu: accuracy 0.8500 is below the gate's min_score 0.86"]
+    assert violations(r, 20.0, ["other"], min_score={"other": 0.7}) == []  # at the floor is not below it
+
+
+def test_a_report_of_a_failed_run_never_passes_the_gate(tmp_path, capsys):
+    r = report([row("teacher", 0.85)]) | {"failure": {"step": "int8", "exit_code": 1, "reason": "parity 0.5"}}
+    assert violations(r, 1.0) == ["the run failed at step int8: parity 0.5"]
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(chance_report([judged_row("teacher", 0.50)])))
+    assert main([str(path), "--max-drop", "1.0"]) == 1
+    assert "is at chance on test" in capsys.readouterr().err
+    assert main([str(path), "--max-drop", "1.0", "--allow-chance-baseline"]) == 0
+    assert main([str(path), "--max-drop", "1.0", "--allow-chance-baseline", "--min-score", "0.6"]) == 1
+    assert main([str(path), "--max-drop", "1.0", "--min-score", "60"]) == 2

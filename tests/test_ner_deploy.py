@@ -42,7 +42,8 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PEOPLE[:3], "smith", "##
 TAGS = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]  # sorted, as load_dataset numbers them
 EDGE_SAMPLE = 24
 STEPS = [
-    {"name": "teacher", "type": "finetune", "epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0},
+    {"name": "teacher", "type": "finetune", "epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0,
+     "min_steps": 0},
     {"name": "onnx", "type": "export"},
     {"name": "dynamic", "type": "quantize", "method": "dynamic"},
     {"name": "static", "type": "quantize", "from": "onnx", "method": "static", "calibration_samples": 32},

@@ -37,7 +37,7 @@ FILLER = ("the a visited met in and from said today went to with lives near saw 
 TAGS = ["B-LOC", "B-PER", "I-LOC", "I-PER", "O"]  # the sorted tag set, as load_dataset numbers it
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDPIECE = SPECIALS + FIRST + LAST[:2] + ["##son"] + CITY + ["new", "york"] + FILLER
-TRAIN = {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0}
+TRAIN = {"epochs": 6, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0, "min_steps": 0}
 
 
 def entity(rng: random.Random) -> list[tuple[str, str]]:

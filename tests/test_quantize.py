@@ -25,7 +25,7 @@ def trained(tmp_path_factory, tiny_bert) -> tuple:
     csv = folder / "reviews.csv"
     pd.DataFrame(sentiment_rows(240)).to_csv(csv, index=False)
     steps = [{"name": "teacher", "type": "finetune", "epochs": 4, "batch_size": 16, "learning_rate": 3e-3,
-              "force": True}]
+              "force": True, "min_steps": 0}]
     assert main([str(write_recipe(folder, tiny_bert, csv, steps, benchmark={"backends": ["torch-cpu"]})),
                  "--out", str(folder / "runs")]) == 0
     return folder / "runs" / "tiny" / "00-teacher", csv

@@ -287,8 +287,8 @@ def test_a_baseline_at_chance_is_warned_about_in_every_view():
                 "onnxruntime_providers": [], "python": "3", "os": "linux", "versions": {}}
     at_chance = build_report("r", "teacher", [], [base_row(0.605)], hardware)  # majority class: 0.60
     assert at_chance["warnings"] == ["the baseline teacher is at chance: test accuracy 0.6050 against 0.6000 for "
-                                     "always answering its most frequent class; it has learned nothing that a drop "
-                                     "could show (train it longer, or check the labels)"]
+                                     "always answering its most frequent class (at most 1.00 points above it); it has "
+                                     "learned nothing that a drop could show (train it longer, or check the labels)"]
     assert "## Warnings" in to_markdown(at_chance) and "is at chance" in to_markdown(at_chance)
     assert build_report("r", "teacher", [], [base_row(0.62)], hardware)["warnings"] == []
 
@@ -422,3 +422,51 @@ def test_a_report_without_a_search_step_has_no_search_section_nor_plot(run_dir, 
         assert not [b for b in sections(report) if "Search" in str(b[1])]
         assert to_markdown(report).count("![") == 2
     assert not list(run_dir.glob("search-*.png"))
+
+
+def test_a_model_at_chance_is_never_our_best_beside_the_reference():
+    """The reference note's fastest-within-budget rule means nothing at chance: such rows are never "our best"."""
+    from benchmarks.report.build import build_report
+    from benchmarks.report.markdown import to_markdown
+
+    balanced = {c: {"precision": 0, "recall": 0, "f1": 0, "support": 50} for c in ("neg", "pos")}
+
+    def judged(name, backend, accuracy, p50_ms):
+        return _timed_row(name, backend, accuracy, p50_ms, 5_000_000) | {"per_class": balanced}
+
+    artifacts = [{"name": n, "stage": "external", "kind": "onnx", "parent": None,
+                  "metrics": {"reference": "optimum-dynamic"} if n == "optimum" else {}}
+                 for n in ("teacher", "optimum", "int8", "small")]
+    chance = [judged("teacher", "torch-cpu", 0.50, 20.0), judged("optimum", "ort-cpu", 0.50, 13.0),
+              judged("int8", "ort-cpu", 0.50, 8.0), judged("small", "ort-cpu", 0.505, 4.0)]
+    report = build_report("r", "teacher", artifacts, chance, HARDWARE)
+    assert report["reference_note"]["best"] is None
+    assert [r["at_chance"] for r in report["rows"]] == [True] * 4
+    lines = to_markdown(report).splitlines()
+    assert "- Our best: none (none of ours on ort-cpu is above chance: a model at chance is no one's best, however " \
+           "fast)." in lines
+    assert not any("within 1.0 points of the baseline" in line for line in lines)
+    learned = [judged("teacher", "torch-cpu", 0.85, 20.0), judged("optimum", "ort-cpu", 0.85, 13.0),
+               judged("int8", "ort-cpu", 0.845, 8.0), judged("small", "ort-cpu", 0.50, 4.0)]  # small: at chance
+    assert build_report("r", "teacher", artifacts, learned, HARDWARE)["reference_note"]["best"]["artifact"] == "int8"
+
+
+def test_a_failed_run_names_the_failure_in_the_first_lines_of_every_view(tmp_path):
+    from benchmarks.report.build import build_report
+    from benchmarks.report.html import to_html
+    from benchmarks.report.markdown import to_markdown
+    from benchmarks.report.plots import plot_pngs
+    from benchmarks.report.write import write_report
+
+    failure = {"step": "int8", "exit_code": 1, "reason": "int8: parity 0.50 < 0.90"}
+    rows = [_timed_row("teacher", "torch-cpu", 0.85, 20.0, 4_000_000)]
+    report = build_report("r", "teacher", [], rows, HARDWARE, failure=failure)
+    assert report["failure"] == failure
+    line = ("Run FAILED at step int8 (exit 1): int8: parity 0.50 < 0.90. The rows below are the steps that finished "
+            "before it.")
+    assert to_markdown(report).splitlines()[:3] == ["# compress report: r", "", f"- {line}"]
+    assert line.replace("<", "&lt;") in to_html(report, plot_pngs(report))
+    empty = build_report("r", "teacher", [], [], HARDWARE, failure=failure)  # the first step failed: no rows at all
+    write_report(empty, tmp_path)
+    assert line in (tmp_path / "report.md").read_text()
+    assert line.replace("<", "&lt;") in (tmp_path / "report.html").read_text()

@@ -1,16 +1,19 @@
-"""A run killed anywhere resumes to the report an uninterrupted run gives; a row that breaks never costs the report."""
+"""A run killed anywhere resumes to the report an uninterrupted run gives; a row or a step that breaks never costs the
+report; two runs never share a folder."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from compress.run import main
 from tests.conftest import TINY_TRAINING, write_recipe
@@ -35,11 +38,15 @@ def stable(x):
     return x
 
 
-def start(recipe: Path, out: Path) -> subprocess.Popen:
+def start(recipe: Path, out: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
     """The pipeline in its own process group, as a CI job or a shell runs it: killing the group kills it whole."""
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([sys.executable, "-m", "compress.run", str(recipe), "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+
+
+def files(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*"))
 
 
 def kill_when(proc: subprocess.Popen, reached, what: str, timeout: float = 300) -> None:
@@ -79,7 +86,9 @@ def test_killed_at_several_points_the_resumed_run_reports_what_an_uninterrupted_
         ("the first benchmark row is written", lambda: any((run / "benchmarks").glob("*.json"))),
     ]
     for what, reached in points:
-        kill_when(start(recipe, out), reached, what)
+        killed = start(recipe, out)
+        kill_when(killed, reached, what)
+        assert json.loads((run / ".lock").read_text())["pid"] == killed.pid  # its lock file outlives it...
         assert not (run / "report.json").exists()
         for folder in run.glob("0*"):  # a killed stage leaves a .partial folder, never one that looks complete
             assert folder.name.endswith(".partial") or (folder / "manifest.json").is_file()
@@ -89,6 +98,47 @@ def test_killed_at_several_points_the_resumed_run_reports_what_an_uninterrupted_
     report = json.loads((run / "report.json").read_text())
     assert stable(report) == stable(whole)
     assert [r["status"] for r in report["rows"]] == ["measured"] * 3
+    # ...but not its flock: each next run took the folder over, and the last one left no lock behind
+    assert (run / "run.log").read_text().count("ended without releasing it; taken over") == len(points)
+    assert not (run / ".lock").exists()
+
+
+def test_two_runs_into_one_folder_at_once_one_reports_the_other_exits_2_naming_it(tmp_path, uninterrupted):
+    recipe, whole, _ = uninterrupted
+    out = tmp_path / "runs"
+    logs = [tmp_path / "a.err", tmp_path / "b.err"]
+    with open(logs[0], "w") as a_err, open(logs[1], "w") as b_err:
+        runs = [start(recipe, out, a_err), start(recipe, out, b_err)]
+        codes = [p.wait(timeout=600) for p in runs]
+    errs = [log.read_text() for log in logs]
+    assert sorted(codes) == [0, 2] and not any("Traceback" in e for e in errs)
+    winner = runs[codes.index(0)]
+    assert (f"in use by another run (pid {winner.pid} on {socket.gethostname()}, started "
+            in errs[codes.index(2)])
+    run = out / "tiny"
+    assert files(run) == files(whole)  # what a single run leaves, no lock file included
+    assert stable(json.loads((run / "report.json").read_text())) == stable(json.loads((whole / "report.json").read_text()))
+
+
+def test_a_failing_last_step_still_reports_the_steps_before_it(tmp_path, uninterrupted):
+    recipe, whole, _ = uninterrupted
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(whole, run)
+    (run / "benchmarks" / "int8.ort-cpu.json").unlink()  # measured afresh, as after any step
+    raw = yaml.safe_load(recipe.read_text())
+    raw["steps"].append({"name": "strict", "type": "quantize", "from": "onnx", "parity": {"max_logit_diff": 1e-9}})
+    failing = tmp_path / "recipe.yaml"
+    failing.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main([str(failing), "--out", str(tmp_path / "runs")]) == 1
+    report = json.loads((run / "report.json").read_text())
+    assert report["failure"]["step"] == "strict" and report["failure"]["exit_code"] == 1
+    assert report["failure"]["reason"].startswith("strict: ")
+    assert [(r["artifact"], r["status"]) for r in report["rows"]] == [
+        ("teacher", "measured"), ("onnx", "measured"), ("int8", "measured")]
+    first = "Run FAILED at step strict (exit 1): strict: "
+    assert (run / "report.md").read_text().splitlines()[2].startswith(f"- {first}")
+    assert first in (run / "report.html").read_text()
+    assert "strict failed; reporting the 3 step(s) that finished" in (run / "run.log").read_text()
 
 
 def test_a_row_that_fails_in_its_process_is_reported_and_fails_the_gate(tmp_path, uninterrupted):

@@ -185,6 +185,14 @@ def test_when_nothing_fits_the_step_fails_naming_each_and_keeps_every_figure(mon
     message = capsys.readouterr().err
     assert "within 0.5 points" in message and "l2-h50-f50: failed" in message and "l1-h0-f50: over budget" in message
     assert "teacher: over budget" in message
+    # the failed run's report still shows the search: every candidate with its figures or its reason
+    report = json.loads((folder.parent / "report.json").read_text())
+    assert report["failure"]["step"] == "s"
+    rows = {r["id"]: r for r in report["failure"]["metrics"]["search"]["candidates"]}
+    assert set(rows) == {"l1-h50-f50", "l1-h0-f50", "l2-h50-f50", "l2-h0-f50", "teacher"}
+    assert rows["l2-h0-f50"]["p50_ms"] == 2.0 and "parity" in rows["l2-h50-f50"]["reason"]
+    md = (folder.parent / "report.md").read_text()
+    assert "## Search: s" in md and "| l2-h0-f50 |" in md and (folder.parent / "search-s.png").is_file()
 
 
 def test_search_runs_real_candidates_and_its_output_carries_on_through_export(tmp_path, tiny_csv):

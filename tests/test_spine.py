@@ -83,11 +83,12 @@ def test_interrupted_stage_leaves_no_complete_folder_and_resumes(tmp_path, tiny_
 
 def test_gate_failure_exits_nonzero_naming_artifact(tmp_path, tiny_bert, tiny_csv, capsys):
     # An untrained copy of the model as a second "teacher" branch: its accuracy must fall below a 0-point budget.
+    # (It is at chance: allow_chance_baseline lets it through fine-tuning, so that the gate is what judges it.)
     steps = [STEPS[0], {"name": "onnx", "type": "export"},
              {"name": "untrained", "type": "finetune", "from": "source", "epochs": 1, "learning_rate": 1e-9,
-              "force": True}]
+              "force": True, "min_steps": 0}]
     recipe = write_recipe(tmp_path, tiny_bert, tiny_csv, steps,
-                          gate={"baseline": "teacher", "max_accuracy_drop": 0.0})
+                          gate={"baseline": "teacher", "max_accuracy_drop": 0.0, "allow_chance_baseline": True})
     code = main([str(recipe), "--out", str(tmp_path / "runs")])
     log = (tmp_path / "runs" / "tiny" / "run.log").read_text()
     assert code == 1

@@ -124,12 +124,15 @@ def reference_lines(report: dict) -> list[str]:
         return []
     ref, best = note["reference"], note["best"]
     name = metric_label(metric(ref))
+    reference = (f"Reference: {ref['artifact']} on {ref['backend']}: {name} {score(ref):.4f}, {mb(ref['size_bytes'])}, "
+                 f"p50 {ref['p50_ms']} ms.")
+    if best is None:  # every model of ours is at chance: none is called our best
+        return [reference, f"Our best: none ({note['rule']}: a model at chance is no one's best, however fast)."]
     size_ratio, speed_ratio, drop = note["size_ratio"], note["speed_ratio"], best["drop_points"]
     size = (f"{size_ratio:.1f}× smaller than the reference" if size_ratio >= 1
             else f"{1 / size_ratio:.1f}× larger than the reference")
     return [
-        f"Reference: {ref['artifact']} on {ref['backend']}: {name} {score(ref):.4f}, {mb(ref['size_bytes'])}, "
-        f"p50 {ref['p50_ms']} ms.",
+        reference,
         f"Our best ({note['rule']}): {best['artifact']}: {name} {score(best):.4f}"
         + (f" ({_minus(f'{0.0 - drop:+.2f}')} points vs the baseline)" if drop is not None else "")  # None: no baseline
         + f", {mb(best['size_bytes'])} ({size}), p50 {best['p50_ms']} ms ({speed_ratio:.2f}× the reference's speed).",
@@ -229,8 +232,12 @@ def hardware_lines(report: dict) -> list[str]:
 
 
 def search_steps(report: dict) -> list[tuple[str, dict]]:
-    """(step name, its manifest's `search`) for every search step of the run, in recipe order."""
-    return [(a["name"], a["metrics"]["search"]) for a in report["artifacts"] if a.get("metrics", {}).get("search")]
+    """(step name, its manifest's `search`) for every search step of the run, in recipe order; then the search
+    the run failed at, if it did (its candidates' figures came with the failure)."""
+    failure = report.get("failure") or {}
+    failed = [(failure["step"], failure["metrics"]["search"])] if failure.get("metrics", {}).get("search") else []
+    return [(a["name"], a["metrics"]["search"]) for a in report["artifacts"]
+            if a.get("metrics", {}).get("search")] + failed
 
 
 CHOSEN = "★ "  # before the chosen candidate's id in its table's first cell (report.html highlights that row)
@@ -340,9 +347,20 @@ def baseline_line(report: dict) -> str:
     return f"Baseline: {base['artifact']} on {base['backend']} (test {headline(report)} {value})."
 
 
+def failure_line(report: dict) -> str | None:
+    """Why the run stopped, when it did: the step, its exit code and its reason (the rows are what finished)."""
+    failure = report.get("failure")
+    if not failure:
+        return None
+    return (f"Run FAILED at step {failure['step']} (exit {failure['exit_code']}): {failure['reason']}. The rows below "
+            f"are the steps that finished before it.")
+
+
 def sections(report: dict) -> list[Block]:
-    blocks: list[Block] = [("h1", f"compress report: {report['recipe']}"), ("p", f"{baseline_line(report)} {INTRO}"),
-                           ("table", ("summary", summary_table(report)))]
+    blocks: list[Block] = [("h1", f"compress report: {report['recipe']}")]
+    if failure_line(report):
+        blocks += [("note", [failure_line(report)])]
+    blocks += [("p", f"{baseline_line(report)} {INTRO}"), ("table", ("summary", summary_table(report)))]
     if report.get("warnings"):
         blocks += [("h2", "Warnings"), ("note", report["warnings"])]
     if reference_lines(report):

@@ -6,7 +6,7 @@ sequence classification, entity-level F1 for token classification. Drops are in 
 """
 from __future__ import annotations
 
-from compress.core.evaluate import points_below
+from compress.core.evaluate import at_chance, points_below
 
 METRIC_LABELS = {"accuracy": "accuracy", "entity_f1": "entity F1"}  # how the report spells each metric
 
@@ -56,6 +56,12 @@ def _mark_pareto(rows: list[dict]) -> None:
         }
 
 
+def _pick(row: dict) -> dict:
+    """What the reference note keeps of a row."""
+    return {"artifact": row["artifact"], "backend": row["backend"], "metric": metric(row), "score": score(row),
+            "size_bytes": row["size_bytes"], "p50_ms": _p50(row), "drop_points": row.get("score_drop_points")}
+
+
 def _reference_note(rows: list[dict], baseline: str, budget_points: float) -> dict | None:
     """Our best model beside the reference: the fastest of ours on the reference's back end whose score is within
     `budget_points` of the baseline's (the FP32 teacher; judged on the row's `score_drop_points`, the drop the
@@ -67,54 +73,50 @@ def _reference_note(rows: list[dict], baseline: str, budget_points: float) -> di
     ours = [r for r in rows if not r.get("reference") and r["backend"] == ref["backend"] and _p50(r) is not None]
     if not ours:
         return None
+    if all(r.get("at_chance") for r in ours):  # a model at chance is nobody's "best", however fast
+        return {"rule": f"none of ours on {ref['backend']} is above chance", "budget_points": budget_points,
+                "baseline": baseline, "reference": _pick(ref), "best": None}
+    ours = [r for r in ours if not r.get("at_chance")]
     close = [r for r in ours if r.get("score_drop_points") is not None and r["score_drop_points"] <= budget_points]
     best = min(close, key=_p50) if close else max(ours, key=score)
-    pick = lambda r: {"artifact": r["artifact"], "backend": r["backend"], "metric": metric(r),  # noqa: E731
-                      "score": score(r), "size_bytes": r["size_bytes"], "p50_ms": _p50(r),
-                      "drop_points": r.get("score_drop_points")}
     judged = any(r.get("score_drop_points") is not None for r in ours)
     instead = "" if close else (" (none is: the best-scoring of ours instead)" if judged else
                                 " (the baseline has no measured score: the best-scoring of ours instead)")
     rule = (f"fastest of ours on {ref['backend']} within {float(budget_points)} points of the baseline {baseline}'s "
             f"{metric_label(metric(ref))}{instead}")
-    return {"rule": rule, "budget_points": budget_points, "baseline": baseline, "reference": pick(ref),
-            "best": pick(best), "speed_ratio": round(_p50(ref) / _p50(best), 2),
+    return {"rule": rule, "budget_points": budget_points, "baseline": baseline, "reference": _pick(ref),
+            "best": _pick(best), "speed_ratio": round(_p50(ref) / _p50(best), 2),
             "size_ratio": round(ref["size_bytes"] / best["size_bytes"], 2)}
 
 
-# A baseline within this many points of always answering the most frequent test class has learned nothing to lose.
-CHANCE_POINTS = 1.0
-
-
 def chance_warning(base: dict | None) -> str | None:
-    """Why the baseline's figures cannot show a loss, when it is at chance: every drop measured against a model that
-    predicts the majority class (or, tagging, finds no entity) is meaningless, and a gate would pass anything."""
-    if base is None or not base.get("per_class"):
+    """Why the baseline's figures cannot show a loss, when it is at chance (compress.core.evaluate.at_chance): every
+    drop measured against a model that predicts the majority class (or, tagging, finds no entity) is meaningless,
+    and a gate would pass anything."""
+    why = at_chance(base) if base else None
+    if why is None:
         return None
-    if metric(base) == "accuracy":
-        support = [c["support"] for c in base["per_class"].values()]
-        chance, what = max(support) / sum(support), "always answering its most frequent class"
-    else:  # per_class is per entity type: tagging every word O finds no entity, F1 0
-        chance, what = 0.0, "finding no entity"
-    if 100 * (score(base) - chance) > CHANCE_POINTS:
-        return None
-    return (f"the baseline {base['artifact']} is at chance: test {metric_label(metric(base))} {score(base):.4f} "
-            f"against {chance:.4f} for {what}; it has learned nothing that a drop could show (train it longer, or "
-            f"check the labels)")
+    return (f"the baseline {base['artifact']} is at chance: test {why}; it has learned nothing that a drop could "
+            f"show (train it longer, or check the labels)")
 
 
 def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict,
-                 budget_points: float = 1.0) -> dict:
+                 budget_points: float = 1.0, failure: dict | None = None) -> dict:
     """Ratios are against the baseline artifact's first measured row (the fine-tuned FP32 model on PyTorch).
     Rows of artifacts whose manifest metrics carry "reference" are labelled as the reference, and our best model
-    set beside it is the fastest that loses at most `budget_points` against the baseline (the gate's limit)."""
+    set beside it is the fastest that loses at most `budget_points` against the baseline (the gate's limit).
+    `failure` ({step, exit_code, reason, metrics}) is the step a run stopped at, and what it measured before it
+    did: the rows are then those that finished."""
     base = next((r for r in rows if r["artifact"] == baseline and r["status"] == "measured"), None)
     references = {a["name"]: a["metrics"]["reference"] for a in artifacts if a.get("metrics", {}).get("reference")}
     for row in rows:
         if row["artifact"] in references:
             ref = references[row["artifact"]]
             row["reference"] = ref if isinstance(ref, str) else "reference"
-        if row["status"] != "measured" or base is None or "measured_on" in row:  # other hardware: no ratios
+        if row["status"] != "measured" or "measured_on" in row:  # other hardware: no ratios
+            continue
+        row["at_chance"] = at_chance(row) is not None
+        if base is None:
             continue
         row["score_drop_points"] = points_below(score(base), score(row))
         row["size_ratio"] = round(base["size_bytes"] / row["size_bytes"], 2)
@@ -125,6 +127,7 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
     _mark_pareto(done)
     return {
         "recipe": recipe_name,
+        "failure": failure,
         "metric": metric(done[0]) if done else None,
         "baseline": {"artifact": baseline, "backend": base["backend"] if base else None,
                      "metric": metric(base) if base else None, "score": score(base) if base else None},

@@ -37,6 +37,41 @@ def points_below(reference: float, value: float) -> float:
     return round(100 * (reference - value), 9)
 
 
+# A model within this many points of its task's chance score has learned nothing a drop could show; the margin is
+# capped at a tenth of the room above chance, so that on a 99%-majority set a model need not be perfect to count.
+CHANCE_POINTS = 1.0
+CHANCE_HEADROOM_SHARE = 0.1
+
+
+def chance_level(metrics: dict) -> tuple[float, str] | None:
+    """The score a model with no skill gets on the examples `metrics` was measured on, and how: for accuracy, the
+    share of the most frequent class (a model that answers one class for everything gets at most that, however
+    imbalanced the labels); for entity F1, 0 (tagging every word O finds no entity). None when the metrics carry
+    no per-class supports (rows measured elsewhere and ingested)."""
+    if metrics.get("metric", "accuracy") == "accuracy":
+        support = [c["support"] for c in (metrics.get("per_class") or {}).values()]
+        if not sum(support):
+            return None
+        return max(support) / sum(support), "always answering its most frequent class"
+    return 0.0, "finding no entity"
+
+
+def at_chance(metrics: dict) -> str | None:
+    """Why a model is at chance (its score, the chance score and what gets it), or None when it is above chance by
+    more than the margin (CHANCE_POINTS, at most CHANCE_HEADROOM_SHARE of the points between chance and 1).
+    The one definition the fine-tuning check, the report's warning, "Against the reference" and the gate share."""
+    level = chance_level(metrics)
+    score = metrics.get("score", metrics.get("accuracy"))
+    if level is None or not isinstance(score, (int, float)):
+        return None
+    chance, what = level
+    margin = min(CHANCE_POINTS, 100 * CHANCE_HEADROOM_SHARE * (1 - chance))
+    if points_below(score, chance) > margin:  # the points chance is below the score
+        return None
+    name = "entity F1" if metrics.get("metric") == "entity_f1" else "accuracy"
+    return f"{name} {score:.4f} against {chance:.4f} for {what} (at most {margin:.2f} points above it)"
+
+
 def classification_metrics(labels: np.ndarray, logits: np.ndarray, names: list[str]) -> dict:
     pred = logits.argmax(-1)
     ids = list(range(len(names)))

@@ -36,6 +36,7 @@ class Context:
     allow_pickle: bool = False  # the recipe's model.allow_pickle: also for checkpoints the run wrote itself
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     task: str = TASKS[0]  # the recipe's task: which head finetune puts on, which data the source must hold
+    allow_chance: bool = False  # the recipe's gate.allow_chance_baseline: a fine-tuned model at chance is expected
     # Teacher outputs distillations may share, by teacher artifact hash: a search sets it while its candidates run
     # (they learn from one teacher on one text), so the teacher runs once per text, not once per candidate.
     teacher_outputs: dict[str, dict] | None = None

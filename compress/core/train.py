@@ -7,6 +7,7 @@ loop works on one CPU, several GPUs or several nodes (`accelerate launch`).
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import Callable
 
@@ -17,7 +18,7 @@ from pydantic import Field
 from compress.core.config import StepConfig, Strict
 from compress.core.data import IGNORE, Example, encode, encode_labeled
 from compress.core.errors import CompressError
-from compress.core.evaluate import evaluate
+from compress.core.evaluate import at_chance, evaluate
 from compress.core.progress import progress
 from compress.core.stage import Context
 from runtimes.torch_runtime import TorchRuntime
@@ -35,6 +36,8 @@ class TrainingSettings(Strict):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a dev gain.")
+    min_steps: int = Field(0, ge=0, description="At least this many optimizer steps: where `epochs` passes over "
+                           "the training split give fewer, more epochs are run (small data needs more passes).")
     group_by_length: bool = Field(False, description="Batch examples of similar token counts together (random "
                                   "order otherwise): far less padding to compute on when lengths vary, as NER "
                                   "sentences do.")
@@ -86,7 +89,8 @@ class _WithExtra(torch.nn.Module):
 def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context, name: str,
           loss_fn: LossFn = cross_entropy, train_examples: list[Example] | None = None,
           extra: torch.nn.Module | None = None, on_step: Callable[[int, int], None] | None = None) -> dict:
-    """Train in place on ctx.data; on return `model` holds the best dev epoch's weights. Returns the history.
+    """Train in place on ctx.data; on return `model` holds the best dev epoch's weights. Returns the history, the
+    best dev score and, when that epoch's model is at chance on dev, why (compress.core.evaluate.at_chance).
 
     `extra` modules are optimised with the model but not kept. `on_step(step, total)` runs before each optimizer
     step (schedules that live in the model, such as gradual layer sharing). `batch_size` is the global batch:
@@ -121,15 +125,19 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate,
     )
-    steps = cfg.epochs * len(loader)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / len(loader)))
+    if epochs > cfg.epochs:
+        ctx.log.info("%s: %d optimizer steps an epoch; %d epochs instead of %d, to reach min_steps %d", name,
+                     len(loader), epochs, cfg.epochs, cfg.min_steps)
+    steps = epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(unit, optimizer, loader, scheduler)
 
-    history, best_score, best_state, since_best, step = [], -1.0, None, 0, 0
-    for epoch in range(cfg.epochs):
+    history, best_dev, best_state, since_best, step = [], {"score": -1.0}, None, 0, 0
+    for epoch in range(epochs):
         wrapped.train()
         start, losses = time.perf_counter(), []
-        for inputs, labels in progress(loader, f"{name} epoch {epoch + 1}/{cfg.epochs}"):
+        for inputs, labels in progress(loader, f"{name} epoch {epoch + 1}/{epochs}"):
             if on_step:
                 on_step(step, steps)
             step += 1
@@ -146,8 +154,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
                         "seconds": round(time.perf_counter() - start, 1)})
         ctx.log.info("%s epoch %d: loss %.4f, dev %s %.4f", name, epoch + 1, history[-1]["train_loss"],
                      dev["metric"], dev["score"])
-        if dev["score"] > best_score:
-            best_score, since_best = dev["score"], 0
+        if dev["score"] > best_dev["score"]:
+            best_dev, since_best = dev, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             since_best += 1
@@ -156,4 +164,5 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
                 break
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    return {"history": history, "metric": dev["metric"], "best_dev_score": best_score}
+    return {"history": history, "metric": dev["metric"], "best_dev_score": best_dev["score"], "optimizer_steps": step,
+            "dev_at_chance": at_chance(best_dev)}
