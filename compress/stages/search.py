@@ -196,7 +196,7 @@ def train_elastic(cfg: SearchConfig, parent: Artifact, teacher, grid: list[Candi
     cache = ctx.teacher_outputs.setdefault(parent.hash, {}) if settings.cache_teacher else None
     order = [c.estimated_cost(model.config, "latency", cfg.sequence_length) for c in grid]
     loss = ElasticLoss(settings.loss, teacher, grid, order, cfg.sandwich, cache, ctx.seed)
-    extra = read_unlabeled(settings.unlabeled, ctx)
+    extra = read_unlabeled(settings.unlabeled, ctx, f"{cfg.name} elastic")
     start = time.perf_counter()
     history = train(model, tokenizer, settings, ctx, f"{cfg.name} elastic", loss_fn=loss,
                     train_examples=ctx.data.train + extra if extra else None)
