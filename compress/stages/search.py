@@ -445,12 +445,14 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, out
                    reference: Reference) -> tuple[dict | None, Path | None]:
     """Refine the candidates worth it, fastest (or smallest) first, and choose the first whose refinement fits.
 
-    Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget, and no slower than the
-    candidate chosen as cut (which stays chosen if no refinement fits). Every refinement's row joins the table."""
+    Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget (margin included), and
+    no slower than the candidate chosen as cut (which stays chosen if no refinement fits). Every refinement's row
+    joins the table."""
     key = "p50_ms" if cfg.objective == "latency" else "size_bytes"
     pareto(rows, cfg.objective)
-    pool = sorted((r for r in rows if r.get("pareto") and r["drop_points"] <= cfg.max_accuracy_drop + cfg.refine_within
-                   and (chosen is None or r[key] <= chosen[key])), key=lambda r: r[key])
+    pool = sorted((r for r in rows if r.get("pareto") and r[key] <= (chosen or r)[key]
+                   and r["drop_points"] + cfg.margin * r["drop_se"] <= cfg.max_accuracy_drop + cfg.refine_within),
+                  key=lambda r: r[key])
     supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task) if pool else None
     for candidate in pool[: cfg.refine_tries]:
         student, figures = refine(cfg, candidate, trained, supernet, teacher, ctx,
