@@ -45,8 +45,8 @@ def cache_dir() -> Path:
 
 def gemm_rate(backend: str, precision: str, shapes: list[list[int]] | None, threads: int) -> dict | None:
     """This machine's GMAC/s for `backend` at `shapes` ([M, K, N, calls] per linear layer, benchmarks.size): the
-    shapes' MACs weighted by calls over their summed p50 times, as if the model ran nothing but its GEMMs. None
-    for a back end or precision without a kernel here (GPU rows, fp16) or a model without known shapes."""
+    MACs of every call over the summed p50 times, as if the model ran nothing but its GEMMs. None for a back end
+    or precision without a kernel here (GPU rows, fp16) or a model without known shapes."""
     kernel = KERNELS.get((backend, precision))
     if kernel is None or not shapes:
         return None
@@ -55,11 +55,11 @@ def gemm_rate(backend: str, precision: str, shapes: list[list[int]] | None, thre
         return json.loads(cached.read_text())
     per_shape = []
     for m, k, n, calls in shapes:
-        p50_ms = time_gemm(backend, precision, m, k, n, threads)
+        p50_ms = time_gemm(backend, precision, m, k, n, calls, threads)
         per_shape.append({"m": m, "k": k, "n": n, "calls": calls, "p50_ms": p50_ms,
-                          "gmacs_per_s": round(m * k * n / (p50_ms / 1e3) / 1e9, 1)})
+                          "gmacs_per_s": round(m * k * n * calls / (p50_ms / 1e3) / 1e9, 1)})
     macs = sum(s["m"] * s["k"] * s["n"] * s["calls"] for s in per_shape)
-    seconds = sum(s["p50_ms"] * s["calls"] for s in per_shape) / 1e3
+    seconds = sum(s["p50_ms"] for s in per_shape) / 1e3
     rate = {"gmacs_per_s": round(macs / seconds / 1e9, 1), "kernel": kernel, "threads": threads, "shapes": per_shape}
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -69,18 +69,21 @@ def gemm_rate(backend: str, precision: str, shapes: list[list[int]] | None, thre
     return rate
 
 
-def time_gemm(backend: str, precision: str, m: int, k: int, n: int, threads: int) -> float:
-    """p50 milliseconds of one (m x k) @ (k x n) multiply on `backend`, inputs of N(0, 1) values."""
+def time_gemm(backend: str, precision: str, m: int, k: int, n: int, calls: int, threads: int) -> float:
+    """p50 milliseconds of `calls` (m x k) @ (k x n) multiplies in one call of `backend`, each with a weight of its
+    own as the model's layers have (so weights are not all cache-hot), and one ONNX Runtime run for all of them
+    (a run's own overhead is not paid per multiply, nor is it in the model). Values are N(0, 1)."""
     x = np.random.default_rng(0).standard_normal((m, k), dtype=np.float32)
     if backend == "torch-cpu":
         import torch
 
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
-        weight, bias, data = torch.randn(n, k), torch.randn(n), torch.from_numpy(x)
+        layers, data = [(torch.randn(n, k), torch.randn(n)) for _ in range(calls)], torch.from_numpy(x)
         try:
             with torch.inference_mode():
-                return measure_latency(lambda: torch.nn.functional.linear(data, weight, bias), **GEMM_TIMING)["p50_ms"]
+                return measure_latency(lambda: [torch.nn.functional.linear(data, w, b) for w, b in layers],
+                                       **GEMM_TIMING)["p50_ms"]
         finally:
             torch.set_num_threads(before)
     import onnx
@@ -89,31 +92,34 @@ def time_gemm(backend: str, precision: str, m: int, k: int, n: int, threads: int
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "gemm.onnx"
-        onnx.save(gemm_graph(precision, m, k, n), str(path))
+        onnx.save(gemm_graph(precision, m, k, n, calls), str(path))
         runtime = OrtRuntime(path, "cpu", threads, precision)  # the session settings of every CPU row
         return measure_latency(lambda: runtime.run({"x": x}), **GEMM_TIMING)["p50_ms"]
 
 
-def gemm_graph(precision: str, m: int, k: int, n: int):
-    """x (m, k) float times a constant (k, n) weight: MatMul for fp32; for int8, x quantized on the fly and an
-    int8 weight, as onnxruntime.quantization.quantize_dynamic writes a linear layer."""
+def gemm_graph(precision: str, m: int, k: int, n: int, calls: int = 1):
+    """x (m, k) float times `calls` constant (k, n) weights, outputs y0, y1, ...: MatMul for fp32; for int8, x
+    quantized on the fly and int8 weights, as onnxruntime.quantization.quantize_dynamic writes a linear layer."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    if precision == "fp32":
-        weights = [numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "w")]
-        nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
-    else:
-        weights = [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w"),
-                   numpy_helper.from_array(np.array(0, np.int8), "w_zero"),
-                   numpy_helper.from_array(np.array(0.01, np.float32), "w_scale")]
-        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "x_scale", "x_zero"]),
-                 helper.make_node("MatMulInteger", ["xq", "w", "x_zero", "w_zero"], ["acc"]),
-                 helper.make_node("Cast", ["acc"], ["acc_f"], to=TensorProto.FLOAT),
-                 helper.make_node("Mul", ["x_scale", "w_scale"], ["scale"]),
-                 helper.make_node("Mul", ["acc_f", "scale"], ["y"])]
+    weights, nodes = [], []
+    for i in range(calls):
+        if precision == "fp32":
+            weights.append(numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), f"w{i}"))
+            nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"]))
+            continue
+        weights += [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), f"w{i}"),
+                    numpy_helper.from_array(np.array(0, np.int8), f"w{i}_zero"),
+                    numpy_helper.from_array(np.array(0.01, np.float32), f"w{i}_scale")]
+        nodes += [helper.make_node("DynamicQuantizeLinear", ["x"], [f"x{i}q", f"x{i}_scale", f"x{i}_zero"]),
+                  helper.make_node("MatMulInteger", [f"x{i}q", f"w{i}", f"x{i}_zero", f"w{i}_zero"], [f"acc{i}"]),
+                  helper.make_node("Cast", [f"acc{i}"], [f"acc{i}_f"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [f"x{i}_scale", f"w{i}_scale"], [f"scale{i}"]),
+                  helper.make_node("Mul", [f"acc{i}_f", f"scale{i}"], [f"y{i}"])]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [m, n]) for i in range(calls)]
     graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], weights)
+                              outputs, weights)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -244,7 +244,7 @@ def test_the_gemm_rate_is_measured_once_per_engine_precision_shapes_and_threads(
         timed.clear()
         rate = efficiency.gemm_rate(backend, precision, SHAPES, 1)
         assert rate["gmacs_per_s"] > 0 and all(s["p50_ms"] > 0 for s in rate["shapes"])
-        assert timed == [(backend, precision, 8, 16, 32, 1), (backend, precision, 8, 32, 16, 1)]
+        assert timed == [(backend, precision, 8, 16, 32, 2, 1), (backend, precision, 8, 32, 16, 1, 1)]
         assert efficiency.gemm_rate(backend, precision, SHAPES, 1) == rate and len(timed) == 2  # from the cache
     efficiency.gemm_rate("ort-cpu", "int8", SHAPES, 2)
     efficiency.gemm_rate("ort-cpu", "int8", SHAPES[:1], 1)
@@ -255,15 +255,15 @@ def test_the_gemm_rate_is_measured_once_per_engine_precision_shapes_and_threads(
     assert efficiency.gemm_rate("ort-cpu", "int8", None, 1) is None and len(timed) == 5
 
 
-def test_the_gemm_rate_weights_each_shape_by_its_calls(tmp_path, monkeypatch):
+def test_the_gemm_rate_counts_every_call_of_every_shape(tmp_path, monkeypatch):
     import benchmarks.efficiency as efficiency
 
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(efficiency, "time_gemm", lambda backend, precision, m, k, n, threads: {32: 0.004, 16: 0.001}[n])
+    monkeypatch.setattr(efficiency, "time_gemm",  # all calls of a shape: 2 in 8 us, 1 in 1 us
+                        lambda backend, precision, m, k, n, calls, threads: {32: 0.008, 16: 0.001}[n])
     rate = efficiency.gemm_rate("ort-cpu", "fp32", SHAPES, 1)
-    macs = 8 * 16 * 32 * 2 + 8 * 32 * 16
-    assert rate["gmacs_per_s"] == round(macs / (2 * 0.004e-3 + 0.001e-3) / 1e9, 1)
-    assert [s["gmacs_per_s"] for s in rate["shapes"]] == [1.0, 4.1]  # 4096 MACs in 4 us, in 1 us
+    assert rate["gmacs_per_s"] == round(3 * 4096 / 9e-6 / 1e9, 1)  # 3 multiplies of 4,096 MACs in 9 us
+    assert [s["gmacs_per_s"] for s in rate["shapes"]] == [1.0, 4.1]
 
 
 def test_the_int8_gemm_graph_multiplies_quantized_inputs_by_its_weight(tmp_path):
@@ -272,13 +272,15 @@ def test_the_int8_gemm_graph_multiplies_quantized_inputs_by_its_weight(tmp_path)
     from benchmarks.efficiency import gemm_graph
     from runtimes.ort_runtime import OrtRuntime
 
-    model = gemm_graph("int8", 8, 16, 32)
-    weight = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w")) * 0.01  # w_scale
+    model = gemm_graph("int8", 8, 16, 32, calls=3)  # three layers: three weights of their own, three outputs
+    weights = {t.name: numpy_helper.to_array(t) * 0.01 for t in model.graph.initializer if t.dims == [16, 32]}
+    assert sorted(weights) == ["w0", "w1", "w2"] and not np.array_equal(weights["w0"], weights["w1"])
     (tmp_path / "gemm.onnx").write_bytes(model.SerializeToString())
     x = np.random.default_rng(1).standard_normal((8, 16), dtype=np.float32)
-    y = OrtRuntime(tmp_path / "gemm.onnx", "cpu", 1, "int8").run({"x": x})
-    assert y.shape == (8, 32)
-    assert np.abs(y - x @ weight).max() < 0.05 * np.abs(x @ weight).max()  # 8-bit activations: a close product
+    session = OrtRuntime(tmp_path / "gemm.onnx", "cpu", 1, "int8").session
+    for i, y in enumerate(session.run(None, {"x": x})):
+        exact = x @ weights[f"w{i}"]
+        assert np.abs(y - exact).max() < 0.05 * np.abs(exact).max()  # 8-bit activations: a close product
 
 
 def test_the_operator_split_leaves_out_the_first_run_and_sums_node_time_by_op_type():
