@@ -114,10 +114,12 @@ def test_json_md_and_html_agree_on_every_figure(run_dir):
         assert len(body_) == 3 and dict(html.tables)[css] == [head_, *body_]
         assert all("| " + " | ".join(cells) + " |" in md.splitlines() for cells in [head_, *body_])
     rates = {r["artifact"]: r["gemm_rate"] for r in measured}  # each CPU row: its engine's rate at its shapes
-    assert all(rate["gmacs_per_s"] > 0 for rate in rates.values()) and "DynamicQuantizeLinear" in rates["int8"]["kernel"]
+    assert all(rate["gmacs_per_s"] > 0 for rate in rates.values())
+    assert "DynamicQuantizeLinear" in rates["int8"]["kernel"]
     split = {cells[0]: cells[-1] for cells in operator_table(report)[1]}
     assert split["teacher"] == "not profiled (only ONNX Runtime CPU rows are)"
-    assert re.search(r"(DynamicQuantizeMatMul|MatMulInteger|QAttention) \d+\.\d%", split[f"int8 (reference: {REFERENCE})"])
+    int8 = split[f"int8 (reference: {REFERENCE})"]
+    assert re.search(r"(DynamicQuantizeMatMul|MatMulInteger|QAttention) \d+\.\d%", int8)
     assert re.search(r"(MatMul|FusedMatMul|Attention) \d+\.\d%", split["onnx"])
     for row, cells in zip(measured, body):
         assert cells[head.index("accuracy")] == f"{row['accuracy']:.4f}"
@@ -313,7 +315,8 @@ def test_summary_sets_achieved_gmacs_against_the_measured_gemm_rate_and_efficien
         {"m": 128, "k": 384, "n": 1536, "calls": 6, "p50_ms": 0.35, "gmacs_per_s": 215.7}]}
     row = {"artifact": "teacher", "backend": "ort-cpu", "status": "measured", "precision": "fp32", "threads": 2,
            "accuracy": 0.9, "macro_f1": 0.9, "size_bytes": 10, "parameters": None, "gmacs_per_s": 40.0,
-           "nominal_peak": peak, "gemm_rate": rate, "dynamic_latency": {"p50_ms": 1.5, "p95_ms": 2.5, "mean_tokens": 23.4}}
+           "nominal_peak": peak, "gemm_rate": rate,
+           "dynamic_latency": {"p50_ms": 1.5, "p95_ms": 2.5, "mean_tokens": 23.4}}
     hardware = {"isa": {"avx512f": True}, "cpu": "x", "logical_cores": 2, "physical_cores": 2, "memory_gib": 1,
                 "gpu": None, "onnxruntime_providers": [], "python": "3", "os": "linux", "versions": {}}
     report = {"rows": [row], "hardware": hardware}

@@ -350,11 +350,12 @@ INTRO = ("Drop is in points of the score column, size× and speed-up× are basel
 EFFICIENCY = ("GEMM GMAC/s is measured here, once per machine, library versions, shapes, precision and threads (then "
               "cached): the row's engine times its model's linear layers as bare matrix multiplies (M = 128 tokens, "
               "batch 1; all calls of a shape in one run, each with a weight of its own), with the row's session "
-              "settings and threads, and divides all their MACs by the shapes' summed times. The nominal peak is the ISA flags' vendor "
-              "figure (see Hardware); a GEMM above 100% of it shows what the flags miss (AMX) or a wrong clock. "
-              "Time by operator type is an ONNX Runtime profile of the row's model in a session of its own (same "
-              "settings, the profiler on), at batch 1 and the sweep's first sequence length, the first run left out; "
-              "run ms is a whole run, node ms the operators' sum (the difference is the session's own overhead).")
+              "settings and threads, and divides all their MACs by the shapes' summed times. The nominal peak is the "
+              "ISA flags' vendor figure (see Hardware); a GEMM far from 100% of it shows what the flags miss (AMX) "
+              "or a wrong clock. Time by operator type is an ONNX Runtime profile of the row's model in a session of "
+              "its own (same settings, the profiler on), at batch 1 and the sweep's first sequence length, the first "
+              "run left out; run ms is a whole run, node ms the operators' sum (the difference is the session's own "
+              "overhead).")
 
 PLOTS = {"latency": ("pareto-latency.png", "p50 latency"), "size": ("pareto-size.png", "size on disk")}
 SEARCH_PLOT = "search-"  # a search step's plot: key and file stem "search-<step name>"
