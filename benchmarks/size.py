@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,10 @@ def architecture_cost(folder: Path, sequence_length: int = MACS_SEQUENCE_LENGTH)
     torch's FlopCounterMode counts every matmul, the attention score/context products included (with eager
     attention, whose matmuls it sees); torch-pruning's `count_ops_and_params` counts module calls only and
     misses those. None when the folder has no config (nothing to count).
+
+    `gemm_shapes` lists the matrix multiplies of the model's linear layers in that pass, [M, K, N, calls] (M
+    tokens, K inputs, N outputs), as its config defines them (pruned heads per layer; an ALBERT layer counted
+    once per call): the shapes this machine's GEMM rate is measured at (benchmarks.efficiency).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -97,7 +102,16 @@ def architecture_cost(folder: Path, sequence_length: int = MACS_SEQUENCE_LENGTH)
     config = AutoConfig.from_pretrained(folder)  # the head its config names: a token head costs per position
     model = head_class(task_of(config)).from_config(config, attn_implementation="eager").eval()
     ids = torch.ones(1, sequence_length, dtype=torch.long)
+    calls: Counter[tuple[int, int, int]] = Counter()
+
+    def record(layer: torch.nn.Linear, args: tuple, _output) -> None:
+        calls[(args[0].numel() // layer.in_features, layer.in_features, layer.out_features)] += 1
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    for hook in hooks:
+        hook.remove()
     return {"encoder_parameters": sum(p.numel() for p in model.base_model.encoder.parameters()),
-            f"macs_seq{sequence_length}": counter.get_total_flops() // 2}
+            f"macs_seq{sequence_length}": counter.get_total_flops() // 2,
+            "gemm_shapes": [[*shape, n] for shape, n in sorted(calls.items())]}

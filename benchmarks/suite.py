@@ -1,7 +1,8 @@
 """One benchmark row: an artifact on a back end — the task's score on test (accuracy, or entity F1 for token
 classification, with the task's other figures), size, parameters, load time, peak memory and a
 latency sweep over batch sizes and sequence lengths, with and without tokenization; batch-1 latency on the test
-split's own lengths, and achieved GMAC/s beside the CPU's nominal peak.
+split's own lengths, and achieved GMAC/s beside this machine's measured GEMM rate at the model's shapes (and the
+CPU's nominal peak), with an ONNX Runtime profile of the row's time by operator type (benchmarks.efficiency).
 
 Each row is measured in a fresh child process (`benchmark_isolated`): its peak resident memory, load time and
 thread settings are then its own, not left over from the previous model or the pipeline that trained it.
@@ -22,6 +23,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
+from benchmarks.efficiency import gemm_rate, profile_ort
 from benchmarks.hardware import describe, nominal_peak
 from benchmarks.latency import measure_latency
 from benchmarks.size import MACS_SEQUENCE_LENGTH, architecture_cost, model_bytes, parameter_count, size_split
@@ -33,7 +35,7 @@ from compress.core.models import load_tokenizer
 from runtimes import BACKENDS, Unavailable, open_runtime
 
 # Part of the pipeline's cache key: bump it when the figures a row holds change, so old rows are re-measured.
-METHOD_VERSION = 5  # 5: rows carry metric/score and the task metrics (entity F1 for token classification)
+METHOD_VERSION = 6  # 6: rows carry gemm_shapes, gemm_rate (measured) and operator_split (ONNX Runtime profile)
 
 
 class BenchmarkConfig(Strict):
@@ -174,10 +176,10 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
                     desc=f"{artifact.name} on {backend}: test")
     load_average = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # others' work skews timing
     latency = _latency_sweep(runtime, tokenizer, data, cfg)
-    cost = architecture_cost(artifact.path) or {}  # encoder_parameters, macs_seq128
+    cost = architecture_cost(artifact.path) or {}  # encoder_parameters, macs_seq128, gemm_shapes
     hw = describe()
     peak = nominal_peak(hw["isa"], hw["cpu_hz"], cfg.threads, runtime.precision) if runtime.device == "cpu" else None
-    return row | {
+    row |= {
         "status": "measured",
         "device": runtime.device,
         "precision": runtime.precision,
@@ -198,6 +200,12 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
         "dynamic_latency": _dynamic_latency(runtime, tokenizer, data, cfg, max_length),
         "gmacs_per_s": achieved_gmacs_per_s(cost.get("macs_seq128"), latency),
         "nominal_peak": peak,
+    }
+    # After peak_rss_mb is read: the profiled session and the GEMM graphs are not the row's memory.
+    profiled = encode(tokenizer, data.test[:1], cfg.sequence_lengths[0], pad_to_max=True)  # the sweep's first shape
+    return row | {
+        "gemm_rate": gemm_rate(backend, runtime.precision, cost.get("gemm_shapes"), cfg.threads),
+        "operator_split": profile_ort(artifact, cfg.threads, profiled) if backend == "ort-cpu" else None,
     }
 
 

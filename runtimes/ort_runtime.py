@@ -77,7 +77,9 @@ def session_plan(artifact: Artifact, provider: str) -> tuple[Path, list[Provider
 
 class OrtRuntime:
     def __init__(self, model_path: Path, provider: str = "cpu", threads: int | None = None, precision: str = "fp32",
-                 providers: list[Provider] | None = None):
+                 providers: list[Provider] | None = None, profile: Path | None = None):
+        """`profile`: a file prefix; the session then records every node's time (ONNX Runtime's profiler), which
+        `session.end_profiling()` writes to a JSON trace. It costs time, so a timed session never has it."""
         import onnxruntime as ort
 
         reason = provider_missing(provider)
@@ -88,6 +90,9 @@ class OrtRuntime:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(profile)
         fusions = {}
         if provider == "cpu":
             options.add_session_config_entry("session.set_denormal_as_zero", "1")
@@ -101,12 +106,13 @@ class OrtRuntime:
         self.precision = precision
 
     @classmethod
-    def open(cls, artifact: Artifact, provider: str, threads: int | None = None) -> OrtRuntime:
+    def open(cls, artifact: Artifact, provider: str, threads: int | None = None,
+             profile: Path | None = None) -> OrtRuntime:
         """`artifact` on `provider` as session_plan says; the TensorRT EP's cache folders are made first."""
         model, providers = session_plan(artifact, provider)
         if provider == "trt":
             (trt_cache(artifact) / artifact.hash).mkdir(parents=True, exist_ok=True)
-        return cls(model, provider, threads, artifact.metrics.get("precision", "fp32"), providers)
+        return cls(model, provider, threads, artifact.metrics.get("precision", "fp32"), providers, profile)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         feed = {k: inputs[k] for k in self.input_names}

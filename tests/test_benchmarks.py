@@ -67,9 +67,11 @@ def external_report(folders, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("external-report")
     data = out / "reviews.csv"
     pd.DataFrame(sentiment_rows(120)).to_csv(data, index=False)
-    code = run_main([str(folders["hf"]), str(folders["fp32"]), str(folders["int8"]), "--data", str(data),
-                     "--max-length", "16", "--threads", "1", "--batch-sizes", "1,2", "--sequence-lengths", "16",
-                     "--out", str(out / "report")])
+    with pytest.MonkeyPatch.context() as mp:  # the measured GEMM rates are cached here, not in the user's cache
+        mp.setenv("COMPRESS_CACHE_DIR", str(out / "cache"))
+        code = run_main([str(folders["hf"]), str(folders["fp32"]), str(folders["int8"]), "--data", str(data),
+                         "--max-length", "16", "--threads", "1", "--batch-sizes", "1,2", "--sequence-lengths", "16",
+                         "--out", str(out / "report")])
     assert code == 0
     return out / "report" / "report.json"
 
@@ -92,11 +94,24 @@ def test_run_measures_every_folder_with_the_pipeline_figures(external_report):
         assert all(p["with_tokenization"]["p50_ms"] > 0 for p in row["latency"])
         assert row["peak_rss_mb"] >= row["rss_before_load_mb"] > 0
     assert rows[("int8-onnx", "ort-cpu")]["precision"] == "int8"
+    for (name, backend), row in rows.items():  # every CPU row has a GEMM rate of its own engine and precision
+        rate = row["gemm_rate"]
+        assert rate["gmacs_per_s"] > 0 and rate["threads"] == 1
+        assert [[s["m"], s["k"], s["n"], s["calls"]] for s in rate["shapes"]] == row["gemm_shapes"]
+        assert rate["kernel"].startswith("torch" if backend == "torch-cpu" else "ONNX Runtime")
+        assert ("DynamicQuantizeLinear" in rate["kernel"]) is (name == "int8-onnx")
+        split = row["operator_split"]
+        if backend == "torch-cpu":
+            assert split is None
+        else:  # profiled at the sweep's first shape, batch 1
+            assert (split["batch_size"], split["sequence_length"]) == (1, 16)
+            assert sum(o["share"] for o in split["ops"]) == pytest.approx(1, abs=1e-3)
+    assert rows[("hf", "torch-cpu")]["gemm_shapes"] == rows[("fp32-onnx", "ort-cpu")]["gemm_shapes"]
     assert rows[("int8-onnx", "ort-cpu")]["size_bytes"] < rows[("fp32-onnx", "ort-cpu")]["size_bytes"]
     assert {p.name for p in external_report.parent.iterdir()} >= {"report.md", "report.html", "pareto-size.png"}
 
 
-def test_each_row_has_its_own_peak_memory(folders, tmp_path):
+def test_each_row_has_its_own_peak_memory(folders, tmp_path, monkeypatch):
     """The parent holds 2 GiB of ballast; a child's peak must not include it (it would if measured in-process).
     The child itself imports torch and onnxruntime (~600 MB), so the ballast must be well above that."""
     from benchmarks.suite import benchmark_isolated
@@ -107,6 +122,7 @@ def test_each_row_has_its_own_peak_memory(folders, tmp_path):
     cfg = BenchmarkConfig(backends=["ort-cpu"], sequence_lengths=[16], warmup=0, min_repeats=5, max_seconds=0.2,
                           threads=1)
     artifact = open_folder(folders["fp32"])
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path))  # the row's GEMM rate is cached here
     ballast = np.ones(2 * 2**30, dtype=np.uint8)
     row = benchmark_isolated(artifact, "ort-cpu", cfg, data, 16)
     assert ballast.sum() == ballast.size
@@ -213,6 +229,94 @@ def test_achieved_gmacs_use_the_batch_1_sequence_128_point_and_the_peak_needs_a_
     assert nominal_peak({"avx2": True}, clock, 1, "fp32")["gmacs_per_s"] == 40.0
     assert nominal_peak({"avx2": True}, clock, 1, "int8") is None  # no VNNI: no figure rather than a guess
     assert nominal_peak(avx512, None, 1, "fp32") is None and nominal_peak(avx512, clock, 1, "fp16") is None
+
+
+SHAPES = [[8, 16, 32, 2], [8, 32, 16, 1]]  # [M, K, N, calls]
+
+
+def test_the_gemm_rate_is_measured_once_per_engine_precision_shapes_and_threads(tmp_path, monkeypatch):
+    import benchmarks.efficiency as efficiency
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path))
+    timed: list[tuple] = []
+    real = efficiency.time_gemm
+    monkeypatch.setattr(efficiency, "time_gemm", lambda *a: timed.append(a) or real(*a))
+    for backend, precision in (("ort-cpu", "int8"), ("ort-cpu", "fp32"), ("torch-cpu", "fp32")):
+        timed.clear()
+        rate = efficiency.gemm_rate(backend, precision, SHAPES, 1)
+        assert rate["gmacs_per_s"] > 0 and all(s["p50_ms"] > 0 for s in rate["shapes"])
+        assert timed == [(backend, precision, 8, 16, 32, 2, 1), (backend, precision, 8, 32, 16, 1, 1)]
+        assert efficiency.gemm_rate(backend, precision, SHAPES, 1) == rate and len(timed) == 2  # from the cache
+    efficiency.gemm_rate("ort-cpu", "int8", SHAPES, 2)
+    efficiency.gemm_rate("ort-cpu", "int8", SHAPES[:1], 1)
+    assert len(timed) == 5  # other threads, other shapes: measured
+    assert len(list((tmp_path / "gemm").glob("*.json"))) == 5
+    assert efficiency.gemm_rate("ort-cuda", "fp32", SHAPES, 1) is None  # no GPU kernel is timed
+    assert efficiency.gemm_rate("torch-cpu", "fp16", SHAPES, 1) is None
+    assert efficiency.gemm_rate("ort-cpu", "int8", None, 1) is None and len(timed) == 5
+
+
+def test_the_gemm_rate_counts_every_call_of_every_shape(tmp_path, monkeypatch):
+    import benchmarks.efficiency as efficiency
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(efficiency, "time_gemm",  # all calls of a shape: 2 in 8 us, 1 in 1 us
+                        lambda backend, precision, m, k, n, calls, threads: {32: 0.008, 16: 0.001}[n])
+    rate = efficiency.gemm_rate("ort-cpu", "fp32", SHAPES, 1)
+    assert rate["gmacs_per_s"] == round(3 * 4096 / 9e-6 / 1e9, 1)  # 3 multiplies of 4,096 MACs in 9 us
+    assert [s["gmacs_per_s"] for s in rate["shapes"]] == [1.0, 4.1]
+
+
+def test_the_int8_gemm_graph_multiplies_quantized_inputs_by_its_weight(tmp_path):
+    from onnx import numpy_helper
+
+    from benchmarks.efficiency import gemm_graph
+    from runtimes.ort_runtime import OrtRuntime
+
+    model = gemm_graph("int8", 8, 16, 32, calls=3)  # three layers: three weights of their own, three outputs
+    weights = {t.name: numpy_helper.to_array(t) * 0.01 for t in model.graph.initializer if t.dims == [16, 32]}
+    assert sorted(weights) == ["w0", "w1", "w2"] and not np.array_equal(weights["w0"], weights["w1"])
+    (tmp_path / "gemm.onnx").write_bytes(model.SerializeToString())
+    x = np.random.default_rng(1).standard_normal((8, 16), dtype=np.float32)
+    session = OrtRuntime(tmp_path / "gemm.onnx", "cpu", 1, "int8").session
+    for i, y in enumerate(session.run(None, {"x": x})):
+        exact = x @ weights[f"w{i}"]
+        assert np.abs(y - exact).max() < 0.05 * np.abs(exact).max()  # 8-bit activations: a close product
+
+
+def test_the_operator_split_leaves_out_the_first_run_and_sums_node_time_by_op_type():
+    from benchmarks.efficiency import operator_split
+
+    node = lambda op, ts, dur: {"cat": "Node", "name": f"{op}_{ts}_kernel_time", "ts": ts, "dur": dur,  # noqa: E731
+                                "args": {"op_name": op}}
+    trace = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}, node("MatMul", 1, 90),
+             {"cat": "Session", "name": "model_run", "ts": 200, "dur": 1000}, node("MatMul", 201, 600),
+             node("Gelu", 801, 200), {"cat": "Node", "name": "Gelu_801_fence_before", "ts": 801, "dur": 0,
+                                      "args": {"op_name": "Gelu"}},
+             {"cat": "Session", "name": "model_run", "ts": 2000, "dur": 1000}, node("MatMul", 2001, 600),
+             node("Gelu", 2601, 200), node("LayerNormalization", 2801, 200)]
+    assert operator_split(trace) == {"runs": 2, "run_ms": 1.0, "node_ms": 0.9, "ops": [
+        {"op": "MatMul", "ms": 0.6, "share": 0.6667}, {"op": "Gelu", "ms": 0.2, "share": 0.2222},
+        {"op": "LayerNormalization", "ms": 0.1, "share": 0.1111}]}
+
+
+@pytest.mark.parametrize("folder", ["fp32", "int8"])
+def test_a_profile_of_a_tiny_export_splits_its_time_among_its_matmuls_and_the_rest(folders, folder):
+    from transformers import AutoTokenizer
+
+    from benchmarks.efficiency import PROFILED_RUNS, profile_ort
+    from compress.core.data import Example, encode
+
+    tokenizer = AutoTokenizer.from_pretrained(folders[folder])
+    inputs = encode(tokenizer, [Example("a good film", 1)], 16, pad_to_max=True)
+    split = profile_ort(open_folder(folders[folder]), 1, inputs)
+    assert (split["batch_size"], split["sequence_length"], split["runs"]) == (1, 16, PROFILED_RUNS)
+    assert sum(o["share"] for o in split["ops"]) == pytest.approx(1, abs=1e-3)
+    assert 0 < split["node_ms"] <= split["run_ms"]
+    ops = [o["op"] for o in split["ops"]]
+    matmuls = {"MatMul", "FusedMatMul", "Attention"} if folder == "fp32" else {
+        "MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "MatMulIntegerToFloat"}
+    assert matmuls & set(ops), ops
 
 
 @pytest.fixture(scope="module")

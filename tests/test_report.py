@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report.blocks import distill_lines, hardware_lines, reference_lines, summary_table, vocab_lines
+from benchmarks.report.blocks import (distill_lines, efficiency_table, hardware_lines, operator_table, reference_lines,
+                                     summary_table, vocab_lines)
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS
@@ -35,7 +36,9 @@ def run_dir(tmp_path_factory, tiny_bert) -> Path:
     data = root / "reviews.csv"
     pd.DataFrame(sentiment_rows(240)).to_csv(data, index=False)
     recipe = write_recipe(root, tiny_bert, data, STEPS)
-    assert main([str(recipe), "--out", str(root / "runs")]) == 0
+    with pytest.MonkeyPatch.context() as mp:  # the measured GEMM rates are cached here, not in the user's cache
+        mp.setenv("COMPRESS_CACHE_DIR", str(root / "cache"))
+        assert main([str(recipe), "--out", str(root / "runs")]) == 0
     run = root / "runs" / "tiny"
     manifest = run / "02-int8" / "manifest.json"
     m = json.loads(manifest.read_text())
@@ -107,6 +110,17 @@ def test_json_md_and_html_agree_on_every_figure(run_dir):
     assert len(body) == len(measured) == 3  # teacher on torch-cpu, onnx and int8 on ort-cpu
     assert _md_table(md, "artifact") == [head, *body]
     assert dict(html.tables)["summary"] == [head, *body]
+    for css, (head_, body_) in (("efficiency", efficiency_table(report)), ("operators", operator_table(report))):
+        assert len(body_) == 3 and dict(html.tables)[css] == [head_, *body_]
+        assert all("| " + " | ".join(cells) + " |" in md.splitlines() for cells in [head_, *body_])
+    rates = {r["artifact"]: r["gemm_rate"] for r in measured}  # each CPU row: its engine's rate at its shapes
+    assert all(rate["gmacs_per_s"] > 0 for rate in rates.values())
+    assert "DynamicQuantizeLinear" in rates["int8"]["kernel"]
+    split = {cells[0]: cells[-1] for cells in operator_table(report)[1]}
+    assert split["teacher"] == "not profiled (only ONNX Runtime CPU rows are)"
+    int8 = split[f"int8 (reference: {REFERENCE})"]
+    assert re.search(r"(DynamicQuantizeMatMul|MatMulInteger|QAttention) \d+\.\d%", int8)
+    assert re.search(r"(MatMul|FusedMatMul|Attention) \d+\.\d%", split["onnx"])
     for row, cells in zip(measured, body):
         assert cells[head.index("accuracy")] == f"{row['accuracy']:.4f}"
         assert cells[head.index("p50 ms")] == str(row["latency"][0]["p50_ms"])
@@ -141,7 +155,7 @@ def test_reference_row_is_labelled_in_all_three_formats(run_dir):
     label = f"int8 (reference: {REFERENCE})"
     assert f"| {label} |" in (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text()
-    assert _parse(html).reference_rows == 2  # summary and sweep tables
+    assert _parse(html).reference_rows == 4  # summary, efficiency, operators and sweep tables
     assert label in html and "Against the reference" in html
 
 
@@ -293,24 +307,51 @@ def test_a_baseline_at_chance_is_warned_about_in_every_view():
     assert build_report("r", "teacher", [], [base_row(0.62)], hardware)["warnings"] == []
 
 
-def test_summary_sets_achieved_gmacs_beside_the_nominal_peak_and_hardware_says_where_the_peak_comes_from():
+def test_summary_sets_achieved_gmacs_against_the_measured_gemm_rate_and_efficiency_beside_the_nominal_peak():
     peak = {"gmacs_per_s": 160.0, "basis": "32 fp32 MAC/cycle/core (avx512f) x 2.50 GHz (py-cpuinfo hz_advertised) "
                                            "x 2 threads"}
-    row = {"artifact": "teacher", "backend": "torch-cpu", "status": "measured", "precision": "fp32", "threads": 2,
+    rate = {"gmacs_per_s": 200.0, "kernel": "ONNX Runtime MatMul, fp32", "threads": 2, "shapes": [
+        {"m": 128, "k": 384, "n": 384, "calls": 24, "p50_ms": 0.1, "gmacs_per_s": 188.7},
+        {"m": 128, "k": 384, "n": 1536, "calls": 6, "p50_ms": 0.35, "gmacs_per_s": 215.7}]}
+    row = {"artifact": "teacher", "backend": "ort-cpu", "status": "measured", "precision": "fp32", "threads": 2,
            "accuracy": 0.9, "macro_f1": 0.9, "size_bytes": 10, "parameters": None, "gmacs_per_s": 40.0,
-           "nominal_peak": peak, "dynamic_latency": {"p50_ms": 1.5, "p95_ms": 2.5, "mean_tokens": 23.4}}
+           "nominal_peak": peak, "gemm_rate": rate,
+           "dynamic_latency": {"p50_ms": 1.5, "p95_ms": 2.5, "mean_tokens": 23.4}}
     hardware = {"isa": {"avx512f": True}, "cpu": "x", "logical_cores": 2, "physical_cores": 2, "memory_gib": 1,
                 "gpu": None, "onnxruntime_providers": [], "python": "3", "os": "linux", "versions": {}}
     report = {"rows": [row], "hardware": hardware}
     head, [cells] = summary_table(report)
     assert [cells[head.index(c)] for c in ("own-length p50 ms", "own-length p95 ms", "mean tokens", "GMAC/s",
-                                           "% nominal peak")] == ["1.5", "2.5", "23.4", "40.0", "25.0%"]
+                                           "% of GEMM rate")] == ["1.5", "2.5", "23.4", "40.0", "20.0%"]
+    head, [cells] = efficiency_table(report)
+    assert dict(zip(head, cells)) == {
+        "artifact": "teacher", "back end": "ort-cpu", "precision": "fp32", "threads": "2", "GMAC/s": "40.0",
+        "GEMM GMAC/s (measured)": "200.0", "% of GEMM rate": "20.0%", "nominal peak GMAC/s": "160.0",
+        "GEMM % of nominal peak": "125.0%", "GEMM kernel": "ONNX Runtime MatMul, fp32",
+        "shapes M×K×N ×calls: GMAC/s": "128×384×384 ×24: 188.7; 128×384×1536 ×6: 215.7"}
     assert ("Nominal peak (an upper bound from the ISA flags and clock, not a measured figure): " + peak["basis"]
             + " = 160.0 GMAC/s") in hardware_lines(report)
-    no_peak = summary_table({"rows": [row | {"nominal_peak": None}]})
-    assert no_peak[1][0][head.index("% nominal peak")] == ""
-    assert not any(l.startswith("Nominal peak") for l in hardware_lines({"rows": [row | {"nominal_peak": None}],
-                                                                          "hardware": hardware}))
+    bare = {"rows": [row | {"nominal_peak": None, "gemm_rate": None}], "hardware": hardware}
+    assert summary_table(bare)[1][0][head.index("% of GEMM rate")] == "" and efficiency_table(bare)[1] == []
+    assert not any(l.startswith("Nominal peak") for l in hardware_lines(bare))
+    only_peak = efficiency_table({"rows": [row | {"gemm_rate": None}]})[1][0]
+    assert only_peak[5:] == ["", "", "160.0", "", "not measured", ""]
+
+
+def test_the_operator_table_names_the_largest_op_types_and_sums_the_rest():
+    ops = [("QAttention", 0.506), ("DynamicQuantizeMatMul", 0.223), ("LayerNormalization", 0.093),
+           ("BiasGelu", 0.065), ("Add", 0.05), ("Gather", 0.03), ("Cast", 0.02), ("Reshape", 0.013)]
+    split = {"batch_size": 1, "sequence_length": 128, "runs": 10, "run_ms": 9.4, "node_ms": 9.1,
+             "ops": [{"op": op, "ms": round(9.1 * share, 3), "share": share} for op, share in ops]}
+    rows = [{"artifact": "small-int8", "backend": "ort-cpu", "status": "measured", "operator_split": split},
+            {"artifact": "teacher", "backend": "torch-cpu", "status": "measured", "operator_split": None}]
+    head, body = operator_table({"rows": rows})
+    assert head[-1] == "time by operator type (share of node time)"
+    assert body == [
+        ["small-int8", "ort-cpu", "batch 1, sequence 128, 10 runs", "9.4", "9.1",
+         "QAttention 50.6%, DynamicQuantizeMatMul 22.3%, LayerNormalization 9.3%, BiasGelu 6.5%, Add 5.0%, "
+         "Gather 3.0%, 2 others 3.3%"],
+        ["teacher", "torch-cpu", "", "", "", "not profiled (only ONNX Runtime CPU rows are)"]]
 
 
 WHY = "fastest (p50 5.1 ms) of the 2 candidate(s) whose INT8 dev accuracy is within 1 points of the teacher's 0.8259"

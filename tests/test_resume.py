@@ -25,8 +25,8 @@ STEPS = [
     {"name": "int8", "type": "quantize", "method": "dynamic"},
 ]
 # Figures that depend on the moment they were measured (timings, memory, load), and what is derived from them.
-VOLATILE = {"latency", "dynamic_latency", "gmacs_per_s", "load_seconds", "rss_before_load_mb", "peak_rss_mb",
-            "load_average_1min", "speedup", "pareto", "path", "reference_note"}
+VOLATILE = {"latency", "dynamic_latency", "gmacs_per_s", "gemm_rate", "operator_split", "load_seconds",
+            "rss_before_load_mb", "peak_rss_mb", "load_average_1min", "speedup", "pareto", "path", "reference_note"}
 
 
 def stable(x):

@@ -44,10 +44,19 @@ def size_split_table(report: dict) -> Table:
     return ["artifact", "embeddings", "encoder", "head"], body
 
 
+def _share(part: float | None, whole: dict | None) -> str:
+    """`part` GMAC/s as a percentage of `whole`'s (a measured GEMM rate or a nominal peak), where both are known."""
+    return f"{100 * part / whole['gmacs_per_s']:.1f}%" if part and whole else ""
+
+
+def gemm_share(row: dict) -> str:
+    """Achieved GMAC/s as a share of this machine's measured GEMM rate at the row's shapes."""
+    return _share(row.get("gmacs_per_s"), row.get("gemm_rate"))
+
+
 def peak_share(row: dict) -> str:
     """Achieved GMAC/s as a share of the row's nominal peak, where both are known."""
-    peak = row.get("nominal_peak")
-    return f"{100 * row['gmacs_per_s'] / peak['gmacs_per_s']:.1f}%" if row.get("gmacs_per_s") and peak else ""
+    return _share(row.get("gmacs_per_s"), row.get("nominal_peak"))
 
 
 def headline(report: dict) -> str:
@@ -64,7 +73,7 @@ def summary_table(report: dict) -> Table:
     head = ["artifact", "back end", "precision", "threads", headline(report), "macro-F1", "drop (pts)", "size",
             "size×",
             "params", "encoder params", "GMACs @128", "load s", "RSS before load MB", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms", "speed-up×",
-            "own-length p50 ms", "own-length p95 ms", "mean tokens", "GMAC/s", "% nominal peak", "Pareto"]
+            "own-length p50 ms", "own-length p95 ms", "mean tokens", "GMAC/s", "% of GEMM rate", "Pareto"]
     body = []
     for r in measured(report):
         lat, own = first_latency(r) or {}, r.get("dynamic_latency") or {}
@@ -75,8 +84,56 @@ def summary_table(report: dict) -> Table:
                      millions(r.get("encoder_parameters")), giga(r.get("macs_seq128")), _s(r.get("load_seconds")),
                      _s(r.get("rss_before_load_mb")), _s(r.get("peak_rss_mb")), _s(lat.get("p50_ms")),
                      _s(lat.get("p95_ms")), _s(lat.get("p99_ms")), _s(r.get("speedup")), _s(own.get("p50_ms")),
-                     _s(own.get("p95_ms")), _s(own.get("mean_tokens")), _s(r.get("gmacs_per_s")), peak_share(r),
+                     _s(own.get("p95_ms")), _s(own.get("mean_tokens")), _s(r.get("gmacs_per_s")), gemm_share(r),
                      ", ".join(front)])
+    return head, body
+
+
+def _shape(s: dict) -> str:
+    return f"{s['m']}×{s['k']}×{s['n']} ×{s['calls']}: {s['gmacs_per_s']}"
+
+
+def efficiency_table(report: dict) -> Table:
+    """Each CPU row's achieved GMAC/s against the GEMM rate its own engine measured on this machine at its model's
+    shapes, and against the nominal peak; the shapes with their calls per pass and their own GMAC/s."""
+    head = ["artifact", "back end", "precision", "threads", "GMAC/s", "GEMM GMAC/s (measured)", "% of GEMM rate",
+            "nominal peak GMAC/s", "GEMM % of nominal peak", "GEMM kernel", "shapes M×K×N ×calls: GMAC/s"]
+    body = []
+    for r in measured(report):
+        rate, peak = r.get("gemm_rate"), r.get("nominal_peak")
+        if not rate and not peak:
+            continue
+        body.append([label(r), r["backend"], r["precision"], _s(r.get("threads")), _s(r.get("gmacs_per_s")),
+                     _s(rate and rate["gmacs_per_s"]), gemm_share(r), _s(peak and peak["gmacs_per_s"]),
+                     _share(rate and rate["gmacs_per_s"], peak), rate["kernel"] if rate else "not measured",
+                     "; ".join(map(_shape, rate["shapes"])) if rate else ""])
+    return head, body
+
+
+TOP_OPS = 6  # operator types named per row; the rest are summed as "others"
+
+
+def operator_cell(split: dict | None) -> str:
+    """"QAttention 50.6%, DynamicQuantizeMatMul 22.3%, …, 7 others 3.1%": shares of the row's node time."""
+    if not split:
+        return "not profiled (only ONNX Runtime CPU rows are)"
+    ops, rest = split["ops"][:TOP_OPS], split["ops"][TOP_OPS:]
+    cells = [f"{o['op']} {100 * o['share']:.1f}%" for o in ops]
+    if rest:
+        cells.append(f"{len(rest)} others {100 * sum(o['share'] for o in rest):.1f}%")
+    return ", ".join(cells)
+
+
+def operator_table(report: dict) -> Table:
+    """Where each row's time goes, by operator type, from an ONNX Runtime profile of a short run of its own."""
+    head = ["artifact", "back end", "profiled at", "run ms", "node ms", "time by operator type (share of node time)"]
+    body = []
+    for r in measured(report):
+        split = r.get("operator_split")
+        shape = (f"batch {split['batch_size']}, sequence {split['sequence_length']}, {split['runs']} runs"
+                 if split else "")
+        body.append([label(r), r["backend"], shape, _s(split and split["run_ms"]), _s(split and split["node_ms"]),
+                     operator_cell(split)])
     return head, body
 
 
@@ -308,8 +365,19 @@ INTRO = ("Drop is in points of the score column, size× and speed-up× are basel
          "'before load' is that process before the model was opened). "
          "'Own-length' latency is batch 1 on a seeded sample of test texts, each tokenized alone at its own length "
          "(no padding; 'mean tokens' is their mean); the other latencies are at the sweep's fixed shapes. "
-         "GMAC/s is the MACs of one sequence-128 example over the batch-1, sequence-128 p50; '% nominal peak' sets it "
-         "against the CPU's nominal peak for the row's precision and threads (see Hardware), not a measured figure.")
+         "GMAC/s is the MACs of one sequence-128 example over the batch-1, sequence-128 p50; '% of GEMM rate' sets it "
+         "against the rate the row's own engine reaches on this machine in bare matrix multiplies at the model's "
+         "linear-layer shapes, with the row's threads (see Efficiency).")
+
+EFFICIENCY = ("GEMM GMAC/s is measured here, once per machine, library versions, shapes, precision and threads (then "
+              "cached): the row's engine times its model's linear layers as bare matrix multiplies (M = 128 tokens, "
+              "batch 1; all calls of a shape in one run, each with a weight of its own), with the row's session "
+              "settings and threads, and divides all their MACs by the shapes' summed times. The nominal peak is the "
+              "ISA flags' vendor figure (see Hardware); a GEMM far from 100% of it shows what the flags miss (AMX) "
+              "or a wrong clock. Time by operator type is an ONNX Runtime profile of the row's model in a session of "
+              "its own (same settings, the profiler on), at batch 1 and the sweep's first sequence length, the first "
+              "run left out; run ms is a whole run, node ms the operators' sum (the difference is the session's own "
+              "overhead).")
 
 PLOTS = {"latency": ("pareto-latency.png", "p50 latency"), "size": ("pareto-size.png", "size on disk")}
 SEARCH_PLOT = "search-"  # a search step's plot: key and file stem "search-<step name>"
@@ -375,6 +443,11 @@ def sections(report: dict) -> list[Block]:
         blocks += [("h2", "ONNX Runtime fusions not applied"), ("ul", fusion_lines(report))]
     if size_split_table(report)[1]:
         blocks += [("h2", "Size split"), ("table", ("size-split", size_split_table(report)))]
+    rates = efficiency_table(report)
+    if rates[1] or any(r.get("operator_split") for r in measured(report)):
+        blocks += [("h2", "Efficiency: measured GEMM rate and time by operator type"), ("p", EFFICIENCY),
+                   *([("table", ("efficiency", rates))] if rates[1] else []),
+                   ("table", ("operators", operator_table(report)))]
     if vocab_lines(report):
         blocks += [("h2", "Vocabulary pruning"), ("ul", vocab_lines(report))]
     if distill_lines(report):
