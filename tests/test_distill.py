@@ -18,6 +18,7 @@ import torch
 from compress.core.artifact import Artifact
 from compress.stages.distill import AttentionMSE, DistillLoss, HiddenMSE, LossConfig, SoftKL, head_pairs
 from compress.core.errors import CompressError
+from compress.core.heads import prune_heads
 from compress.run import main
 from compress.stages.students import (AlbertizeSpec, GradualSharing, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
                                parameter_split)
@@ -211,7 +212,7 @@ def test_pruned_student_compares_each_head_with_the_teacher_head_it_was_cut_from
     """Pruning heads leaves the others' attention maps as they were, so an untrained pruned copy matches its
     teacher exactly when each head meets its origin; matched by position instead, the maps differ."""
     teacher, pruned = load(tiny_bert).eval(), load(tiny_bert).eval()
-    pruned.prune_heads({1: [0, 2]})  # layer 2 keeps heads 1 and 3 of 4; widths stay equal
+    prune_heads(pruned, {1: [0, 2]})  # layer 2 keeps heads 1 and 3 of 4; widths stay equal
     hidden = DistillLoss(LossConfig(kl=0.0, ce=0.0, hidden=1.0), teacher, pruned)
     assert not hidden.projections and hidden(pruned, INPUTS, torch.tensor([0, 1])).item() > 0
     attention = DistillLoss(LossConfig(kl=0.0, ce=0.0, attention=1.0), teacher, pruned)
