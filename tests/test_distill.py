@@ -194,6 +194,7 @@ def test_recipe_distills_a_shallower_albert_from_an_albert_source(tmp_path, tiny
 
 def test_losses_vanish_on_a_perfect_copy_and_project_different_widths(tmp_path, tiny_bert):
     teacher = load(tiny_bert)
+    teacher.set_attn_implementation("eager")  # SDPA returns no attention maps on transformers 5 (4.x fell back)
     out = teacher(**INPUTS, output_hidden_states=True, output_attentions=True)
     cfg = LossConfig(hidden=1.0, attention=1.0)
     assert SoftKL(cfg, {}, {})(out, out, None, INPUTS["attention_mask"]).item() == pytest.approx(0.0, abs=1e-7)
@@ -281,11 +282,11 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
     # Stock transformers, in a fresh process with nothing of ours imported, loads the ALBERT and its WordPiece tokenizer.
     code = ("import sys; from transformers import AutoTokenizer, AlbertForSequenceClassification as A; "
             f"t = AutoTokenizer.from_pretrained('{run / '01-albert'}'); m = A.from_pretrained('{run / '01-albert'}'); "
-            "print(type(t).__name__, m(**t(['a good film'], return_tensors='pt')).logits.shape)")
+            "print(type(t).__name__.removesuffix('Fast'), t.is_fast, m(**t(['a good film'], return_tensors='pt')).logits.shape)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env=os.environ | {"HF_HUB_OFFLINE": "1"}, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[0] == "BertTokenizerFast" and "torch.Size([1, 2])" in done.stdout
+    assert done.stdout.split()[:2] == ["BertTokenizer", "True"] and "torch.Size([1, 2])" in done.stdout
 
 
 def test_teacher_must_be_an_earlier_checkpoint_step(tmp_path, tiny_bert, tiny_csv, capsys):
