@@ -90,6 +90,26 @@ def test_heads_neurons_layers_pruned_and_fresh_process_reload_is_identical(tmp_p
         assert torch.allclose(fresh_process_logits(tmp_path / "out", ids, STOCK), mine, atol=1e-6, rtol=0)
 
 
+def test_loader_cuts_to_the_record_gives_a_fresh_head_for_other_labels_and_refuses_a_wrong_record(tmp_path):
+    from compress.core.errors import CompressError
+    from compress.core.models import load_classifier
+
+    model = AutoModelForSequenceClassification.from_pretrained(save_tiny_model(tmp_path / "in", "bert")).eval()
+    prune_heads(model, {0: [1, 3], 1: [0]})
+    model.save_pretrained(tmp_path / "out")
+    loaded = load_classifier(tmp_path / "out")
+    assert [b.heads(head_size(loaded)) for b in blocks(loaded)] == [2, 3]
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict(), atol=0, rtol=0)
+    relabelled = load_classifier(tmp_path / "out", ["a", "b", "c"])
+    assert relabelled.classifier.out_features == 3
+    torch.testing.assert_close(relabelled.bert.state_dict(), model.bert.state_dict(), atol=0, rtol=0)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    config["pruned_heads"] = {"0": [1]}  # a record the weights do not follow
+    (tmp_path / "out" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CompressError, match="do not fit its config.json"):
+        load_classifier(tmp_path / "out")
+
+
 def _zero_head(model, head: int) -> None:
     """Make one head of the first layer useless: zero value rows means it contributes nothing."""
     b, d = blocks(model)[0], head_size(model)
