@@ -24,6 +24,7 @@ from benchmarks.suite import METHOD_VERSION, benchmark_isolated, not_measured_ro
 from compress.core.artifact import MANIFEST, Artifact, commit, digest, write_json_atomic
 from compress.core.errors import CompressError, StageFailed, StepUnavailable
 from compress.core.lock import run_lock
+from compress.core.models import load_call, resolve_source
 from compress.core.stage import STAGES, Context
 from compress.core.train import process_state
 from compress.gate import violations
@@ -124,7 +125,8 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
         shutil.rmtree(partial, ignore_errors=True)
         raise
     metrics = result.metrics | {"stage_seconds": round(time.perf_counter() - start, 1)}
-    artifact = Artifact(step.name, result.kind, partial, h, parent.name, step.type, result.files, metrics)
+    artifact = Artifact(step.name, result.kind, partial, h, parent.name, step.type, result.files, metrics,
+                        load_call(result.kind, partial, result.files))
     committed = commit(partial, folder, artifact)
     state.wait_for_everyone()
     return committed

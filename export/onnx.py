@@ -40,7 +40,11 @@ def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> Non
     """Legacy TorchScript exporter: the dynamo exporter (torch's default) does not keep both dynamic axes here.
     A token head's logits are (batch, sequence, classes): their sequence axis must be dynamic too, or the graph
     would only take the sample's length. Which kind of head it is, the sample's own logits say (a model built
-    from a config need not name its architecture)."""
+    from a config need not name its architecture).
+    Traced with eager attention: transformers 5's SDPA path builds its mask from Range/And/GreaterOrEqual and
+    guards softmax with IsNaN, which ONNX Runtime's fusions do not match (no Attention, no EmbedLayerNormalization
+    on a tiny BERT); its eager path, like 4.57's, fuses fully."""
+    model.set_attn_implementation("eager")
     names = list(sample)
     wrapped = _LogitsOnly(model, names)
     tensors = tuple(torch.from_numpy(sample[n]) for n in names)
@@ -50,6 +54,52 @@ def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> Non
                                                                                           if per_token else {})}
         torch.onnx.export(wrapped, tensors, str(path), input_names=names, output_names=["logits"],
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
+    pin_head_counts(path)
+
+
+def pin_head_counts(path: Path) -> int:
+    """Write each layer's head count into the shape of the Reshapes that split Q, K and V into heads, where the
+    trace left -1; returns how many it wrote.
+
+    transformers 5 splits heads with view(batch, sequence, -1, head_size), where 4.x wrote the attention module's
+    head count. ONNX Runtime's Attention fusion reads the count there, else takes the one `num_heads` it was given,
+    so a model whose layers keep different counts (pruned heads) lost every Attention fusion, and the
+    EmbedLayerNormalization that goes with it. The count is the projection's width (from shape inference) over
+    the head size; graphs that already hold it are left as they are."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    widths = {v.name: v.type.tensor_type.shape.dim[-1].dim_value
+              for v in onnx.shape_inference.infer_shapes(model).graph.value_info if v.type.tensor_type.shape.dim}
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def constant(name: str) -> list[int] | None:
+        node = producers.get(name)
+        if node is None or node.op_type != "Constant":
+            return None
+        return numpy_helper.to_array(node.attribute[0].t).reshape(-1).tolist()
+
+    pinned = 0
+    for node in graph.node:
+        concat = producers.get(node.input[1]) if node.op_type == "Reshape" else None
+        if concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+            continue
+        heads, size, width = constant(concat.input[2]), constant(concat.input[3]), widths.get(node.input[0], 0)
+        if heads == [-1] and size and size[0] > 0 and width and width % size[0] == 0:
+            name = f"{concat.name}/heads"
+            graph.initializer.append(numpy_helper.from_array(np.array([width // size[0]], dtype=np.int64), name))
+            concat.input[2] = name
+            pinned += 1
+    if pinned:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        kept = [n for n in graph.node if n.op_type != "Constant" or any(o in used for o in n.output)]
+        del graph.node[:]
+        graph.node.extend(kept)
+        onnx.save(model, str(path))
+    return pinned
 
 
 class _LogitsOnly(torch.nn.Module):

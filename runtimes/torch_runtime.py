@@ -23,16 +23,14 @@ class TorchRuntime:
 
     @classmethod
     def open(cls, folder: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None) -> TorchRuntime:
-        from transformers import AutoConfig
-
-        from compress.core.models import head_class, task_of
+        from compress.core.models import load_classifier
 
         reason = cuda_missing() if device.startswith("cuda") else None
         if reason:
             raise Unavailable(reason)
         if threads:
             torch.set_num_threads(threads)
-        model = head_class(task_of(AutoConfig.from_pretrained(folder))).from_pretrained(folder, use_safetensors=True)
+        model = load_classifier(folder)
         model = model.to(device, dtype=torch.float16 if precision == "fp16" else torch.float32)
         return cls(model, device, precision)
 

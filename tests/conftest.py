@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -11,19 +12,29 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# The line of transformers installed: 5 removed head pruning and head masks (see compress.core.heads).
+TRANSFORMERS_5 = int(version("transformers").split(".")[0]) >= 5
+
 POSITIVE = "good great fine superb lovely brilliant moving funny charming smart".split()
 NEGATIVE = "bad awful dull boring weak tired clumsy lazy bland messy".split()
 FILLER = "the a movie film story plot actor scene this that is was very quite and but".split()
 WORDS = POSITIVE + NEGATIVE + FILLER
 
 
-def write_tokenizer(folder: Path) -> None:
+def write_wordpiece(folder: Path, tokens: list[str]):
+    """A WordPiece tokenizer over `tokens` (in id order), saved into `folder` and returned. Read from vocab.txt
+    by from_pretrained: transformers 5's BertTokenizerFast ignores a `vocab_file` argument."""
     from transformers import BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ly"]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    tokenizer = BertTokenizerFast.from_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def write_tokenizer(folder: Path) -> None:
+    write_wordpiece(folder, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "##ly"])
 
 
 def tiny_config(arch: str = "bert", **overrides):

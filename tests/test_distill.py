@@ -18,6 +18,7 @@ import torch
 from compress.core.artifact import Artifact
 from compress.stages.distill import AttentionMSE, DistillLoss, HiddenMSE, LossConfig, SoftKL, head_pairs
 from compress.core.errors import CompressError
+from compress.core.heads import prune_heads
 from compress.run import main
 from compress.stages.students import (AlbertizeSpec, GradualSharing, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
                                parameter_split)
@@ -193,6 +194,7 @@ def test_recipe_distills_a_shallower_albert_from_an_albert_source(tmp_path, tiny
 
 def test_losses_vanish_on_a_perfect_copy_and_project_different_widths(tmp_path, tiny_bert):
     teacher = load(tiny_bert)
+    teacher.set_attn_implementation("eager")  # SDPA returns no attention maps on transformers 5 (4.x fell back)
     out = teacher(**INPUTS, output_hidden_states=True, output_attentions=True)
     cfg = LossConfig(hidden=1.0, attention=1.0)
     assert SoftKL(cfg, {}, {})(out, out, None, INPUTS["attention_mask"]).item() == pytest.approx(0.0, abs=1e-7)
@@ -211,7 +213,7 @@ def test_pruned_student_compares_each_head_with_the_teacher_head_it_was_cut_from
     """Pruning heads leaves the others' attention maps as they were, so an untrained pruned copy matches its
     teacher exactly when each head meets its origin; matched by position instead, the maps differ."""
     teacher, pruned = load(tiny_bert).eval(), load(tiny_bert).eval()
-    pruned.prune_heads({1: [0, 2]})  # layer 2 keeps heads 1 and 3 of 4; widths stay equal
+    prune_heads(pruned, {1: [0, 2]})  # layer 2 keeps heads 1 and 3 of 4; widths stay equal
     hidden = DistillLoss(LossConfig(kl=0.0, ce=0.0, hidden=1.0), teacher, pruned)
     assert not hidden.projections and hidden(pruned, INPUTS, torch.tensor([0, 1])).item() > 0
     attention = DistillLoss(LossConfig(kl=0.0, ce=0.0, attention=1.0), teacher, pruned)
@@ -285,11 +287,11 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
     # Stock transformers, in a fresh process with nothing of ours imported, loads the ALBERT and its WordPiece tokenizer.
     code = ("import sys; from transformers import AutoTokenizer, AlbertForSequenceClassification as A; "
             f"t = AutoTokenizer.from_pretrained('{run / '01-albert'}'); m = A.from_pretrained('{run / '01-albert'}'); "
-            "print(type(t).__name__, m(**t(['a good film'], return_tensors='pt')).logits.shape)")
+            "print(type(t).__name__.removesuffix('Fast'), t.is_fast, m(**t(['a good film'], return_tensors='pt')).logits.shape)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env=os.environ | {"HF_HUB_OFFLINE": "1"}, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[0] == "BertTokenizerFast" and "torch.Size([1, 2])" in done.stdout
+    assert done.stdout.split()[:2] == ["BertTokenizer", "True"] and "torch.Size([1, 2])" in done.stdout
 
 
 def test_teacher_must_be_an_earlier_checkpoint_step(tmp_path, tiny_bert, tiny_csv, capsys):

@@ -30,7 +30,7 @@ from compress.recipe import load_recipe
 from compress.run import main
 from runtimes.ort_runtime import OrtRuntime
 from runtimes.torch_runtime import TorchRuntime
-from tests.conftest import tiny_config, write_recipe
+from tests.conftest import tiny_config, write_recipe, write_wordpiece
 from tests.test_deploy import clean_python  # noqa: F401  (the clean-venv fixture the edge bundle runs in)
 
 PEOPLE = ["john", "mary", "anna", "smithson"]  # WordPiece: smithson = smith ##son, a word of two pieces
@@ -79,11 +79,9 @@ def write_conll(path: Path, n: int = 240) -> Path:
 def save_encoder(folder: Path) -> Path:
     """A random bare BERT encoder with a WordPiece tokenizer: finetune puts the token head on."""
     import torch
-    from transformers import AutoModel, BertTokenizerFast
+    from transformers import AutoModel
 
-    folder.mkdir(parents=True)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    write_wordpiece(folder, VOCAB)
     torch.manual_seed(0)
     AutoModel.from_config(tiny_config(vocab_size=len(VOCAB))).save_pretrained(folder)
     return folder

@@ -25,7 +25,7 @@ from compress.stages.distill import HardCE, LossConfig, SoftKL, read_unlabeled
 from compress.stages.prune import IMPORTANCE, blocks, head_size, scoring_batches
 from runtimes.ort_runtime import OrtRuntime
 from runtimes.torch_runtime import TorchRuntime
-from tests.conftest import tiny_config, write_recipe
+from tests.conftest import tiny_config, write_recipe, write_wordpiece
 from tests.test_prune import fresh_process_logits
 
 TASK = "token-classification"
@@ -70,13 +70,7 @@ def write_conll(path: Path, n: int = 240) -> Path:
 
 
 def wordpiece_tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(WORDPIECE) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
-    tokenizer.save_pretrained(folder)
-    return tokenizer
+    return write_wordpiece(folder, WORDPIECE)
 
 
 def unigram_tokenizer(folder: Path):
@@ -192,7 +186,7 @@ def test_taylor_and_head_mask_score_on_token_labels_and_rank_a_dead_head_lowest(
         assert heads.argmin().item() == 1 and heads.min() < heads.max(), name
 
 
-def test_pruned_tagger_reloads_in_a_fresh_stock_transformers_with_identical_logits(tmp_path, teacher, conll,
+def test_pruned_tagger_reloads_in_a_fresh_process_by_its_manifest_route_with_identical_logits(tmp_path, teacher, conll,
                                                                                     monkeypatch):
     import compress.stages.prune as prune_stage
 
@@ -214,9 +208,9 @@ def test_pruned_tagger_reloads_in_a_fresh_stock_transformers_with_identical_logi
     ids = torch.from_numpy(inputs["input_ids"])
     with torch.no_grad():
         mine = in_memory["model"].eval()(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-    stock = fresh_process_logits(pruned.path, ids, "AutoModelForTokenClassification")
-    assert stock.shape == (*ids.shape, len(TAGS))  # a tag per token: stock transformers built the token head
-    torch.testing.assert_close(stock, mine, atol=1e-6, rtol=0)
+    reloaded = fresh_process_logits(pruned.path, ids, pruned.load)  # the route its manifest names
+    assert reloaded.shape == (*ids.shape, len(TAGS))  # a tag per token: the loader built the token head
+    torch.testing.assert_close(reloaded, mine, atol=1e-6, rtol=0)
     assert dev_f1(pruned.path, ctx) > 0.5  # a quarter of the heads and half the FFN gone: still a tagger
 
 

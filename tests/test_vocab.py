@@ -21,17 +21,15 @@ from compress.stages.quantize_methods import embeddings_4bit
 from compress.stages.vocab_prune import (check_same_pieces, check_tokenizer_kind, coverage, fill_by_drift, kept_ids,
                                         prune_embeddings, trim_positions, write_pruned_tokenizer)
 from tests.conftest import (WORDS, save_tiny_model, sentencepiece_albert, sentencepiece_tokenizer, sentiment_rows,
-                            tiny_config, write_recipe)
+                            tiny_config, write_recipe, write_wordpiece)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def wordpiece(folder, words: list[str]):
-    from transformers import AutoTokenizer, BertTokenizerFast
+    from transformers import AutoTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(SPECIALS + words) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    write_wordpiece(folder, SPECIALS + words)
     return AutoTokenizer.from_pretrained(folder)
 
 

@@ -28,6 +28,7 @@ class Artifact:
     stage: str = ""
     files: dict[str, str] = field(default_factory=dict)  # role -> file name inside path, e.g. {"model": "model.onnx"}
     metrics: dict[str, Any] = field(default_factory=dict)
+    load: str = ""  # the call that opens it (compress.core.models.load_call), for a user of the folder
 
     def file(self, role: str) -> Path:
         return self.path / self.files[role]

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from compress.core.config import Strict
 from compress.core.data import TASKS
 from compress.core.errors import CompressError
+from compress.core.heads import pruned_heads, shape_to_record
 
 
 def _package_dir(name: str, package: str, sub: str) -> Path:
@@ -207,26 +208,74 @@ def head_class(task: str):
     return getattr(transformers, f"AutoModel{HEADS[task]}")
 
 
-def load_classifier(folder: Path, labels: list[str] | None = None, allow_pickle: bool = False,
+def load_classifier(folder: Path | str, labels: list[str] | None = None, allow_pickle: bool = False,
                     task: str | None = None):
     """The task's model from `folder` (task None: the one its head does); with `labels`, a fresh head when the
-    labels differ."""
+    labels differ. The one call that loads every checkpoint compress writes, on transformers 4 and 5 alike.
+
+    A checkpoint with pruned heads (config.pruned_heads) is built from its config, cut to the recorded heads
+    (compress.core.heads) and then given its weights: transformers 5 cannot load it itself. Any other goes
+    through stock `from_pretrained`."""
     from transformers import AutoConfig
 
+    folder = Path(folder)
     try:
         check_checkpoint_folder(folder, allow_pickle)
         checkpoint_config(folder)
     except ValueError as e:
         raise CompressError(str(e)) from None
-    kwargs: dict = {"use_safetensors": not allow_pickle or any((folder / f).is_file() for f in WEIGHT_FILES)}
+    kwargs: dict = {}
     if labels is not None:
         kwargs.update(
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={l: i for i, l in enumerate(labels)},
-            ignore_mismatched_sizes=True,
         )
-    return head_class(task or task_of(AutoConfig.from_pretrained(folder))).from_pretrained(folder, **kwargs)
+    config = AutoConfig.from_pretrained(folder, **kwargs)
+    auto = head_class(task or task_of(config))
+    if pruned_heads(config):
+        return _load_cut(build_model(auto, config), folder, fresh_head=labels is not None)
+    safetensors = not allow_pickle or any((folder / f).is_file() for f in WEIGHT_FILES)
+    return auto.from_pretrained(folder, use_safetensors=safetensors, ignore_mismatched_sizes=labels is not None,
+                                **kwargs)
+
+
+def build_model(auto, config, **kwargs):
+    """`auto.from_config(config)` with the pruned heads the config records cut, as transformers 4 built it."""
+    return shape_to_record(auto.from_config(config, **kwargs))
+
+
+def _state_dict(folder: Path) -> dict:
+    """The weights of a checkpoint folder: its safetensors files, else its pickle (allowed by the caller)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if any((folder / f).is_file() for f in WEIGHT_FILES):
+        return {k: v for path in _safetensors_files(folder) for k, v in load_file(path).items()}
+    index = folder / PICKLE_FILES[1]
+    names = sorted(set(_read_json(index)["weight_map"].values())) if index.is_file() else [PICKLE_FILES[0]]
+    return {k: v for n in names for k, v in torch.load(folder / n, map_location="cpu", weights_only=True).items()}
+
+
+def _load_cut(model, folder: Path, fresh_head: bool):
+    """`model` (already cut to its config) with the weights of `folder`, checked as strictly as the cut demands:
+    every encoder weight present and of its shape. The head may be missing or of another shape only when a fresh
+    one was asked for (other labels), as from_pretrained's ignore_mismatched_sizes allows."""
+    state = _state_dict(folder)
+    prefix = model.base_model_prefix + "."
+    target = model if any(k.startswith(prefix) for k in state) else model.base_model  # a bare encoder's keys
+    own = target.state_dict()
+    if fresh_head:
+        state = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape}
+    wrong = {k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and own[k].shape != v.shape}
+    missing, unexpected = target.load_state_dict({k: v for k, v in state.items() if k not in wrong}, strict=False)
+    head = lambda k: target is model and not k.startswith(prefix)  # noqa: E731
+    missing = [k for k in missing if not (fresh_head and head(k))]
+    if wrong or missing or unexpected:
+        raise CompressError(f"{folder}: the weights do not fit its config.json (pruned_heads "
+                            f"{pruned_heads(model.config)}): shapes (file, config) {wrong or '-'}, missing "
+                            f"{missing or '-'}, unexpected {unexpected or '-'}")
+    return model.eval()
 
 
 def is_classifier_for(folder: Path, labels: list[str], task: str) -> bool:
@@ -244,6 +293,21 @@ def save_checkpoint(model, tokenizer, folder: Path) -> None:
     """A plain `save_pretrained` folder: stock transformers loads it with nothing of ours installed."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+
+
+def load_call(kind: str, folder: Path, files: dict[str, str]) -> str:
+    """How a user loads an artifact of `kind` in `folder` (the manifest's `load`): the call, given the folder (a
+    checkpoint) or files["model"]. A checkpoint with pruned heads needs ours: transformers 5 cannot load it."""
+    if kind == "hf-checkpoint":
+        config = _read_json(folder / "config.json")
+        if any((config.get("pruned_heads") or {}).values()):
+            return "compress.core.models.load_classifier"
+        return f"transformers.AutoModel{HEADS[task_named(config.get('architectures') or [])]}.from_pretrained"
+    if kind == "onnx":
+        return "onnxruntime.InferenceSession"
+    if kind == "tensorrt-engine":
+        return "runtimes.tensorrt_engine.TrtEngine"
+    return f"python {files['bundle']}/run_on_device.py"  # edge-bundle: runs on the device with numpy + ORT/TensorRT
 
 
 def check_tokenizer_fits(vocab_size: int, tokenizer, model_where: str, tokenizer_where: str) -> None:

@@ -19,10 +19,10 @@ from compress.core.config import Architecture, StepConfig, Strict
 from compress.core.data import IGNORE, TASKS, Example, encode
 from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
+from compress.core.heads import kept_heads
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
 from compress.core.train import TrainingSettings, token_rows, train
-from compress.stages.prune import original_heads
 from compress.stages.students import (GradualSharing, StudentSpec, build_student, embedding_row_counts,
                                       parameter_split, student_architecture)
 from runtimes.torch_runtime import TorchRuntime
@@ -173,7 +173,7 @@ def head_pairs(layer_map: dict[int, int], student, teacher) -> dict[int, list[in
     for si, ti in layer_map.items():
         if not (si and ti):
             continue
-        ks, kt = original_heads(student.config, si - 1), original_heads(teacher.config, ti - 1)
+        ks, kt = kept_heads(student.config, si - 1), kept_heads(teacher.config, ti - 1)
         same_origin = (student.config.num_attention_heads == teacher.config.num_attention_heads
                        and len(ks) == counts["student"][si - 1] and len(kt) == counts["teacher"][ti - 1])
         if same_origin and set(ks) <= set(kt):

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from compress.core.errors import CompressError
+from compress.core.heads import attentions, prune_heads
 from compress.stages.distill import LOSSES, LossConfig, TeacherCache, default_layer_map
 from compress.stages.prune import Block, Scores, blocks, drop_layers, head_size, prune_ffn
 
@@ -64,9 +65,7 @@ class Candidate:
 
 def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The module of each block that holds the head count its forward reshapes by (prune.blocks' order)."""
-    if model.config.model_type == "bert":
-        return [layer.attention.self for layer in model.bert.encoder.layer]
-    return [model.albert.encoder.albert_layer_groups[0].albert_layers[0].attention]
+    return [a.module for a in attentions(model)]
 
 
 def _permute_rows(linear: torch.nn.Linear, order: torch.Tensor) -> None:
@@ -143,7 +142,7 @@ def extract(model: torch.nn.Module, candidate: Candidate) -> torch.nn.Module:
         drop_layers(sub, dropped)
     total, heads = sub.config.num_attention_heads, candidate.kept_heads(sub.config)
     if heads < total:
-        sub.prune_heads({block.index: list(range(heads, total)) for block in blocks(sub)})
+        prune_heads(sub, {block.index: list(range(heads, total)) for block in blocks(sub)})
     width, neurons = sub.config.intermediate_size, candidate.kept_neurons(sub.config)
     if neurons < width:  # prune_ffn cuts the lowest-scored neurons: score them by position, the last lowest
         prune_ffn(sub, [torch.arange(width, 0, -1, dtype=torch.float) for _ in blocks(sub)], neurons)

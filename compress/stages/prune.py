@@ -1,15 +1,15 @@
 """prune: structured pruning of BERT / ALBERT encoders into a smaller plain Hugging Face checkpoint.
 
 Three granularities: attention heads (per-layer counts may differ), FFN intermediate neurons, whole
-encoder layers. The output must load with stock `transformers` and nothing of ours, so every cut is
-one the config can express:
+encoder layers. The output must load with stock `transformers` 4 and nothing of ours (transformers 5: with
+`compress.core.models.load_classifier`), so every cut is one the config can express:
 
-- heads: HF's own `model.prune_heads({layer: [heads]})`. It shrinks query/key/value and the attention
-  output projection, updates each attention module's head count, and records `config.pruned_heads`,
-  which `from_pretrained` re-applies before loading the weights. Torch-Pruning's `MetaPruner` can cut
-  the same channels, but it leaves `num_attention_heads`/`all_head_size` and the config stale (a
-  checkpoint that does not reload) and, on ALBERT, traces one shared layer many times; patching that
-  after the fact would be more code than HF's native path, so heads go through HF.
+- heads: `compress.core.heads.prune_heads`, what transformers 4's `prune_heads` did (transformers 5 removed
+  it): it slices query/key/value and the attention output projection, updates each attention module's head
+  count, and records `config.pruned_heads`, which transformers 4's `from_pretrained` re-applies before loading
+  the weights and `compress.core.models.load_classifier` applies on transformers 5. Torch-Pruning's
+  `MetaPruner` can cut the same channels, but it leaves `num_attention_heads`/`all_head_size` and the config
+  stale (a checkpoint that does not reload) and, on ALBERT, traces one shared layer many times.
 - FFN neurons: Torch-Pruning's `prune_linear_out_channels` / `prune_linear_in_channels` on the two FFN
   linears, then `config.intermediate_size`. That number is global, so every layer keeps the same width
   (per-layer FFN ratios are refused: they would save a checkpoint `from_pretrained` cannot rebuild).
@@ -39,7 +39,8 @@ from compress.core.artifact import Artifact
 from compress.core.config import Architecture, StepConfig
 from compress.core.data import batches
 from compress.core.errors import CompressError, StageFailed
-from compress.core.models import head_class, load_classifier, save_checkpoint, task_of
+from compress.core.heads import attentions, kept_heads, prune_heads, pruned_heads, renumber
+from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
 from compress.core.train import TrainingSettings, cross_entropy, train
 
@@ -125,17 +126,14 @@ class Block:
 
 def blocks(model: torch.nn.Module) -> list[Block]:
     cfg = model.config
-    if cfg.model_type == "bert":
-        return [Block(i, (l.attention.self.query, l.attention.self.key, l.attention.self.value),
-                      l.attention.output.dense, l.intermediate.dense, l.output.dense)
-                for i, l in enumerate(model.bert.encoder.layer)]
-    if cfg.model_type == "albert":
-        if cfg.num_hidden_groups != 1 or cfg.inner_group_num != 1:
-            raise CompressError(f"prune: ALBERT with num_hidden_groups={cfg.num_hidden_groups}, inner_group_num="
-                                f"{cfg.inner_group_num} is not supported (only one shared layer)")
-        a = model.albert.encoder.albert_layer_groups[0].albert_layers[0]
-        return [Block(0, (a.attention.query, a.attention.key, a.attention.value), a.attention.dense, a.ffn, a.ffn_output)]
-    raise CompressError(f"prune: model_type {cfg.model_type!r} is not supported ({', '.join(PRUNABLE)})")
+    if cfg.model_type not in PRUNABLE:
+        raise CompressError(f"prune: model_type {cfg.model_type!r} is not supported ({', '.join(PRUNABLE)})")
+    if cfg.model_type == "albert" and (cfg.num_hidden_groups != 1 or cfg.inner_group_num != 1):
+        raise CompressError(f"prune: ALBERT with num_hidden_groups={cfg.num_hidden_groups}, inner_group_num="
+                            f"{cfg.inner_group_num} is not supported (only one shared layer)")
+    bert = cfg.model_type == "bert"
+    return [Block(a.index, a.qkv, a.out, *((a.layer.intermediate.dense, a.layer.output.dense) if bert
+                                         else (a.layer.ffn, a.layer.ffn_output))) for a in attentions(model)]
 
 
 def head_size(model: torch.nn.Module) -> int:
@@ -244,16 +242,10 @@ def scoring_batches(tokenizer, importance: ImportanceName, count: int, batch_siz
             for enc, labels in batches(tokenizer, examples, ctx.max_length, batch_size)]
 
 
-def original_heads(config, layer: int) -> list[int]:
-    """Original indices of layer `layer`'s heads still present (prune_heads takes, and records, original indices)."""
-    gone = set(config.pruned_heads.get(layer, []))
-    return [h for h in range(config.num_attention_heads) if h not in gone]
-
-
 def heads_to_prune(model, scores: list[torch.Tensor], ratio: float | dict[int, float], frac: float) -> dict[int, list[int]]:
     """Heads to cut this round so that `frac` of the round's way to `ratio` (of the original heads) is reached."""
     n_orig, bs = model.config.num_attention_heads, blocks(model)
-    alive = [original_heads(model.config, b.index) for b in bs]
+    alive = [kept_heads(model.config, b.index) for b in bs]
     chosen: dict[int, list[int]] = {}
     if isinstance(ratio, dict):
         for i, r in ratio.items():
@@ -296,20 +288,17 @@ def drop_layers(model, drop: list[int]) -> dict[int, int]:
     keep = [i for i in range(cfg.num_hidden_layers) if i not in drop]
     if cfg.model_type == "bert":
         model.bert.encoder.layer = torch.nn.ModuleList(model.bert.encoder.layer[i] for i in keep)
-        cfg.pruned_heads = {keep.index(i): h for i, h in cfg.pruned_heads.items() if i in keep}
+        renumber(cfg, keep)
     cfg.num_hidden_layers = len(keep)  # ALBERT: the shared layer simply runs fewer times
     return {old: new for new, old in enumerate(keep)} if cfg.model_type == "bert" else {0: 0}
 
 
 def check_reload(model, folder: Path, tokenizer, ctx: Context) -> float:
-    """Max |logit difference| between the model in memory and `from_pretrained` of what was saved, through the
-    Auto class a user would pick for the saved head (its config's architectures): a tagger must reload as one."""
-    from transformers import AutoConfig
-
+    """Max |logit difference| between the model in memory and what was saved, loaded as the manifest tells a user
+    to (load_classifier: the head its config's architectures name; a tagger must reload as one)."""
     enc = next(batches(tokenizer, ctx.data.dev[:16], ctx.max_length, 16))[0]
     feed = {k: torch.from_numpy(v) for k, v in enc.items()}
-    auto = head_class(task_of(AutoConfig.from_pretrained(folder)))
-    reloaded = auto.from_pretrained(folder, use_safetensors=True).eval()
+    reloaded = load_classifier(folder)
     with torch.no_grad():
         return float((model.eval()(**feed).logits - reloaded(**feed).logits).abs().max())
 
@@ -338,7 +327,7 @@ def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageR
         if heads:
             chosen = heads_to_prune(model, [h for h, _ in scores], heads, frac)
             if chosen:
-                model.prune_heads(chosen)
+                prune_heads(model, chosen)
         if cfg.ffn:
             width = round(width_orig * (1 - cfg.ffn * frac))
             if width < 1:
@@ -357,7 +346,7 @@ def prune(cfg: PruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageR
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
         "importance": cfg.importance,
         "heads_per_layer": [b.heads(head_size(model)) for b in blocks(model)],
-        "pruned_heads": {str(k): sorted(v) for k, v in model.config.pruned_heads.items()},
+        "pruned_heads": {str(k): v for k, v in pruned_heads(model.config).items()},
         "intermediate_size": model.config.intermediate_size,
         "num_hidden_layers": model.config.num_hidden_layers,
         "encoder_parameters_before": before,

@@ -17,7 +17,8 @@ from pydantic import Field
 
 from compress.core.config import Architecture, Strict
 from compress.core.errors import CompressError
-from compress.core.models import HEADS, head_class, task_named
+from compress.core.heads import renumber
+from compress.core.models import HEADS, build_model, head_class, task_named
 
 
 class LayerDrop(Strict):
@@ -110,6 +111,7 @@ def layer_drop(model, keep: list[int]):
         if hasattr(layer.attention.self, "layer_idx"):
             layer.attention.self.layer_idx = new
     _encoder(student).layer = kept
+    renumber(student.config, keep)
     return student
 
 
@@ -130,7 +132,7 @@ def fresh(model, overrides: dict):
     if config.hidden_size % config.num_attention_heads:
         raise CompressError(f"student.fresh: hidden_size {config.hidden_size} is not a multiple of "
                             f"num_attention_heads {config.num_attention_heads}")
-    return head_class(head_task(model)).from_config(config)
+    return build_model(head_class(head_task(model)), config)
 
 
 def embedding_row_counts(encoded: dict[str, np.ndarray], config) -> torch.Tensor:
