@@ -22,7 +22,7 @@ from compress.core.heads import prune_heads
 from compress.run import main
 from compress.stages.students import (AlbertizeSpec, GradualSharing, albertize, embedding_row_counts, factorize_embeddings, layer_drop,
                                parameter_split)
-from tests.conftest import save_tiny_model, write_recipe
+from tests.conftest import TINY_TRAINING, save_tiny_model, write_recipe
 from tests.test_prune import fresh_process_logits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,7 +258,7 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
     unlabeled.write_text("a very good film\n\nthe plot was dull\n")
     train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
     steps = [
-        {"name": "teacher", "type": "finetune", "force": True, "min_steps": 0, **train},
+        {"name": "teacher", "type": "finetune", **TINY_TRAINING},  # a teacher that learned (else the run stops)
         {"name": "albert", "type": "distill", "teacher": "teacher",
          "student": {"albertize": {"embedding_size": 8, "anneal": 0.5}},
          "loss": {"hidden": 1.0, "attention": 1.0}, "unlabeled": str(unlabeled), **train},
@@ -327,7 +327,10 @@ def test_two_process_ddp_matches_one_process(tmp_path, tiny_csv):
     train = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3}
     steps = [{"name": "teacher", "type": "finetune", "force": True, "min_steps": 0, **train},
              {"name": "student", "type": "distill", "student": {"layer_drop": [1]}, "loss": {"hidden": 1.0}, **train}]
-    recipe = write_recipe(tmp_path, model, tiny_csv, steps)
+    # 22 steps at 1e-3 leave the teacher at chance, which would stop the run: the test compares trajectories, and
+    # at a learning rate where the tiny model learns, float sums in another order already change dev predictions.
+    recipe = write_recipe(tmp_path, model, tiny_csv, steps, gate={"allow_chance_baseline": True,
+                                                                   "max_accuracy_drop": 100})
     assert main([str(recipe), "--out", str(tmp_path / "one")]) == 0
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
