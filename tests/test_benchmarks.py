@@ -332,6 +332,9 @@ def reference_run(folders, external_report, tmp_path_factory) -> Path:
         artifact["path"] = f"elsewhere/tiny/{artifact['name']}"
         if artifact["name"] == "fp32-onnx":
             artifact["metrics"]["reference"] = "stand-in for optimum"
+    for row in report["rows"]:  # random tiny models are at chance, never "our best": give them scores above it
+        if row.get("status") == "measured":
+            row["score"] = row["accuracy"] = {"hf": 0.90, "fp32-onnx": 0.90, "int8-onnx": 0.895}[row["artifact"]]
     rebuilt = build_report(report["recipe"], "hf", report["artifacts"], report["rows"], report["hardware"])
     (run / "report.json").write_text(json.dumps(rebuilt))
     return run

@@ -31,7 +31,7 @@ def default_recipe(source: Path, data: dict) -> dict:
     recipe["model"]["source"] = str(source)
     recipe["data"] = recipe["data"] | data
     steps = {s["name"]: s for s in recipe["steps"]}
-    steps["teacher"].update(TINY_TRAINING)
+    steps["teacher"].update(TINY_TRAINING, min_steps=80)  # a teacher above chance on the small limits below
     search = steps["small"]
     assert search["distillation"]["unlabeled"] == "data" and "vocabulary" in search  # what this test is about
     search["distillation"].update(FAST)
