@@ -22,7 +22,7 @@ from compress.run import main
 from tests.conftest import TINY_TRAINING, WORDS, save_tiny_model, sentencepiece_albert, sentiment_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "group_by_length": True}
+FAST = {"epochs": 2, "batch_size": 16, "learning_rate": 1e-3, "group_by_length": True, "min_steps": 0}
 
 
 def default_recipe(source: Path, data: dict) -> dict:
