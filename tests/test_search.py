@@ -48,6 +48,9 @@ def test_search_settings_are_validated_with_the_paths_of_their_stages(tmp_path, 
     assert "steps[0].distillation.student" in err  # the search builds the students; distill's student is not its key
 
 
+STUB_CONFIG = json.dumps({"architectures": ["BertForSequenceClassification"]})
+
+
 def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None]) -> list[str]:
     """judge (and the teacher fall-back's ship) replaced by fixed (dev score, p50) per candidate id, to test the
     choosing alone (the elastic training still runs); returns the ids in the order they were judged."""
@@ -58,6 +61,7 @@ def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None])
         (folder / "student").mkdir(parents=True)
         (folder / "int8").mkdir()
         (folder / "student" / "model.safetensors").write_text(candidate.id)
+        (folder / "student" / "config.json").write_text(STUB_CONFIG)  # the manifest's `load` reads it
         if figures[candidate.id] is None:
             raise StageFailed(f"{candidate.id}: INT8 parity 0.5 below 0.9")
         dev, p50 = figures[candidate.id]
@@ -135,6 +139,7 @@ def test_refinement_tries_the_fastest_promising_candidates_and_keeps_the_first_t
         refined.append(candidate["id"])
         (folder / "student").mkdir(parents=True)
         (folder / "student" / "model.safetensors").write_text(f"{candidate['id']}+refined")
+        (folder / "student" / "config.json").write_text(STUB_CONFIG)
         dev = {"l1-h0-f50": 0.88, "l2-h50-f50": 0.895}[candidate["id"]]
         return (Artifact("r", "hf-checkpoint", folder / "student", "h"),
                 {"dev_score": dev, "dev_parts": None, "p50_ms": candidate["p50_ms"], "size_bytes": 1000, "macs": 1,
