@@ -96,7 +96,7 @@ def test_without_optimum_the_reference_step_is_skipped_and_its_row_says_why(tmp_
     steps built on it are skipped, their rows read "not measured" with the reason, the gate judges the rest."""
     for module in ("optimum", "optimum.onnxruntime", "optimum.onnxruntime.configuration"):
         monkeypatch.setitem(sys.modules, module, None)  # import fails as if it were not installed
-    steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING, "epochs": 1},
+    steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING},
              {"name": "onnx", "type": "export"},
              {"name": "int8", "type": "quantize"},
              {"name": "ref", "type": "quantize", "from": "onnx", "method": "optimum-dynamic"},

@@ -49,7 +49,7 @@ def test_a_recipe_naming_a_hub_repo_runs_offline_from_the_cache(tmp_path, tiny_b
     """The whole command line, in a fresh process told where the cache is (HF_HUB_CACHE) and to stay offline."""
     cache = tmp_path / "hub"
     snapshot = lay_out_hub_cache(cache, "someorg/tiny-bert", tiny_bert)
-    steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING, "epochs": 1}]
+    steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING}]
     recipe = write_recipe(tmp_path, "someorg/tiny-bert", tiny_csv, steps,
                           benchmark={"backends": ["torch-cpu"], "sequence_lengths": [16], "min_repeats": 5,
                                      "max_seconds": 0.2})
