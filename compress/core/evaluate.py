@@ -21,13 +21,21 @@ def predict_logits(run: RunBatch, tokenizer, examples: list[Example], max_length
                    desc: str = "evaluate") -> np.ndarray:
     """Logits of every decision: a row per example, or (token classification) a row per real token in order,
     so two runtimes fed the same examples give arrays parity can compare row by row."""
-    chunks = batches(tokenizer, examples, max_length, batch_size)
+    order = by_length(examples)
+    chunks = batches(tokenizer, [examples[i] for i in order], max_length, batch_size)
     n = (len(examples) + batch_size - 1) // batch_size
-    rows = []
+    rows: list[np.ndarray] = []
     for inputs, _ in progress(chunks, desc, total=n):
         logits = run(inputs)
-        rows.append(logits if logits.ndim == 2 else logits[inputs["attention_mask"].astype(bool)])
-    return np.concatenate(rows)
+        mask = inputs["attention_mask"].astype(bool)
+        rows += [r[None] for r in logits] if logits.ndim == 2 else [r[m] for r, m in zip(logits, mask)]
+    return np.concatenate([rows[k] for k in np.argsort(order)])
+
+
+def by_length(examples: list[Example]) -> list[int]:
+    """Indices of `examples`, shortest text first: batches of like lengths pad little, and the order depends on
+    the text alone, so runtimes with different tokenizers (parity after vocabulary pruning) see the same batches."""
+    return sorted(range(len(examples)), key=lambda i: len(examples[i].text) + len(examples[i].text_pair or ""))
 
 
 def points_below(reference: float, value: float) -> float:
@@ -147,11 +155,12 @@ def drop_standard_error(reference: np.ndarray, parts: np.ndarray, resamples: int
 def _evaluate_tags(run: RunBatch, tokenizer, examples: list[Example], names: list[str], max_length: int,
                    batch_size: int, desc: str, parts: bool) -> dict:
     outside = names.index(OUTSIDE) if OUTSIDE in names else 0
-    predicted = []
+    order, found = by_length(examples), []
     for i in progress(range(0, len(examples), batch_size), desc, total=(len(examples) + batch_size - 1) // batch_size):
-        chunk = examples[i : i + batch_size]
+        chunk = [examples[k] for k in order[i : i + batch_size]]
         inputs, first = encode_words(tokenizer, chunk, max_length)
-        predicted += word_predictions(run(inputs), first, chunk, outside)
+        found += word_predictions(run(inputs), first, chunk, outside)
+    predicted = [found[k] for k in np.argsort(order)]
     gold, predicted = [[names[t] for t in e.label] for e in examples], [[names[t] for t in p] for p in predicted]
     return entity_metrics(gold, predicted) | ({"parts": entity_counts(gold, predicted)} if parts else {})
 
