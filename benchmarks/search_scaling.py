@@ -4,7 +4,7 @@ The elastic training is paid once per search whatever the count (the grids share
 candidate, so each trains the same range); judging is paid per candidate. Prints each search's wall time, split
 into training and judging, and the ratio of the 48-candidate search to the 8-candidate one.
 
-    python -m benchmarks.search_scaling [--out runs] [--limit-train 2000] [--limit-eval 400] [--epochs 1]
+    python -m benchmarks.search_scaling [--out runs] [--limit-train 2000] [--limit-eval 400] [--epochs 1] [--workers 2]
 """
 from __future__ import annotations
 
@@ -25,9 +25,10 @@ SPACES = {
 }
 
 
-def recipe(limit_train: int, limit_eval: int, epochs: int) -> dict:
+def recipe(limit_train: int, limit_eval: int, epochs: int, workers: int) -> dict:
     searches = [{"name": f"search-{n}", "type": "search", "from": "teacher", "space": space,
                  "max_accuracy_drop": 100.0,  # every candidate is judged; the choice is not what is timed
+                 "workers": workers,
                  "distillation": {"epochs": epochs, "batch_size": 32, "learning_rate": 3e-4,
                                   "loss": {"kl": 1.0, "ce": 0.5, "hidden": 1.0}, "group_by_length": True},
                  "quantization": {"per_channel": True}}
@@ -47,10 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-train", type=int, default=2000)
     p.add_argument("--limit-eval", type=int, default=400)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--workers", type=int, default=2, help="the searches' judging processes")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "search-scaling.yaml"
-    path.write_text(yaml.safe_dump(recipe(args.limit_train, args.limit_eval, args.epochs), sort_keys=False))
+    path.write_text(yaml.safe_dump(recipe(args.limit_train, args.limit_eval, args.epochs, args.workers), sort_keys=False))
     if run([str(path), "--out", str(args.out)]) != 0:
         return 1
     run = args.out / "search-scaling"

@@ -52,8 +52,8 @@ STUB_CONFIG = json.dumps({"architectures": ["BertForSequenceClassification"]})
 
 
 def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None]) -> list[str]:
-    """judge (and the teacher fall-back's ship) replaced by fixed (dev score, p50) per candidate id, to test the
-    choosing alone (the elastic training still runs); returns the ids in the order they were judged."""
+    """judge and latency_of (and the teacher fall-back's ship) replaced by fixed (dev score, p50) per candidate id,
+    to test the choosing alone (the elastic training still runs); returns the ids in the order they were judged."""
     ran = []
 
     def judge(cfg, candidate, elastic, supernet, ctx, folder):
@@ -64,9 +64,11 @@ def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None])
         (folder / "student" / "config.json").write_text(STUB_CONFIG)  # the manifest's `load` reads it
         if figures[candidate.id] is None:
             raise StageFailed(f"{candidate.id}: INT8 parity 0.5 below 0.9")
-        dev, p50 = figures[candidate.id]
-        return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score": dev, "dev_parts": None, "p50_ms": p50,
-                "size_bytes": 1000, "macs": 1, "seconds": 0.1}
+        return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score": figures[candidate.id][0],
+                "dev_parts": None, "size_bytes": 1000, "macs": 1, "seconds": 0.1}
+
+    def latency_of(cfg, folder, ctx):
+        return figures[folder.parent.name][1]
 
     def ship(cfg, student, ctx, folder):
         ran.append("teacher")
@@ -75,6 +77,7 @@ def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None])
 
     monkeypatch.setattr(search_stage, "judge", judge)
     monkeypatch.setattr(search_stage, "ship", ship)
+    monkeypatch.setattr(search_stage, "latency_of", latency_of)
     monkeypatch.setattr(search_stage, "drop_standard_error", lambda reference, parts: 0.0)  # fixed scores: exact
     return ran
 
@@ -209,6 +212,7 @@ def test_search_runs_real_candidates_and_its_output_carries_on_through_export(tm
               "quantization": {"parity": {"min_agreement": 0.0}}},
              {"name": "s-onnx", "type": "export"},
              {"name": "s-int8", "type": "quantize", "parity": {"min_agreement": 0.0}}]
+    steps.append(steps[1] | {"name": "s-parallel", "from": "teacher", "workers": 2})  # same training: reused
     out = tmp_path / "runs"
     recipe = write_recipe(tmp_path, source, tiny_csv, steps, benchmark={"backends": ["ort-cpu", "torch-cpu"],
                           "sequence_lengths": [16], "min_repeats": 5, "max_seconds": 0.2, "threads": 1})
@@ -232,6 +236,12 @@ def test_search_runs_real_candidates_and_its_output_carries_on_through_export(tm
     judged, rebuilt = (weights(p) for p in (run / "01-s" / "candidates" / chosen["id"] / "int8", run / "03-s-int8"))
     assert judged.keys() == rebuilt.keys() and all(np.array_equal(judged[k], rebuilt[k]) for k in judged)
     assert found["teacher_dev_score"] == pytest.approx(Artifact.load(run / "00-teacher").metrics["best_dev_score"])
+    # judged in two spawned processes: the same candidates, the same INT8 models and dev scores
+    parallel = Artifact.load(run / "04-s-parallel").metrics["search"]
+    assert parallel["elastic_reused"] and parallel["chosen"] == found["chosen"]
+    for r in parallel["candidates"]:
+        assert {k: r[k] for k in ("dev_score", "size_bytes", "macs", "drop_se")} == \
+            {k: rows[r["id"]][k] for k in ("dev_score", "size_bytes", "macs", "drop_se")} and r["p50_ms"] > 0
 
 
 def weights(folder: Path) -> dict[str, np.ndarray]:
@@ -271,7 +281,8 @@ def test_candidates_with_4bit_embeddings_export_plain_gathers(monkeypatch):
     """embedding_bits 4 rewrites the embedding Gathers, which a fused export no longer has."""
     seen = []
     monkeypatch.setattr(search_stage, "run_stage", lambda step, parent, ctx, out: seen.append(step) or parent)
-    monkeypatch.setattr(search_stage, "measure", lambda cfg, int8, ctx: {})
+    monkeypatch.setattr(search_stage, "score", lambda cfg, int8, ctx: {})
+    monkeypatch.setattr(search_stage, "latency_of", lambda cfg, folder, ctx: 1.0)
     monkeypatch.setattr(search_stage.shutil, "rmtree", lambda path: None)
     for bits, fused in ((8, True), (4, False)):
         cfg = SearchConfig(name="s", quantization={"per_channel": True, "embedding_bits": bits})

@@ -15,15 +15,19 @@ Only dev decides: the test split is never read here.
 """
 from __future__ import annotations
 
+import copy
 import itertools
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
+import torch
 from pydantic import Field, field_validator, model_validator
 
 from benchmarks.latency import measure_latency
@@ -39,6 +43,7 @@ from compress.core.train import train
 from compress.stages.distill import DistillConfig, DistillSettings, read_unlabeled
 from compress.stages.elastic import Candidate, ElasticLoss, attention_modules, extract, rewire
 from compress.stages.prune import IMPORTANCE, ImportanceName, check_prunable, scoring_batches
+from compress.stages.quantize import quantize as _registers_quantize  # noqa: F401  candidates go through it
 from compress.stages.quantize_methods import DynamicConfig
 from compress.stages.vocab_prune import VocabPruneConfig
 from export.onnx import ExportConfig
@@ -48,6 +53,9 @@ from runtimes.torch_runtime import TorchRuntime
 # Candidate folders kept once the search is over: the INT8 model each was judged by (small, and what a user
 # would want to re-measure); the chosen one's checkpoint becomes the step's own files.
 KEPT = ("int8",)
+# Dev examples each candidate's export and INT8 model are parity-checked on: a broken conversion shows on any batch,
+# the INT8 model's dev score is its real judge, and the steps after the search check the chosen one in full.
+CANDIDATE_PARITY = {"examples": 32}
 
 
 class SearchSpace(Strict):
@@ -105,10 +113,13 @@ class SearchConfig(StepConfig):
                                  "still be refined: how much refinement is expected to win back.")
     vocabulary: VocabPruneConfig | None = Field(None, description="vocab_prune of the trained elastic model before "
                                                 "candidates are cut (vocab_prune's keys); unset: the teacher's.")
-    quantization: DynamicConfig = Field(DynamicConfig(name="candidate-int8"), description="Every candidate's dynamic "
-                                        "INT8 (quantize's dynamic keys).")
+    quantization: DynamicConfig = Field(DynamicConfig(name="candidate-int8", parity=CANDIDATE_PARITY),
+                                        description="Every candidate's dynamic INT8 (quantize's dynamic keys).")
     sequence_length: int = Field(128, ge=8, le=512, description="Tokens per example when timing (batch 1, padded).")
     threads: int = Field(1, ge=1, description="ONNX Runtime threads when timing.")
+    workers: int = Field(1, ge=1, description="Processes that cut, export, quantize and score candidates at once "
+                         "(each on one thread); their latencies are then timed one at a time, with nothing else "
+                         "running. Up to the machine's cores.")
     margin: float = Field(1.0, ge=0, description="Standard errors of its dev drop (a paired bootstrap over the dev "
                           "examples) by which a candidate must fit the budget: the smaller the dev set, and the more "
                           "often a candidate disagrees with the teacher, the less a drop measured on it says.")
@@ -118,7 +129,8 @@ class SearchConfig(StepConfig):
     def _sub_steps_are_named(cls, data: Any) -> Any:
         """The candidates' vocab_prune and quantize settings are steps without a name (or method) of their own."""
         for field, own in (("vocabulary", {"name": "candidate-vocab"}),
-                           ("quantization", {"name": "candidate-int8", "method": "dynamic"})):
+                           ("quantization", {"name": "candidate-int8", "method": "dynamic",
+                                             "parity": CANDIDATE_PARITY})):
             if isinstance(data, dict) and isinstance(data.get(field), dict):
                 data = data | {field: own | data[field]}
         return data
@@ -223,40 +235,91 @@ def elastic_model(cfg: SearchConfig, parent: Artifact, teacher_art: Artifact, te
     return commit(partial, folder, trained), history
 
 
-def measure(cfg: SearchConfig, int8: Artifact, ctx: Context) -> dict[str, Any]:
-    """The INT8 model as it would ship: dev score, p50 latency at the search's shape, size, MACs."""
-    tokenizer = load_tokenizer(int8.path)
+def score(cfg: SearchConfig, int8: Artifact, ctx: Context) -> dict[str, Any]:
+    """The INT8 model as it would ship, all but its latency: dev score (and each example's part in it), size, MACs."""
     runtime = OrtRuntime(int8.file("model"), threads=cfg.threads, precision="int8")
-    dev = evaluate(runtime.run, tokenizer, ctx.data.dev, ctx.data.labels, ctx.max_length, ctx.eval_batch_size,
-                   desc=f"{int8.name} dev", parts=True)
-    inputs = encode(tokenizer, ctx.data.dev[:1], cfg.sequence_length, pad_to_max=True)  # a real text, padded
-    latency = measure_latency(lambda: runtime.run(inputs), warmup=5, min_repeats=20, max_seconds=3.0,
-                              batch_size=1, min_seconds=0.5)
+    dev = evaluate(runtime.run, load_tokenizer(int8.path), ctx.data.dev, ctx.data.labels, ctx.max_length,
+                   ctx.eval_batch_size, desc=f"{int8.name} dev", parts=True)
     cost = architecture_cost(int8.path, cfg.sequence_length) or {}
-    return {"dev_score": dev["score"], "dev_parts": dev["parts"], "p50_ms": latency["p50_ms"],
-            "size_bytes": model_bytes(int8), "macs": cost.get(f"macs_seq{cfg.sequence_length}")}
+    return {"dev_score": dev["score"], "dev_parts": dev["parts"], "size_bytes": model_bytes(int8),
+            "macs": cost.get(f"macs_seq{cfg.sequence_length}")}
+
+
+def latency_of(cfg: SearchConfig, folder: Path, ctx: Context) -> float:
+    """p50 ms of the INT8 model in `folder` at the search's shape (batch 1, a real dev text padded)."""
+    runtime = OrtRuntime(folder / "model.onnx", threads=cfg.threads, precision="int8")
+    inputs = encode(load_tokenizer(folder), ctx.data.dev[:1], cfg.sequence_length, pad_to_max=True)
+    return measure_latency(lambda: runtime.run(inputs), warmup=5, min_repeats=20, max_seconds=3.0, batch_size=1,
+                           min_seconds=0.5)["p50_ms"]
+
+
+def to_int8(cfg: SearchConfig, student: Artifact, ctx: Context, folder: Path) -> Artifact:
+    """`student` exported and made INT8 into folder/int8, as the steps after the search will."""
+    onnx = run_stage(ExportConfig(name=f"{student.name}-onnx", parity=CANDIDATE_PARITY,
+                                  fuse_embeddings=cfg.quantization.embedding_bits == 8),  # 4-bit: plain Gathers
+                     student, ctx, folder / "onnx")
+    int8 = run_stage(cfg.quantization.model_copy(update={"name": f"{student.name}-int8"}), onnx, ctx, folder / "int8")
+    shutil.rmtree(folder / "onnx")
+    return int8
 
 
 def ship(cfg: SearchConfig, student: Artifact, ctx: Context, folder: Path) -> dict[str, Any]:
-    """Export and INT8 `student` as the step after the search will, then measure it."""
-    onnx = run_stage(ExportConfig(name=f"{student.name}-onnx", fuse_embeddings=cfg.quantization.embedding_bits == 8),
-                     student, ctx, folder / "onnx")  # 4-bit embeddings: plain Gathers for the rewrite
-    int8 = run_stage(cfg.quantization.model_copy(update={"name": f"{student.name}-int8"}), onnx, ctx, folder / "int8")
-    shutil.rmtree(folder / "onnx")
-    return measure(cfg, int8, ctx)
+    """`student` exported, INT8, scored and timed."""
+    int8 = to_int8(cfg, student, ctx, folder)
+    return score(cfg, int8, ctx) | {"p50_ms": latency_of(cfg, int8.path, ctx)}
 
 
 def judge(cfg: SearchConfig, candidate: Candidate, elastic: Artifact, supernet, ctx: Context,
           folder: Path) -> dict[str, Any]:
-    """`candidate` cut out of the trained elastic model, saved, shipped and measured."""
+    """`candidate` cut out of the trained elastic model, saved, made INT8 and scored (timed later, alone)."""
     start = time.perf_counter()
     sub = extract(supernet, candidate)
     student = checkpoint(f"{cfg.name}-{candidate.id}", sub, load_tokenizer(elastic.path), folder / "student",
                          elastic, candidate.id)
     heads = [a.num_attention_heads for a in attention_modules(sub)]
     return {"heads_per_layer": heads * (sub.config.num_hidden_layers if len(heads) == 1 else 1),
-            "intermediate_size": sub.config.intermediate_size, **ship(cfg, student, ctx, folder),
+            "intermediate_size": sub.config.intermediate_size, **score(cfg, to_int8(cfg, student, ctx, folder), ctx),
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+# A judging process's trained elastic model, loaded once by its initializer.
+_supernet: torch.nn.Module | None = None
+
+
+def _load_supernet(elastic: Artifact, ctx: Context) -> None:
+    global _supernet
+    torch.set_num_threads(1)
+    _supernet = load_classifier(elastic.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
+
+
+def _judge_in_worker(cfg: SearchConfig, candidate: Candidate, elastic: Artifact, ctx: Context,
+                     folder: Path) -> dict[str, Any]:
+    return judge(cfg, candidate, elastic, _supernet, ctx, folder)
+
+
+@contextmanager
+def judges(cfg: SearchConfig, elastic: Artifact, ctx: Context) -> Iterator[Callable[[Candidate, Path], Callable]]:
+    """`submit(candidate, folder)` -> a function returning judge()'s row: with one worker, judged in this process
+    when asked for; with more, started at once in `workers` spawned processes (cut, export, quantize and dev
+    scoring are single-threaded Python and ONNX Runtime work). Work not yet started is dropped on exit."""
+    if cfg.workers == 1:
+        supernet = load_classifier(elastic.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
+        yield lambda candidate, folder: lambda: judge(cfg, candidate, elastic, supernet, ctx, folder)
+        return
+    shared = copy.copy(ctx)
+    shared.teacher_outputs = None  # the training's cache stays here
+    with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_load_supernet, initargs=(elastic, shared)) as pool:
+        futures = []
+
+        def submit(candidate: Candidate, folder: Path) -> Callable:
+            futures.append(pool.submit(_judge_in_worker, cfg, candidate, elastic, shared, folder))
+            return futures[-1].result
+        try:
+            yield submit
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def refine(cfg: SearchConfig, chosen: dict, elastic: Artifact, supernet, teacher: str, ctx: Context,
@@ -322,32 +385,38 @@ def judged(row: dict, cfg: SearchConfig, teacher: Reference) -> dict:
 
 def judge_all(cfg: SearchConfig, grid: list[Candidate], elastic: Artifact, ctx: Context, out: Path,
               teacher: Reference, metric: str, started: float) -> list[dict]:
-    """Every candidate of `grid` (cheapest first) judged, or 'not run' once the time or first-fit rule says so."""
-    supernet = load_classifier(elastic.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
+    """Every candidate of `grid` (cheapest first) judged, or 'not run' once the time or first-fit rule says so;
+    then every judged one timed."""
     rows, fit = [], None
-    for candidate in grid:
-        row = candidate.settings()
-        spent = (time.perf_counter() - started) / 60
-        if cfg.max_minutes is not None and spent >= cfg.max_minutes:
-            rows.append(row | {"status": "not run", "reason": f"the search's {cfg.max_minutes:g}-minute budget "
-                               f"was spent ({spent:.1f} min)"})
-            continue
-        if fit and cfg.stop_at_first_fit:
-            rows.append(row | {"status": "not run", "reason": f"{fit}, estimated cheaper, met the budget "
-                               "(stop_at_first_fit)"})
-            continue
-        try:
-            row = judged(row | judge(cfg, candidate, elastic, supernet, ctx, out / "candidates" / candidate.id),
-                         cfg, teacher)
-        except StageFailed as e:  # e.g. INT8 parity: this candidate is out, the others still count
-            rows.append(row | {"status": "failed", "reason": str(e)})
-            ctx.log.warning("%s: %s failed: %s", cfg.name, candidate.id, e)
-            continue
-        fit = fit or (candidate.id if row["status"] == "within budget" else None)
-        rows.append(row)
-        ctx.log.info("%s: %s: dev %s %.4f INT8 (%+.2f points), p50 %.2f ms, %.1f MB, %s (%.0f s)", cfg.name,
-                     candidate.id, metric, row["dev_score"], -row["drop_points"], row["p50_ms"],
-                     row["size_bytes"] / 1e6, row["status"], row["seconds"])
+    with judges(cfg, elastic, ctx) as submit:
+        results = {c.id: submit(c, out / "candidates" / c.id) for c in grid}
+        for candidate in grid:
+            row = candidate.settings()
+            spent = (time.perf_counter() - started) / 60
+            if cfg.max_minutes is not None and spent >= cfg.max_minutes:
+                rows.append(row | {"status": "not run", "reason": f"the search's {cfg.max_minutes:g}-minute "
+                                   f"budget was spent ({spent:.1f} min)"})
+                continue
+            if fit and cfg.stop_at_first_fit:
+                rows.append(row | {"status": "not run", "reason": f"{fit}, estimated cheaper, met the budget "
+                                   "(stop_at_first_fit)"})
+                continue
+            try:
+                row = judged(row | results[candidate.id](), cfg, teacher)
+            except StageFailed as e:  # e.g. INT8 parity: this candidate is out, the others still count
+                rows.append(row | {"status": "failed", "reason": str(e)})
+                ctx.log.warning("%s: %s failed: %s", cfg.name, candidate.id, e)
+                continue
+            fit = fit or (candidate.id if row["status"] == "within budget" else None)
+            rows.append(row)
+    for row in rows:
+        if "dev_score" in row:
+            start = time.perf_counter()
+            row["p50_ms"] = latency_of(cfg, out / "candidates" / row["id"] / "int8", ctx)
+            row["seconds"] = round(row["seconds"] + time.perf_counter() - start, 1)
+            ctx.log.info("%s: %s: dev %s %.4f INT8 (%+.2f points), p50 %.2f ms, %.1f MB, %s (%.0f s)", cfg.name,
+                         row["id"], metric, row["dev_score"], -row["drop_points"], row["p50_ms"],
+                         row["size_bytes"] / 1e6, row["status"], row["seconds"])
     return rows
 
 
