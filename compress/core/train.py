@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compress.core.config import StepConfig, Strict
 from compress.core.data import IGNORE, Example, encode, encode_labeled
@@ -38,9 +38,18 @@ class TrainingSettings(Strict):
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many epochs without a dev gain.")
     min_steps: int = Field(0, ge=0, description="At least this many optimizer steps: where `epochs` passes over "
                            "the training split give fewer, more epochs are run (small data needs more passes).")
+    max_steps: int | None = Field(None, ge=1, description="At most this many optimizer steps, the last epoch cut "
+                                  "short: what a large training split may cost (unset: every epoch in full).")
     group_by_length: bool = Field(False, description="Batch examples of similar token counts together (random "
                                   "order otherwise): far less padding to compute on when lengths vary, as NER "
                                   "sentences do.")
+
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> TrainingSettings:
+        if self.max_steps is not None and self.max_steps < self.min_steps:
+            raise ValueError(f"max_steps {self.max_steps} is below min_steps {self.min_steps}")
+        return self
 
 
 class TrainingConfig(StepConfig, TrainingSettings):
@@ -129,7 +138,11 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
     if epochs > cfg.epochs:
         ctx.log.info("%s: %d optimizer steps an epoch; %d epochs instead of %d, to reach min_steps %d", name,
                      len(loader), epochs, cfg.epochs, cfg.min_steps)
-    steps = epochs * len(loader)
+    steps = min(epochs * len(loader), cfg.max_steps or epochs * len(loader))
+    if steps < epochs * len(loader):
+        epochs = math.ceil(steps / len(loader))
+        ctx.log.info("%s: %d optimizer steps an epoch; stopping at max_steps %d (%d epochs, the last cut short)",
+                     name, len(loader), steps, epochs)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(unit, optimizer, loader, scheduler)
 
@@ -138,6 +151,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
         wrapped.train()
         start, losses = time.perf_counter(), []
         for inputs, labels in progress(loader, f"{name} epoch {epoch + 1}/{epochs}"):
+            if step == steps:
+                break
             if on_step:
                 on_step(step, steps)
             step += 1
