@@ -282,19 +282,19 @@ def judge(cfg: SearchConfig, candidate: Candidate, elastic: Artifact, supernet, 
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-# A judging process's trained elastic model, loaded once by its initializer.
-_supernet: torch.nn.Module | None = None
+# A judging process's trained elastic model and context, set once by its initializer (not sent with each task).
+_worker: tuple[torch.nn.Module, Context] | None = None
 
 
-def _load_supernet(elastic: Artifact, ctx: Context) -> None:
-    global _supernet
+def _start_worker(elastic: Artifact, ctx: Context) -> None:
+    global _worker
     torch.set_num_threads(1)
-    _supernet = load_classifier(elastic.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
+    _worker = load_classifier(elastic.path, ctx.data.labels, ctx.allow_pickle, ctx.task), ctx
 
 
-def _judge_in_worker(cfg: SearchConfig, candidate: Candidate, elastic: Artifact, ctx: Context,
-                     folder: Path) -> dict[str, Any]:
-    return judge(cfg, candidate, elastic, _supernet, ctx, folder)
+def _judge_in_worker(cfg: SearchConfig, candidate: Candidate, elastic: Artifact, folder: Path) -> dict[str, Any]:
+    supernet, ctx = _worker
+    return judge(cfg, candidate, elastic, supernet, ctx, folder)
 
 
 @contextmanager
@@ -309,11 +309,11 @@ def judges(cfg: SearchConfig, elastic: Artifact, ctx: Context) -> Iterator[Calla
     shared = copy.copy(ctx)
     shared.teacher_outputs = None  # the training's cache stays here
     with ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_load_supernet, initargs=(elastic, shared)) as pool:
+                             initializer=_start_worker, initargs=(elastic, shared)) as pool:
         futures = []
 
         def submit(candidate: Candidate, folder: Path) -> Callable:
-            futures.append(pool.submit(_judge_in_worker, cfg, candidate, elastic, shared, folder))
+            futures.append(pool.submit(_judge_in_worker, cfg, candidate, elastic, folder))
             return futures[-1].result
         try:
             yield submit
