@@ -6,6 +6,7 @@ import logging
 import math
 
 import pytest
+import torch
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
@@ -32,3 +33,38 @@ def test_training_stops_at_max_steps_and_evaluates_the_epoch_it_cut_short(tmp_pa
 def test_max_steps_below_min_steps_is_refused():
     with pytest.raises(ValidationError, match="max_steps 10 is below min_steps 20"):
         TrainingSettings(min_steps=20, max_steps=10)
+
+
+def test_keep_names_the_epoch_whose_weights_training_ends_with(tmp_path, tiny_bert, tiny_csv):
+    from compress.core.evaluate import evaluate
+    from runtimes.torch_runtime import TorchRuntime
+
+    ctx = Context(tmp_path, logging.getLogger("test"), DataConfig(source=str(tiny_csv), max_length=16,
+                                                                  split={"group_column": "movie"}))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    for keep in ("best", "last"):
+        model = load_classifier(tiny_bert, ctx.data.labels, False, ctx.task)
+
+        def flip_the_head_before_the_last_step(step: int, total: int) -> None:
+            """The last epoch ends with its two classes swapped: worse on dev than the one before."""
+            if step == total - 1:
+                with torch.no_grad():
+                    model.classifier.weight.neg_(), model.classifier.bias.neg_()
+
+        result = train(model, tokenizer, TrainingSettings(epochs=3, batch_size=16, learning_rate=3e-3, keep=keep),
+                       ctx, "t", on_step=flip_the_head_before_the_last_step)
+        scores = [h["dev_score"] for h in result["history"]]
+        assert scores[-1] < max(scores)
+        kept = scores.index(max(scores)) + 1 if keep == "best" else len(scores)
+        assert (result["kept_epoch"], result["dev_score"], result["best_dev_score"]) == (kept, scores[kept - 1],
+                                                                                         max(scores))
+        now = evaluate(TorchRuntime(model).run, tokenizer, ctx.data.dev, ctx.data.labels, 16, 64)["score"]
+        assert now == pytest.approx(result["dev_score"])  # the weights it returned are that epoch's
+
+
+def test_a_search_refuses_to_keep_its_trainings_best_epoch_on_dev():
+    from compress.stages.search import SearchConfig
+
+    assert SearchConfig(name="s", distillation={"epochs": 2}).distillation.keep == "last"
+    with pytest.raises(ValidationError, match="a search's trainings keep their last epoch"):
+        SearchConfig(name="s", distillation={"keep": "best"})

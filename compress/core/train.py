@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ class TrainingSettings(Strict):
                            "the training split give fewer, more epochs are run (small data needs more passes).")
     max_steps: int | None = Field(None, ge=1, description="At most this many optimizer steps, the last epoch cut "
                                   "short: what a large training split may cost (unset: every epoch in full).")
+    keep: Literal["best", "last"] = Field("best", description="Which epoch's weights training ends with: the best "
+                                          "on dev, or the last (where dev must stay an unbiased judge afterwards, as "
+                                          "in a search: picking the best of several epochs on dev flatters it).")
     group_by_length: bool = Field(False, description="Batch examples of similar token counts together (random "
                                   "order otherwise): far less padding to compute on when lengths vary, as NER "
                                   "sentences do.")
@@ -98,8 +101,9 @@ class _WithExtra(torch.nn.Module):
 def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context, name: str,
           loss_fn: LossFn = cross_entropy, train_examples: list[Example] | None = None,
           extra: torch.nn.Module | None = None, on_step: Callable[[int, int], None] | None = None) -> dict:
-    """Train in place on ctx.data; on return `model` holds the best dev epoch's weights. Returns the history, the
-    best dev score and, when that epoch's model is at chance on dev, why (compress.core.evaluate.at_chance).
+    """Train in place on ctx.data; on return `model` holds the weights of the epoch `cfg.keep` names (the best on
+    dev, or the last). Returns the history, the best dev score, the kept epoch and its dev score and, when that
+    model is at chance on dev, why (compress.core.evaluate.at_chance).
 
     `extra` modules are optimised with the model but not kept. `on_step(step, total)` runs before each optimizer
     step (schedules that live in the model, such as gradual layer sharing). `batch_size` is the global batch:
@@ -146,7 +150,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
     wrapped, optimizer, loader, scheduler = accelerator.prepare(unit, optimizer, loader, scheduler)
 
-    history, best_dev, best_state, since_best, step = [], {"score": -1.0}, None, 0, 0
+    history, best_dev, best_epoch, best_state, since_best, step = [], {"score": -1.0}, 0, None, 0, 0
     for epoch in range(epochs):
         wrapped.train()
         start, losses = time.perf_counter(), []
@@ -170,14 +174,17 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
         ctx.log.info("%s epoch %d: loss %.4f, dev %s %.4f", name, epoch + 1, history[-1]["train_loss"],
                      dev["metric"], dev["score"])
         if dev["score"] > best_dev["score"]:
-            best_dev, since_best = dev, 0
-            best_state = copy.deepcopy(model.state_dict())
+            best_dev, best_epoch, since_best = dev, epoch + 1, 0
+            best_state = copy.deepcopy(model.state_dict()) if cfg.keep == "best" else None
         else:
             since_best += 1
             if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
                 ctx.log.info("%s: early stop, no dev gain for %d epochs", name, since_best)
                 break
-    model.load_state_dict(best_state)
+    kept = best_dev if cfg.keep == "best" else dev
+    if cfg.keep == "best":
+        model.load_state_dict(best_state)
     model.to("cpu").eval()
-    return {"history": history, "metric": dev["metric"], "best_dev_score": best_dev["score"], "optimizer_steps": step,
-            "dev_at_chance": at_chance(best_dev)}
+    return {"history": history, "metric": dev["metric"], "best_dev_score": best_dev["score"],
+            "dev_score": kept["score"], "kept_epoch": best_epoch if cfg.keep == "best" else len(history),
+            "optimizer_steps": step, "dev_at_chance": at_chance(kept)}

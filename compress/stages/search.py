@@ -102,8 +102,9 @@ class SearchConfig(StepConfig):
                                     "weights); stop at the first within budget instead of judging the rest.")
     importance: ImportanceName = Field("taylor", description="prune's importance, which orders heads and neurons.")
     prune_batches: int = Field(32, ge=1, description="Training batches that importance is scored on.")
-    distillation: DistillSettings = Field(DistillSettings(), description="The elastic distillation (distill's "
-                                          "keys, without student and teacher).")
+    distillation: DistillSettings = Field(DistillSettings(keep="last"), description="The elastic distillation and "
+                                          "the refinements (distill's keys, without student and teacher); they keep "
+                                          "their last epoch, since dev then judges them.")
     sandwich: int = Field(2, ge=0, description="Sub-networks drawn at random per training step, besides the "
                           "largest and the smallest of the space (each costs a forward and backward pass).")
     refine_epochs: int = Field(0, ge=0, le=100, description="Then distill candidates alone for this many epochs "
@@ -133,6 +134,18 @@ class SearchConfig(StepConfig):
                                              "parity": CANDIDATE_PARITY})):
             if isinstance(data, dict) and isinstance(data.get(field), dict):
                 data = data | {field: own | data[field]}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trainings_keep_their_last_epoch(cls, data: Any) -> Any:
+        """Dev judges every candidate: an epoch picked as dev's best would be judged by the data that picked it."""
+        given = isinstance(data, dict) and data.get("distillation")
+        if isinstance(given, dict):
+            if given.get("keep", "last") != "last":
+                raise ValueError(f"distillation.keep {given['keep']!r}: a search's trainings keep their last epoch, "
+                                 "since dev then judges the candidates (the best epoch on dev would flatter them)")
+            data = data | {"distillation": given | {"keep": "last"}}
         return data
 
     @model_validator(mode="after")
@@ -336,7 +349,7 @@ def refine(cfg: SearchConfig, chosen: dict, elastic: Artifact, supernet, teacher
     if cfg.vocabulary:
         student = run_stage(cfg.vocabulary.model_copy(update={"name": f"{cfg.name}-refined-vocab"}), student, ctx,
                             folder / "vocab")
-    row = ship(cfg, student, ctx, folder) | {"dev_score_fp32": student.metrics.get("best_dev_score"),
+    row = ship(cfg, student, ctx, folder) | {"dev_score_fp32": student.metrics.get("dev_score"),
                                              "seconds": round(time.perf_counter() - start, 1)}
     return student, row
 
