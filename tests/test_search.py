@@ -172,6 +172,20 @@ def test_a_candidate_must_fit_by_the_margin_of_its_dev_drop_s_standard_error(mon
     assert [r["drop_se"] for r in found["candidates"]] == [0.6] * 4
 
 
+def test_the_teacher_s_own_int8_is_held_to_the_budget_without_the_margin(monkeypatch, tmp_path, tiny_bert,
+                                                                         tiny_csv):
+    """One answer fixed beforehand, not the luckiest of many: a small dev set's noise must not leave the user with
+    nothing when their model's INT8 form loses less than the budget."""
+    fake_candidates(monkeypatch, {"l1-h50-f50": (0.895, 1.0), "l1-h0-f50": (0.895, 1.5), "l2-h50-f50": (0.895, 2.0),
+                                  "l2-h0-f50": (0.895, 2.5), "teacher": (0.895, 9.0)})
+    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 0.9, "metric": "accuracy", "parts": None})
+    monkeypatch.setattr(search_stage, "drop_standard_error", lambda reference, parts: 0.6)
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, margin=1.0)
+    found = Artifact.load(folder).metrics["search"]
+    assert code == 0 and found["chosen"] == "teacher" and "without the margin" in found["why"]
+    assert [r["status"] for r in found["candidates"]] == ["over budget"] * 4 + ["chosen"]  # 0.5 + 0.6 > 1.0
+
+
 def test_when_no_sub_network_fits_the_teacher_s_own_int8_is_the_answer(monkeypatch, tmp_path, tiny_bert, tiny_csv):
     ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (0.0, 1.0), "l2-h50-f50": None,
                                         "l2-h0-f50": (0.0, 1.0), "teacher": (2.0, 9.0)})
