@@ -110,7 +110,7 @@ def _prf(correct: int, predicted: int, gold: int) -> dict:
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     """Entity-level micro precision/recall/F1 (an entity counts only when its type and both boundaries match),
-    macro-F1 over types, token accuracy, and per type, as compress.core.evaluate.entity_metrics gives them."""
+    macro-F1 over types, token accuracy, and per type, as compress.core.task.entity_metrics gives them."""
     want, got = entities(gold), entities(predicted)
     per_type = {t: _prf(len({e for e in want & got if e[0] == t}), sum(e[0] == t for e in got),
                         sum(e[0] == t for e in want)) for t in sorted({e[0] for e in want | got})}

@@ -49,6 +49,10 @@ class Task(ABC):
     # The names a benchmark row gives figures whose own name means something else there (precision: fp32, int8).
     row_names: ClassVar[dict[str, str]] = {}
 
+    def __reduce__(self):
+        """Unpickled (a benchmark row's spawned process gets the Dataset) as the registry's one instance."""
+        return task_named, (self.name,)
+
     def auto_class(self):
         """transformers' Auto class for the task's head."""
         import transformers
