@@ -38,7 +38,7 @@ MIN_ROUNDS = 5
 
 def fixed_inputs(tokenizer, batch_size: int, sequence_length: int) -> dict:
     """`batch_size` copies of SENTENCE, padded (or truncated) to exactly `sequence_length` tokens."""
-    from compress.core.data import Example, encode
+    from compress.core.task import Example, encode
 
     return encode(tokenizer, [Example(SENTENCE, 0)] * batch_size, sequence_length, pad_to_max=True)
 

@@ -21,9 +21,9 @@ from compress.core.errors import CompressError, exit_code
 FOLDER = "device-results"
 REQUIRED = ("bundle", "backend", "precision", "device", "split", "examples", "macro_f1", "size_bytes", "latency")
 # The task's figures a result carries (sequence classification: accuracy; token classification: entity F1 and
-# the rest of compress.core.evaluate.entity_metrics); results from before `score` existed hold accuracy alone.
-SCORES = ("metric", "score", "accuracy", "entity_f1", "entity_precision", "entity_recall", "macro_f1",
-          "token_accuracy", "per_class")
+# the rest of compress.core.task.entity_metrics); results from before `score` existed hold accuracy alone.
+SCORES = ("metric", "metric_label", "score", "accuracy", "entity_f1", "entity_precision", "entity_recall",
+          "macro_f1", "token_accuracy", "per_class")
 
 
 def device_row(results: dict, origin: Path) -> dict:

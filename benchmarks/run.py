@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,6 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from compress.core.artifact import Artifact, digest  # noqa: E402
 from compress.core.errors import CompressError, exit_code  # noqa: E402
+
+if TYPE_CHECKING:
+    from compress.core.task import Task
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "spiece.model", "tokenizer_config.json")
 QUANTIZED_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear",
@@ -58,15 +62,15 @@ def open_folder(path: Path) -> Artifact:
                         f"(found .onnx files: {onnx_files or 'none'})")
 
 
-def folder_task(artifact: Artifact) -> str:
+def folder_task(artifact: Artifact) -> Task:
     """The task the folder's head does (its config.json), which decides the data it is scored on: tags per word
-    (entity F1) or one label per text (accuracy). A folder without a config is a sequence classifier."""
+    (entity F1) or one label per text (accuracy). A folder without a config does the default task."""
     from transformers import AutoConfig
 
-    from compress.core.data import TASKS
-    from compress.core.models import task_of
+    from compress.core.task import DEFAULT_TASK, task_for
 
-    return task_of(AutoConfig.from_pretrained(artifact.path)) if (artifact.path / "config.json").is_file() else TASKS[0]
+    return task_for(AutoConfig.from_pretrained(artifact.path)) if (artifact.path / "config.json").is_file() \
+        else DEFAULT_TASK
 
 
 def _ints(text: str) -> list[int]:
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CompressError(f"folders must have distinct names (got {names})")
         tasks = {a.name: folder_task(a) for a in artifacts}
         if len(set(tasks.values())) > 1:
-            raise CompressError(f"folders do different tasks ({tasks}); one report scores one task")
+            raise CompressError(f"folders do different tasks ({ {a: t.name for a, t in tasks.items()} }); one report "
+                                "scores one task")
         data = load_dataset(data_cfg, seed=args.seed, task=tasks[names[0]])
         rows = []
         for artifact in artifacts:

@@ -95,12 +95,13 @@ def architecture_cost(folder: Path, sequence_length: int = MACS_SEQUENCE_LENGTH)
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoConfig
 
-    from compress.core.models import build_model, head_class, task_of
+    from compress.core.models import build_model
+    from compress.core.task import task_for
 
     if not (folder / "config.json").is_file():
         return None
     config = AutoConfig.from_pretrained(folder)  # the head its config names: a token head costs per position
-    model = build_model(head_class(task_of(config)), config, attn_implementation="eager").eval()
+    model = build_model(task_for(config).auto_class(), config, attn_implementation="eager").eval()
     ids = torch.ones(1, sequence_length, dtype=torch.long)
     calls: Counter[tuple[int, int, int]] = Counter()
 

@@ -29,9 +29,10 @@ from benchmarks.latency import measure_latency
 from benchmarks.size import MACS_SEQUENCE_LENGTH, architecture_cost, model_bytes, parameter_count, size_split
 from compress.core.artifact import Artifact
 from compress.core.config import Strict
-from compress.core.data import Dataset, encode
+from compress.core.data import Dataset
 from compress.core.evaluate import evaluate
 from compress.core.models import load_tokenizer
+from compress.core.task import encode
 from runtimes import BACKENDS, Unavailable, open_runtime
 
 # Part of the pipeline's cache key: bump it when the figures a row holds change, so old rows are re-measured.
@@ -124,17 +125,6 @@ def achieved_gmacs_per_s(macs: int | None, latency: list[dict]) -> float | None:
     return round(macs / (point["p50_ms"] / 1e3) / 1e9, 2) if macs and point else None
 
 
-# A row's `precision` is the runtime's (fp32, int8): entity-level precision and recall go under these names.
-ROW_NAMES = {"precision": "entity_precision", "recall": "entity_recall"}
-
-
-def task_figures(test: dict) -> dict:
-    """What a row keeps of evaluate()'s metrics: `metric` and `score` (which the report, gate and compare judge)
-    and the task's own figures: accuracy and macro-F1, or entity F1, precision, recall, macro-F1 and token
-    accuracy; `per_class` per class or per entity type."""
-    return {ROW_NAMES.get(k, k): v for k, v in test.items() if k != "examples"}
-
-
 def logits_shape(runtime, tokenizer, data: Dataset, max_length: int) -> list[int]:
     """The output of one test example at its own length: (1, classes), or a token head's (1, tokens, tags), so the
     row says which head it measured."""
@@ -185,7 +175,7 @@ def benchmark_artifact(artifact: Artifact, backend: str, cfg: BenchmarkConfig, d
         "precision": runtime.precision,
         "threads": cfg.threads,
         "split": "test",
-        **task_figures(test),
+        **data.task.row_figures(test),  # metric, metric_label, score (which the report, gate and compare judge)
         "test_examples": test["examples"],
         "logits_shape": logits_shape(runtime, tokenizer, data, max_length),
         "size_bytes": model_bytes(artifact),

@@ -15,10 +15,11 @@ from pydantic import Field, ValidationError, model_validator
 from benchmarks.size import MACS_SEQUENCE_LENGTH
 from benchmarks.suite import BenchmarkConfig
 from compress.core.config import Architecture, RecipeShapes, Strict
-from compress.core.data import BUILTIN_TASKS, SOURCE_TAGS, TASKS, DataConfig
+from compress.core.data import SOURCE_TAGS, DataConfig
 from compress.core.errors import CompressError
 from compress.core.models import ModelConfig, tokenizer_kind
 from compress.core.stage import STAGES, Context, step_classes
+from compress.core.task import DEFAULT_TASK, TASKS, task_named
 from compress.gate import GateConfig
 from compress.stages import distill, finetune, prune, qat, quantize, search, vocab_prune  # noqa: F401  (register)
 from export import edge, mobile, onnx, tensorrt  # noqa: F401  (register)
@@ -34,7 +35,7 @@ class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds splits, sampling and training (NumPy takes "
                       "0 to 2**32 - 1).")
-    task: Literal[TASKS] = Field(TASKS[0], description="What the model does: one label per text (or text pair), "
+    task: Literal[tuple(TASKS)] = Field(DEFAULT_TASK.name, description="What the model does: one label per text (or text pair), "
                                  "or one tag per word (NER); the data must hold that kind of labels.")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -90,11 +91,11 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _data_fits_the_task(self) -> Recipe:
-        held = BUILTIN_TASKS.get(self.data.source, TASKS[0]) if self.data.builtin else self.task
+        held = self.data.builtin_task or self.task
         if held != self.task:
             raise ValueError(f"data.source {self.data.source!r} is {held} data; set task: {held}")
-        if self.task == TASKS[1] and self.data.text_pair_column:
-            raise ValueError("data.text_pair_column: token classification tags one text's words, not a pair")
+        if self.data.text_pair_column and not task_named(self.task).pairs:
+            raise ValueError(f"data.text_pair_column: {self.task} tags one text's words, not a pair")
         return self
 
     @model_validator(mode="after")
@@ -121,7 +122,7 @@ class Recipe(Strict):
     def context(self, run_dir: Path, log: logging.Logger) -> Context:
         """What the stages of this recipe get to see of it."""
         return Context(run_dir, log, self.data, self.seed, self.benchmark.eval_batch_size, self.model.allow_pickle,
-                       task=self.task, allow_chance=bool(self.gate and self.gate.allow_chance_baseline))
+                       task=task_named(self.task), allow_chance=bool(self.gate and self.gate.allow_chance_baseline))
 
     def baseline_step(self) -> str:
         """The step every row is compared with: the gate's baseline, else the first step."""

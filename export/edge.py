@@ -22,9 +22,8 @@ from pydantic import Field
 import runtimes.tensorrt_engine
 from compress.core.artifact import Artifact, folder_size, write_json_atomic
 from compress.core.config import StepConfig
-from compress.core.data import Example, encode, encode_words
-from compress.core.evaluate import OUTSIDE
 from compress.core.stage import Context, StageResult, register
+from compress.core.task import Example, Task, outside_id
 
 RUNNER = Path(__file__).with_name("edge_runner.py")
 ENGINE = Path(runtimes.tensorrt_engine.__file__)
@@ -36,23 +35,18 @@ class EdgeBundleConfig(StepConfig):
     max_batch: int = Field(8, ge=1, description="Largest batch of the TensorRT profile built on the device.")
 
 
-def sample_row(tokenizer, e: Example, max_length: int, input_names: list[str]) -> dict:
-    """An example as the device reads it: text, label(s) and token ids. A token example also carries its words and,
-    per position, the index of the word whose first piece it is (-1 elsewhere): the runner has no tokenizer, and
-    that is where it reads each word's tag (as compress.core.evaluate does)."""
-    if e.words is None:
-        ids, extra = encode(tokenizer, [e], max_length), {}
-    else:
-        ids, first = encode_words(tokenizer, [e], max_length)
-        extra = {"words": list(e.words), "first": first[0].tolist()}
+def sample_row(tokenizer, task: Task, e: Example, max_length: int, input_names: list[str]) -> dict:
+    """An example as the device reads it: text, label(s), token ids and what else the runner, which has no
+    tokenizer, needs to score it (Task.device_row: a token example's words and where each starts)."""
+    ids, extra = task.device_row(tokenizer, e, max_length)
     return {"text": e.text, "text_pair": e.text_pair, "label": e.label} | extra | {n: ids[n][0].tolist()
                                                                                    for n in input_names}
 
 
-def write_sample(path: Path, tokenizer, examples, max_length: int, input_names: list[str]) -> None:
+def write_sample(path: Path, tokenizer, task: Task, examples, max_length: int, input_names: list[str]) -> None:
     with path.open("w") as f:
         for e in examples:
-            f.write(json.dumps(sample_row(tokenizer, e, max_length, input_names)) + "\n")
+            f.write(json.dumps(sample_row(tokenizer, task, e, max_length, input_names)) + "\n")
 
 
 @register(EdgeBundleConfig, accepts=("onnx",), produces="edge-bundle")
@@ -69,15 +63,15 @@ def edge_bundle(cfg: EdgeBundleConfig, parent: Artifact, ctx: Context, out: Path
     tokenizer.save_pretrained(bundle / "tokenizer")
     input_names = [i.name for i in ort.InferenceSession(str(bundle / "model.onnx")).get_inputs()]
     sample = ctx.data.test[: cfg.sample_size]
-    write_sample(bundle / "sample.jsonl", tokenizer, sample, ctx.max_length, input_names)
+    write_sample(bundle / "sample.jsonl", tokenizer, ctx.task, sample, ctx.max_length, input_names)
     shutil.copyfile(RUNNER, bundle / "run_on_device.py")
     (bundle / "runtimes").mkdir()
     (bundle / "runtimes" / "__init__.py").write_text('"""The engine code of compress\'s runtimes, for run_on_device.py."""\n')
     shutil.copyfile(ENGINE, bundle / "runtimes" / ENGINE.name)
     manifest = {
-        "name": cfg.name, "source_artifact": parent.name, "labels": ctx.data.labels, "task": ctx.data.task,
-        # the tag a word cut off by max_length is predicted as (a miss, as compress.core.evaluate counts it)
-        "outside": ctx.data.labels.index(OUTSIDE) if OUTSIDE in ctx.data.labels else 0,
+        "name": cfg.name, "source_artifact": parent.name, "labels": ctx.data.labels, "task": ctx.task.name,
+        # the tag a word cut off by max_length is predicted as (a miss, as compress.core.task counts it)
+        "outside": outside_id(ctx.data.labels),
         "precision": parent.metrics.get("precision", "fp32"), "input_names": input_names,
         "max_length": ctx.max_length, "max_batch": cfg.max_batch,
         "onnx_for_ort": "model.onnx", "onnx_for_tensorrt": "model.raw.onnx" if "raw" in parent.files else None,

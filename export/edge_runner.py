@@ -65,13 +65,13 @@ def macro_f1(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
     return float(np.mean(scores))
 
 
-def sequence_scores(rows: list[dict], logits: list[np.ndarray], n_classes: int) -> dict:
+def sequence_scores(rows: list[dict], logits: list[np.ndarray], manifest: dict) -> dict:
     """Accuracy and macro-F1 of one class per example."""
     pred = np.array([int(np.argmax(x)) for x in logits])
     labels = np.array([r["label"] for r in rows])
     accuracy = float((pred == labels).mean())
-    return {"metric": "accuracy", "score": accuracy, "accuracy": accuracy,
-            "macro_f1": macro_f1(labels, pred, n_classes)}
+    return {"metric": "accuracy", "metric_label": "accuracy", "score": accuracy, "accuracy": accuracy,
+            "macro_f1": macro_f1(labels, pred, len(manifest["labels"]))}
 
 
 def _chunk_ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
@@ -110,14 +110,14 @@ def _prf(correct: int, predicted: int, gold: int) -> dict:
 
 def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     """Entity-level micro precision/recall/F1 (an entity counts only when its type and both boundaries match),
-    macro-F1 over types, token accuracy, and per type, as compress.core.evaluate.entity_metrics gives them."""
+    macro-F1 over types, token accuracy, and per type, as compress.core.task.entity_metrics gives them."""
     want, got = entities(gold), entities(predicted)
     per_type = {t: _prf(len({e for e in want & got if e[0] == t}), sum(e[0] == t for e in got),
                         sum(e[0] == t for e in want)) for t in sorted({e[0] for e in want | got})}
     micro = _prf(len(want & got), len(got), len(want))
     pairs = [(a, b) for g, p in zip(gold, predicted) for a, b in zip(g, p)]
-    return {"metric": "entity_f1", "score": micro["f1"], "entity_f1": micro["f1"], "precision": micro["precision"],
-            "recall": micro["recall"],
+    return {"metric": "entity_f1", "metric_label": "entity F1", "score": micro["f1"], "entity_f1": micro["f1"],
+            "precision": micro["precision"], "recall": micro["recall"],
             "macro_f1": float(np.mean([c["f1"] for c in per_type.values()])) if per_type else 0.0,
             "token_accuracy": sum(a == b for a, b in pairs) / len(pairs) if pairs else 0.0, "per_class": per_type}
 
@@ -131,24 +131,25 @@ def word_tags(row: dict, logits: np.ndarray, outside: int) -> list[int]:
     return tags
 
 
-def token_scores(rows: list[dict], logits: list[np.ndarray], names: list[str], outside: int) -> dict:
+def token_scores(rows: list[dict], logits: list[np.ndarray], manifest: dict) -> dict:
     """Entity-level scores of a token classifier's (tokens, tags) logits on the sample."""
-    predicted = [[names[t] for t in word_tags(r, x, outside)] for r, x in zip(rows, logits)]
+    names = manifest["labels"]
+    predicted = [[names[t] for t in word_tags(r, x, manifest.get("outside", 0))] for r, x in zip(rows, logits)]
     return entity_scores([[names[t] for t in r["label"]] for r in rows], predicted)
 
 
-# The results' `precision` is the model's (fp16, int8): entity-level precision and recall go under these names,
-# as in the project's benchmark rows.
-RESULT_NAMES = {"precision": "entity_precision", "recall": "entity_recall"}
+# compress.core.task's classes, as far as the device needs them (it has no compress; tests/test_edge_task.py holds
+# the two to the same tasks, score names and row names): how each task's sample is scored, and the names results
+# give figures whose own name means the model's there (`precision`: fp16, int8), as the project's benchmark rows do.
+SCORERS = {"sequence-classification": sequence_scores, "token-classification": token_scores}
+RESULT_NAMES = {"token-classification": {"precision": "entity_precision", "recall": "entity_recall"}}
 
 
 def sample_scores(rows: list[dict], logits: list[np.ndarray], manifest: dict) -> dict:
     """The bundle's task's scores (bundles from before tasks were recorded are sequence classifiers)."""
-    if manifest.get("task", "sequence-classification") == "token-classification":
-        scores = token_scores(rows, logits, manifest["labels"], manifest.get("outside", 0))
-    else:
-        scores = sequence_scores(rows, logits, len(manifest["labels"]))
-    return {RESULT_NAMES.get(k, k): v for k, v in scores.items()}
+    task = manifest.get("task", "sequence-classification")
+    renamed = RESULT_NAMES.get(task, {})
+    return {renamed.get(k, k): v for k, v in SCORERS[task](rows, logits, manifest).items()}
 
 
 def open_backend(bundle: Path, manifest: dict, backend: str, precision: str, threads: int | None):

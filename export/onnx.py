@@ -14,10 +14,10 @@ import torch
 from pydantic import Field
 
 from compress.core.artifact import Artifact
-from compress.core.data import encode
 from compress.core.models import load_classifier, load_tokenizer
 from compress.core.parity import ParityChecked, compare_logits
 from compress.core.stage import Context, StageResult, register
+from compress.core.task import encode, model_task
 from runtimes.ort_runtime import OrtRuntime
 from runtimes.torch_runtime import TorchRuntime
 
@@ -38,9 +38,8 @@ class ExportConfig(ParityChecked):
 
 def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> None:
     """Legacy TorchScript exporter: the dynamo exporter (torch's default) does not keep both dynamic axes here.
-    A token head's logits are (batch, sequence, classes): their sequence axis must be dynamic too, or the graph
-    would only take the sample's length. Which kind of head it is, the sample's own logits say (a model built
-    from a config need not name its architecture).
+    The logits' dynamic axes are the task's (Task.output_axes: a token head's sequence axis too, or the graph
+    would only take the sample's length), the task read off the model's class.
     Traced with eager attention: transformers 5's SDPA path builds its mask from Range/And/GreaterOrEqual and
     guards softmax with IsNaN, which ONNX Runtime's fusions do not match (no Attention, no EmbedLayerNormalization
     on a tiny BERT); its eager path, like 4.57's, fuses fully."""
@@ -48,10 +47,8 @@ def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> Non
     names = list(sample)
     wrapped = _LogitsOnly(model, names)
     tensors = tuple(torch.from_numpy(sample[n]) for n in names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": model_task(model).output_axes}
     with torch.no_grad():
-        per_token = wrapped(*tensors).ndim == 3
-        axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"} | ({1: "sequence"}
-                                                                                          if per_token else {})}
         torch.onnx.export(wrapped, tensors, str(path), input_names=names, output_names=["logits"],
                           dynamic_axes=axes, opset_version=opset, dynamo=False)
     pin_head_counts(path)

@@ -26,11 +26,11 @@ from pydantic import Field, model_validator
 from compress.core.artifact import Artifact, digest
 from compress.core.calibration import calibration_examples, calibration_reader, onnx_input_names
 from compress.core.config import RecipeShapes, Strict
-from compress.core.data import Example, encode
 from compress.core.errors import CompressError
 from compress.core.models import copy_model_files, load_tokenizer
 from compress.core.parity import ParityChecked, compare_logits
 from compress.core.stage import Context, StageResult, register
+from compress.core.task import Example, encode
 from runtimes.ort_runtime import OrtRuntime
 from runtimes.tensorrt_runtime import tensorrt_missing
 

@@ -44,7 +44,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     from onnxruntime.quantization import quantize_dynamic
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from compress.core.data import Example, encode
+    from compress.core.task import Example, encode
     from export.onnx import to_onnx
 
     root = tmp_path_factory.mktemp("external")
@@ -115,7 +115,8 @@ def test_each_row_has_its_own_peak_memory(folders, tmp_path, monkeypatch):
     """The parent holds 2 GiB of ballast; a child's peak must not include it (it would if measured in-process).
     The child itself imports torch and onnxruntime (~600 MB), so the ballast must be well above that."""
     from benchmarks.suite import benchmark_isolated
-    from compress.core.data import Dataset, Example
+    from compress.core.data import Dataset
+    from compress.core.task import Example
     from benchmarks.suite import BenchmarkConfig
 
     data = Dataset(["neg", "pos"], [], [], [Example("good film", 1), Example("dull plot", 0)], "inline")
@@ -177,7 +178,8 @@ def test_a_back_end_this_machine_lacks_is_answered_without_a_benchmark_process(f
     import torch
 
     import benchmarks.suite as suite
-    from compress.core.data import Dataset, Example
+    from compress.core.data import Dataset
+    from compress.core.task import Example
     from benchmarks.suite import BenchmarkConfig
 
     if torch.cuda.is_available():
@@ -196,7 +198,8 @@ def test_dynamic_latency_times_each_test_text_alone_at_its_own_length(tiny_bert)
     from transformers import AutoTokenizer
 
     import benchmarks.suite as suite
-    from compress.core.data import Dataset, Example
+    from compress.core.data import Dataset
+    from compress.core.task import Example
     from runtimes.torch_runtime import TorchRuntime
 
     runtime, tokenizer = TorchRuntime.open(tiny_bert, threads=1), AutoTokenizer.from_pretrained(tiny_bert)
@@ -305,7 +308,7 @@ def test_a_profile_of_a_tiny_export_splits_its_time_among_its_matmuls_and_the_re
     from transformers import AutoTokenizer
 
     from benchmarks.efficiency import PROFILED_RUNS, profile_ort
-    from compress.core.data import Example, encode
+    from compress.core.task import Example, encode
 
     tokenizer = AutoTokenizer.from_pretrained(folders[folder])
     inputs = encode(tokenizer, [Example("a good film", 1)], 16, pad_to_max=True)

@@ -50,7 +50,8 @@ def run(tmp_path_factory, tiny_bert) -> Path:
 def _test_inputs(run_dir: Path):
     from transformers import AutoTokenizer
 
-    from compress.core.data import encode, load_dataset
+    from compress.core.data import load_dataset
+    from compress.core.task import encode
 
     recipe = load_recipe(run_dir.parent.parent / "recipe.yaml")
     data = load_dataset(recipe.data, recipe.seed)
@@ -113,14 +114,14 @@ def test_edge_bundle_runs_standalone_in_clean_venv_and_is_ingested(run, clean_py
     assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
 
     # The device's accuracy is the project's own accuracy on the same 24 test examples.
-    from compress.core.evaluate import classification_metrics
+    from compress.core.task import classification_metrics
 
     inputs = _test_inputs(run)
     sample = [json.loads(l) for l in (bundle / "sample.jsonl").read_text().splitlines()]
     labels = np.array([r["label"] for r in sample])
     logits = np.concatenate([OrtRuntime(Artifact.load(run / "01-onnx").file("model")).run(
         {k: np.array([r[k]]) for k in inputs}) for r in sample])
-    assert results["accuracy"] == pytest.approx(classification_metrics(labels, logits, ["neg", "pos"])["accuracy"])
+    assert results["accuracy"] == pytest.approx(classification_metrics(labels, logits.argmax(-1), ["neg", "pos"])["accuracy"])
 
     assert ingest_main([str(tmp_path / "results.json"), "--run", str(run)]) == 0
     rows = json.loads((run / "report.json").read_text())["rows"]

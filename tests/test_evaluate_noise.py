@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compress.core.evaluate import drop_standard_error, entity_counts, entity_metrics, score_of
+from compress.core.evaluate import drop_standard_error, score_of
+from compress.core.task import entity_counts, entity_metrics
 
 
 def test_the_bootstrap_matches_the_paired_closed_form_for_accuracy_and_shrinks_with_more_examples():

@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from compress.core.data import IGNORE, DataConfig, encode_labeled, load_dataset
+from compress.core.data import DataConfig, load_dataset
 from compress.core.errors import CompressError
-from compress.core.evaluate import entity_metrics, evaluate
+from compress.core.evaluate import evaluate
+from compress.core.task import IGNORE, encode_labeled, entity_metrics, task_named
 from tests.conftest import write_tokenizer
 
-TOKEN = "token-classification"
+TOKEN = task_named("token-classification")
 CONLL = """-DOCSTART- -X- -X- O
 
 the DT B-NP O
@@ -35,7 +36,7 @@ def test_conll2003_is_built_in_with_its_own_splits():
     first = ds.train[0]
     assert first.words[:3] == ("EU", "rejects", "German")
     assert [ds.labels[t] for t in first.label[:3]] == ["B-ORG", "O", "B-MISC"]
-    assert ds.task == TOKEN and all(len(e.words) == len(e.label) for e in ds.test)
+    assert ds.task is TOKEN and all(len(e.words) == len(e.label) for e in ds.test)
 
 
 def test_conll2003_is_not_sequence_classification_data():

@@ -23,8 +23,8 @@ import yaml
 from benchmarks.compare import main as compare_main
 from benchmarks.ingest import main as ingest_main
 from compress.core.artifact import Artifact
-from compress.core.data import encode
-from compress.core.evaluate import entity_metrics, evaluate
+from compress.core.evaluate import evaluate
+from compress.core.task import encode, entity_metrics
 from compress.gate import main as gate_main
 from compress.recipe import load_recipe
 from compress.run import main

@@ -17,8 +17,8 @@ import torch
 import yaml
 
 from compress.core.artifact import Artifact
-from compress.core.data import IGNORE, Example, encode_labeled, encode_words
-from compress.core.evaluate import evaluate, word_predictions
+from compress.core.evaluate import evaluate
+from compress.core.task import IGNORE, Example, encode_labeled, encode_words, word_predictions
 from compress.pipeline import run_step, source_artifact
 from compress.recipe import load_recipe
 from compress.stages.distill import HardCE, LossConfig, SoftKL, read_unlabeled

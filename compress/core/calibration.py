@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.core.data import Example, encode
+from compress.core.task import Example, encode
 
 
 def calibration_examples(examples: list[Example], n: int, seed: int) -> list[Example]:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Iterator, Literal, Union
+from typing import Annotated, Literal, Union
 
 import numpy as np
 import pandas as pd
@@ -22,22 +22,7 @@ from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator,
 
 from compress.core.config import Strict
 from compress.core.errors import CompressError
-
-
-TASKS = ("sequence-classification", "token-classification")
-IGNORE = -100  # a position with no label: torch's cross_entropy ignore_index, as Hugging Face token heads use
-
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled input. Sequence classification: a text (and pair) with one class id. Token classification:
-    pre-split `words` with one tag id per word in `label`, and `text` their words joined by spaces."""
-
-    text: str
-    label: int | tuple[int, ...]
-    text_pair: str | None = None
-    words: tuple[str, ...] | None = None
-
+from compress.core.task import DEFAULT_TASK, Example, Task
 
 SPLITS = ("train", "dev", "test")
 
@@ -51,7 +36,7 @@ class Dataset:
     source: str
     unlabeled: list[str] = field(default_factory=list)  # in-domain text without labels (distillation's soft losses)
     dropped: dict[str, int] = field(default_factory=dict)  # rows left out, by what they lack: text, text_pair, label
-    task: str = TASKS[0]
+    task: Task = DEFAULT_TASK
 
     def split(self, name: str) -> list[Example]:
         return {"train": self.train, "dev": self.dev, "test": self.test}[name]
@@ -135,8 +120,8 @@ def _conll2003() -> pd.DataFrame:
 # Built-in sources give their rows under the role names (text, label and, where rows are grouped or split
 # beforehand, group and split). Token-classification rows hold lists: words and one tag per word.
 BUILTIN_DATASETS = {"rotten_tomatoes": _rotten_tomatoes, "bbc_news": _bbc_news, "conll2003": _conll2003}
-BUILTIN_TASKS = {"conll2003": TASKS[1]}  # the others: sequence classification
-TASK_FORMATS = {TASKS[0]: ("csv", "tsv", "jsonl", "hf-disk"), TASKS[1]: ("conll", "jsonl")}
+BUILTIN_TASKS = {"rotten_tomatoes": "sequence-classification", "bbc_news": "sequence-classification",
+                 "conll2003": "token-classification"}
 # Unlabeled in-domain text a built-in source carries: (text, group) rows, grouped like its labelled rows.
 BUILTIN_UNLABELED = {"rotten_tomatoes": _rotten_tomatoes_plots}
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".conll": "conll"}
@@ -232,18 +217,25 @@ class DataConfig(Strict):
             raise ValueError(f"source gives one file per split, so split keys {fixed} do not apply")
         return self
 
-    def columns(self, task: str) -> dict[str, str]:
-        """The user file's column for each role: token classification reads `tokens`/`tags` unless told."""
-        defaults = {"text_column": "tokens", "label_column": "tags"} if task == TASKS[1] else {}
+    def columns(self, task: Task) -> dict[str, str]:
+        """The user file's column for each role: the task's defaults (token classification: `tokens`/`tags`)
+        unless told."""
 
         def column(path: str) -> str | None:
-            return defaults[path] if path in defaults and path not in self.model_fields_set else attrgetter(path)(self)
+            given = path not in task.columns or path in self.model_fields_set
+            return attrgetter(path)(self) if given else task.columns[path]
 
         return {role: col for role, path in ROLE_FIELDS.items() if (col := column(path))}
 
     @property
     def builtin(self) -> bool:
         return isinstance(self.source, str) and self.source in BUILTIN_DATASETS
+
+    @property
+    def builtin_task(self) -> str | None:
+        """The task a built-in source's labels are for; None for the user's files, which hold what the recipe
+        says they hold (loading checks)."""
+        return BUILTIN_TASKS.get(self.source) if self.builtin else None
 
     @property
     def files(self) -> dict[str | None, Path]:
@@ -303,14 +295,14 @@ def _read_user_file(path: Path, fmt: str) -> pd.DataFrame:
     return df
 
 
-def _user_rows(cfg: DataConfig, task: str) -> pd.DataFrame:
+def _user_rows(cfg: DataConfig, task: Task) -> pd.DataFrame:
     """The user's rows under role names (text, text_pair, label, group, split), every file in one frame."""
     columns = cfg.columns(task)
     frames = []
     for split, path in cfg.files.items():
         fmt = _file_format(path, cfg.format)
-        if fmt not in TASK_FORMATS[task]:
-            raise CompressError(f"{path}: {task} reads {', '.join(TASK_FORMATS[task])} files, not {fmt}")
+        if fmt not in task.formats:
+            raise CompressError(f"{path}: {task.name} reads {', '.join(task.formats)} files, not {fmt}")
         if fmt == "conll" and cfg.split.group_column:
             raise CompressError(f"{path}: data.split.group_column does not apply to a conll file, whose sentences "
                                 "are grouped by its -DOCSTART- documents")
@@ -323,19 +315,6 @@ def _user_rows(cfg: DataConfig, task: str) -> pd.DataFrame:
             df = pd.DataFrame({role: df[col] for role, col in columns.items()})
         frames.append(df.assign(**({"split": split} if split else {})))
     return pd.concat(frames, ignore_index=True)
-
-
-def _check_tagged(rows: pd.DataFrame, origin: str) -> pd.DataFrame:
-    """Token rows: a list of words and a list of as many string tags. Anything else is an error naming the row,
-    not a row to drop: a misaligned tag list means the file is not what the recipe says it is."""
-    for i, (words, tags) in enumerate(zip(rows["text"], rows["label"])):
-        if not (isinstance(words, list) and isinstance(tags, list)):
-            raise CompressError(f"{origin}: row {i}: token classification needs lists of words and tags, got "
-                                f"{type(words).__name__} and {type(tags).__name__} ({str(words)[:60]!r})")
-        if len(words) != len(tags):
-            raise CompressError(f"{origin}: row {i}: {len(words)} words but {len(tags)} tags ({words[:8]!r})")
-    return rows.assign(text=rows["text"].map(lambda w: [str(x) for x in w]),
-                       label=rows["label"].map(lambda t: [str(x) for x in t]))
 
 
 def _drop_incomplete(rows: pd.DataFrame, origin: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -378,16 +357,15 @@ def split_indices(n: int, groups: np.ndarray | None, dev: float, test: float, se
     return {s: np.flatnonzero(assigned == s) for s in SPLITS}
 
 
-def load_dataset(cfg: DataConfig, seed: int, task: str = TASKS[0]) -> Dataset:
-    builtin_task = BUILTIN_TASKS.get(cfg.source, TASKS[0]) if cfg.builtin else task
-    if builtin_task != task:
-        raise CompressError(f"data.source {cfg.source!r} is {builtin_task} data, but the recipe's task is {task}")
-    tagged = task == TASKS[1]
+def load_dataset(cfg: DataConfig, seed: int, task: Task = DEFAULT_TASK) -> Dataset:
+    if cfg.builtin_task not in (None, task.name):
+        raise CompressError(f"data.source {cfg.source!r} is {cfg.builtin_task} data, but the recipe's task is "
+                            f"{task.name}")
     rows = BUILTIN_DATASETS[cfg.source]() if cfg.builtin else _user_rows(cfg, task)
     rows, dropped = _drop_incomplete(rows, cfg.origin)
-    rows = _check_tagged(rows, cfg.origin) if tagged else rows.assign(label=rows["label"].astype(str))
-    values = lambda part: set(part.explode() if tagged else part)  # noqa: E731  (every tag, or every label)
-    what = "tags" if tagged else f"column {cfg.label_column!r}"
+    rows = task.rows(rows, cfg.origin)
+    values = task.label_set
+    what = task.labels_where.format(cfg.label_column)
     if len(values(rows["label"])) < 2:
         raise CompressError(f"{cfg.origin}: {what} has one label, {sorted(values(rows['label']))[0]!r}: "
                             f"a classifier needs two or more (rows left out: {dropped or 'none'})")
@@ -398,18 +376,13 @@ def load_dataset(cfg: DataConfig, seed: int, task: str = TASKS[0]) -> Dataset:
         raise CompressError(f"{cfg.origin}: {what} has fewer than two labels in the train split")
     label_id = {l: i for i, l in enumerate(labels)}
 
-    def example(text, label, pair) -> Example:
-        if tagged:
-            return Example(" ".join(text), tuple(label_id[t] for t in label), None, tuple(text))
-        return Example(str(text), label_id[label], pair)
-
     def examples(split: str, limit: int | None) -> list[Example]:
         part = rows.iloc[idx[split][:limit] if limit else idx[split]]
         unseen = sorted(values(part["label"]) - set(labels))
         if unseen:
             raise CompressError(f"{cfg.origin}: {what} has labels in {split} not seen in train: {unseen}")
         pairs = part["text_pair"].astype(str).tolist() if "text_pair" in part else [None] * len(part)
-        return [example(t, l, p) for t, l, p in zip(part["text"].tolist(), part["label"], pairs)]
+        return [task.example(t, l, p, label_id) for t, l, p in zip(part["text"].tolist(), part["label"], pairs)]
 
     if cfg.limit_train:  # a random subset, not the first rows of a file sorted by label
         idx["train"] = np.random.RandomState(seed).permutation(idx["train"])
@@ -423,59 +396,3 @@ def load_dataset(cfg: DataConfig, seed: int, task: str = TASKS[0]) -> Dataset:
         if not ds.split(split):
             raise CompressError(f"{cfg.origin}: the {split} split is empty; use more data or other fractions")
     return ds
-
-
-def is_tagged(examples: list[Example]) -> bool:
-    """Token-classification examples (pre-split words, a tag per word)."""
-    return bool(examples) and examples[0].words is not None
-
-
-def encode_words(tokenizer, examples: list[Example], max_length: int,
-                 pad_to_max: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Token ids of pre-split words, and at each position the index of the word whose first piece it is (-1 on
-    later pieces, specials and padding): where a word's tag is trained and read."""
-    if not tokenizer.is_fast:
-        raise CompressError(f"token classification needs a fast tokenizer (its word_ids map pieces to words); "
-                            f"{type(tokenizer).__name__} is not one: save the model with a tokenizer.json")
-    enc = tokenizer([list(e.words) for e in examples], is_split_into_words=True, truncation=True,
-                    max_length=max_length, padding="max_length" if pad_to_max else "longest", return_tensors="np")
-    first = np.full(enc["input_ids"].shape, -1, dtype=np.int64)
-    for i in range(len(examples)):
-        previous = None
-        for j, word in enumerate(enc.word_ids(i)):
-            if word is not None and word != previous:
-                first[i, j] = word
-            previous = word
-    return {k: v.astype(np.int64) for k, v in enc.items()}, first
-
-
-def encode(tokenizer, examples: list[Example], max_length: int, pad_to_max: bool = False) -> dict[str, np.ndarray]:
-    """Token ids as int64 numpy arrays, the common currency of every runtime."""
-    if is_tagged(examples):
-        return encode_words(tokenizer, examples, max_length, pad_to_max)[0]
-    texts = [e.text for e in examples]
-    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
-    enc = tokenizer(
-        texts, pairs, truncation=True, max_length=max_length,
-        padding="max_length" if pad_to_max else "longest", return_tensors="np",
-    )
-    return {k: v.astype(np.int64) for k, v in enc.items()}
-
-
-def encode_labeled(tokenizer, examples: list[Example], max_length: int,
-                   pad_to_max: bool = False) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Inputs and training targets: a class id per example, or per position the tag of the word it starts
-    (labels on first pieces, IGNORE on the rest, as Hugging Face's token-classification recipes do)."""
-    if not is_tagged(examples):
-        return encode(tokenizer, examples, max_length, pad_to_max), np.array([e.label for e in examples])
-    inputs, first = encode_words(tokenizer, examples, max_length, pad_to_max)
-    labels = np.full(first.shape, IGNORE, dtype=np.int64)
-    for i, e in enumerate(examples):
-        starts = first[i] >= 0
-        labels[i, starts] = np.asarray(e.label, dtype=np.int64)[first[i, starts]]
-    return inputs, labels
-
-
-def batches(tokenizer, examples: list[Example], max_length: int, batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
-    for i in range(0, len(examples), batch_size):
-        yield encode_labeled(tokenizer, examples[i : i + batch_size], max_length)

@@ -11,9 +11,9 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 
 from compress.core.config import Strict
-from compress.core.data import TASKS
 from compress.core.errors import CompressError
 from compress.core.heads import pruned_heads, shape_to_record
+from compress.core.task import Task, task_for
 
 
 def _package_dir(name: str, package: str, sub: str) -> Path:
@@ -187,29 +187,8 @@ def hub_snapshot(repo_id: str, revision: str | None, allow_pickle: bool) -> Path
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
-HEADS = {TASKS[0]: "ForSequenceClassification", TASKS[1]: "ForTokenClassification"}  # architecture suffixes
-
-
-def task_of(config) -> str:
-    """The task a checkpoint's head does, read off its config's architectures: a bare encoder (no head yet)
-    counts as sequence classification, the default task."""
-    return task_named(getattr(config, "architectures", None) or [])
-
-
-def task_named(class_names: list[str]) -> str:
-    """The task of the first head class among `class_names` (BertForTokenClassification: token classification)."""
-    return next((task for task, suffix in HEADS.items() if any(n.endswith(suffix) for n in class_names)), TASKS[0])
-
-
-def head_class(task: str):
-    """transformers' Auto class for the task's head."""
-    import transformers
-
-    return getattr(transformers, f"AutoModel{HEADS[task]}")
-
-
 def load_classifier(folder: Path | str, labels: list[str] | None = None, allow_pickle: bool = False,
-                    task: str | None = None):
+                    task: Task | None = None):
     """The task's model from `folder` (task None: the one its head does); with `labels`, a fresh head when the
     labels differ. The one call that loads every checkpoint compress writes, on transformers 4 and 5 alike.
 
@@ -232,7 +211,7 @@ def load_classifier(folder: Path | str, labels: list[str] | None = None, allow_p
             label2id={l: i for i, l in enumerate(labels)},
         )
     config = AutoConfig.from_pretrained(folder, **kwargs)
-    auto = head_class(task or task_of(config))
+    auto = (task or task_for(config)).auto_class()
     if pruned_heads(config):
         return _load_cut(build_model(auto, config), folder, fresh_head=labels is not None)
     safetensors = not allow_pickle or any((folder / f).is_file() for f in WEIGHT_FILES)
@@ -278,13 +257,13 @@ def _load_cut(model, folder: Path, fresh_head: bool):
     return model.eval()
 
 
-def is_classifier_for(folder: Path, labels: list[str], task: str) -> bool:
+def is_classifier_for(folder: Path, labels: list[str], task: Task) -> bool:
     """True when `folder` already holds a `task` head trained for exactly these labels."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
     archs = config.architectures or []
-    return any(a.endswith(HEADS[task]) for a in archs) and [
+    return any(a.endswith(task.head) for a in archs) and [
         config.id2label[i] for i in range(len(config.id2label))
     ] == labels
 
@@ -302,7 +281,7 @@ def load_call(kind: str, folder: Path, files: dict[str, str]) -> str:
         config = _read_json(folder / "config.json")
         if any((config.get("pruned_heads") or {}).values()):
             return "compress.core.models.load_classifier"
-        return f"transformers.AutoModel{HEADS[task_named(config.get('architectures') or [])]}.from_pretrained"
+        return f"transformers.AutoModel{task_for(config).head}.from_pretrained"
     if kind == "onnx":
         return "onnxruntime.InferenceSession"
     if kind == "tensorrt-engine":

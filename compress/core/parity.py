@@ -13,9 +13,9 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from compress.core.config import StepConfig, Strict
-from compress.core.data import Example
 from compress.core.errors import StageFailed
-from compress.core.evaluate import RunBatch, predict_logits
+from compress.core.evaluate import predict_logits
+from compress.core.task import Example, RunBatch
 
 OLD_NAMES = {"parity_examples": "examples", "parity_tolerance": "max_logit_diff",
              "parity_max_logit_diff": "max_logit_diff", "parity_min_agreement": "min_agreement",

@@ -13,7 +13,8 @@ from typing import Any, Callable, get_args
 
 from compress.core.artifact import Artifact, ArtifactKind
 from compress.core.config import StepConfig
-from compress.core.data import TASKS, DataConfig, Dataset, load_dataset
+from compress.core.data import DataConfig, Dataset, load_dataset
+from compress.core.task import DEFAULT_TASK, Task
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Context:
     eval_batch_size: int = 64  # batch of every accuracy pass (dev evaluation, parity)
     allow_pickle: bool = False  # the recipe's model.allow_pickle: also for checkpoints the run wrote itself
     artifacts: dict[str, Artifact] = field(default_factory=dict)
-    task: str = TASKS[0]  # the recipe's task: which head finetune puts on, which data the source must hold
+    task: Task = DEFAULT_TASK  # the recipe's task: which head finetune puts on, which data the source must hold
     allow_chance: bool = False  # the recipe's gate.allow_chance_baseline: a fine-tuned model at chance is expected
     # Teacher outputs distillations may share, by teacher artifact hash: a search sets it while its candidates run
     # (they learn from one teacher on one text), so the teacher runs once per text, not once per candidate.

@@ -16,11 +16,11 @@ import torch
 from pydantic import Field, model_validator
 
 from compress.core.config import StepConfig, Strict
-from compress.core.data import IGNORE, Example, encode, encode_labeled
 from compress.core.errors import CompressError
 from compress.core.evaluate import at_chance, evaluate
 from compress.core.progress import progress
 from compress.core.stage import Context
+from compress.core.task import IGNORE, Example, encode, encode_labeled
 from runtimes.torch_runtime import TorchRuntime
 
 # loss(model, inputs, labels) -> scalar; distillation swaps in its own.

@@ -16,12 +16,12 @@ from pydantic import Field, field_validator
 
 from compress.core.artifact import Artifact
 from compress.core.config import Architecture, StepConfig, Strict
-from compress.core.data import IGNORE, TASKS, Example, encode
 from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
 from compress.core.heads import kept_heads
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
+from compress.core.task import IGNORE, Example, encode
 from compress.core.train import TrainingSettings, token_rows, train
 from compress.stages.students import (GradualSharing, StudentSpec, build_student, embedding_row_counts,
                                       parameter_split, student_architecture)
@@ -295,15 +295,6 @@ class DistillLoss:
         return sum(w * term(s, t, labels, mask) for w, term in self.terms.values())
 
 
-def unlabeled_example(line: str, task: str) -> Example:
-    """A line of extra text as an example without labels: a text, or for token classification its
-    whitespace-separated words, each tagged IGNORE (the soft losses read every token, the hard one none)."""
-    if task == TASKS[1]:
-        words = tuple(line.split())
-        return Example(" ".join(words), (IGNORE,) * len(words), None, words)
-    return Example(line, IGNORE)
-
-
 def read_unlabeled(source: Path | str | None, ctx: Context, step: str) -> list[Example]:
     """Extra text for the soft losses. `data` means the source's own unlabeled text; a source that has none (a
     user's file, bbc_news) has its training texts, which every distillation reads already: nothing is added, and
@@ -317,7 +308,7 @@ def read_unlabeled(source: Path | str | None, ctx: Context, step: str) -> list[E
         lines = ctx.data.unlabeled
     else:
         lines = [l.strip() for l in Path(source).read_text(encoding="utf-8", errors="replace").splitlines()]
-    return [unlabeled_example(l, ctx.task) for l in lines if l.strip()]
+    return [ctx.task.unlabeled(l) for l in lines if l.strip()]
 
 
 @register(DistillConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")

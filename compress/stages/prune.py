@@ -37,11 +37,11 @@ from pydantic import Field, field_validator, model_validator
 
 from compress.core.artifact import Artifact
 from compress.core.config import Architecture, StepConfig
-from compress.core.data import batches
 from compress.core.errors import CompressError, StageFailed
 from compress.core.heads import attentions, kept_heads, prune_heads, pruned_heads, renumber
 from compress.core.models import load_classifier, save_checkpoint
 from compress.core.stage import Context, StageResult, register
+from compress.core.task import batches
 from compress.core.train import TrainingSettings, cross_entropy, train
 
 

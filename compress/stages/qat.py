@@ -23,10 +23,10 @@ from pydantic import Field
 
 from compress.core.artifact import Artifact
 from compress.core.calibration import calibration_examples
-from compress.core.data import encode
 from compress.core.models import load_classifier
 from compress.core.parity import ParityChecked, compare_logits
 from compress.core.stage import Context, StageResult, register
+from compress.core.task import encode
 from compress.core.train import TrainingConfig, train
 from export.onnx import to_onnx
 from runtimes.ort_runtime import OrtRuntime

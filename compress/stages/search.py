@@ -34,11 +34,11 @@ from benchmarks.latency import measure_latency
 from benchmarks.size import architecture_cost, model_bytes
 from compress.core.artifact import Artifact, commit, digest
 from compress.core.config import Architecture, RecipeShapes, StepConfig, Strict
-from compress.core.data import encode
 from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import drop_standard_error, evaluate, points_below
 from compress.core.models import copy_model_files, load_classifier, load_tokenizer, save_checkpoint
 from compress.core.stage import STAGES, Context, StageResult, register
+from compress.core.task import encode
 from compress.core.train import train
 from compress.stages.distill import DistillConfig, DistillSettings, read_unlabeled
 from compress.stages.elastic import Candidate, ElasticLoss, attention_modules, extract, rewire

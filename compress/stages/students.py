@@ -18,7 +18,8 @@ from pydantic import Field
 from compress.core.config import Architecture, Strict
 from compress.core.errors import CompressError
 from compress.core.heads import renumber
-from compress.core.models import HEADS, build_model, head_class, task_named
+from compress.core.models import build_model
+from compress.core.task import model_task
 
 
 class LayerDrop(Strict):
@@ -115,12 +116,6 @@ def layer_drop(model, keep: list[int]):
     return student
 
 
-def head_task(model) -> str:
-    """The task of a model in memory, read off its class: its config's `architectures` still name the checkpoint
-    it was loaded from, whose head may have been another (finetune puts a token head on a bare encoder)."""
-    return task_named([type(model).__name__])
-
-
 def fresh(model, overrides: dict):
     """The input's architecture, vocabulary and head with `overrides` applied, randomly initialised."""
     config = copy.deepcopy(model.config)
@@ -132,7 +127,7 @@ def fresh(model, overrides: dict):
     if config.hidden_size % config.num_attention_heads:
         raise CompressError(f"student.fresh: hidden_size {config.hidden_size} is not a multiple of "
                             f"num_attention_heads {config.num_attention_heads}")
-    return build_model(head_class(head_task(model)), config)
+    return build_model(model_task(model).auto_class(), config)
 
 
 def embedding_row_counts(encoded: dict[str, np.ndarray], config) -> torch.Tensor:
@@ -232,7 +227,7 @@ def albertize(teacher, spec: AlbertizeSpec, row_counts: Callable[[], torch.Tenso
         layer_norm_eps=tc.layer_norm_eps, pad_token_id=tc.pad_token_id, bos_token_id=None, eos_token_id=None,
         num_labels=tc.num_labels, id2label=tc.id2label, label2id=tc.label2id,
     )
-    student = getattr(transformers, f"Albert{HEADS[head_task(teacher)]}")(config).eval()
+    student = getattr(transformers, f"Albert{model_task(teacher).head}")(config).eval()
     emb, a = teacher.bert.embeddings, student.albert
     tables = [emb.word_embeddings.weight, emb.position_embeddings.weight, emb.token_type_embeddings.weight]
     if spec.weight_rows == "corpus" and row_counts is None:

@@ -48,12 +48,12 @@ from pydantic import Field, field_validator
 
 from compress.core.artifact import Artifact
 from compress.core.config import Architecture, RecipeShapes
-from compress.core.data import Example, is_tagged
 from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import predict_logits
 from compress.core.models import kind_of, load_classifier, load_tokenizer, save_checkpoint
 from compress.core.parity import ParityChecked, logit_agreement
 from compress.core.stage import Context, StageResult, register
+from compress.core.task import Example, Task, Text
 from runtimes.torch_runtime import TorchRuntime
 
 SPECIAL_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id")
@@ -95,21 +95,14 @@ class VocabPruneConfig(ParityChecked):
                 raise ValueError(f"max_positions {self.max_positions} is shorter than {field} {length}")
 
 
-Text = str | list[str]  # what the tokenizer reads of an example: a text, or (token classification) its words
+UNTRUNCATED = 2**31 - 1  # a max_length no text reaches: coverage reads every token
 
 
-def texts_of(examples: list[Example]) -> list[Text]:
-    """Texts and text pairs, or the word lists of token examples (the model reads those word-split)."""
-    if is_tagged(examples):
-        return [list(e.words) for e in examples]
-    return [e.text for e in examples] + [e.text_pair for e in examples if e.text_pair is not None]
-
-
-def corpus_lines(path: Path, tagged: bool) -> list[Text]:
-    """An extra corpus file's non-blank lines; for a token task each line's whitespace-separated words, so they
-    are tokenized as the task's words are."""
+def corpus_lines(path: Path, task: Task) -> list[Text]:
+    """An extra corpus file's non-blank lines, read as the task reads unlabeled text (a token task: each line's
+    whitespace-separated words), so they are tokenized as the task's own texts are."""
     lines = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-    return [t.split() for t in lines] if tagged else lines
+    return task.texts([task.unlabeled(t) for t in lines])
 
 
 def tokenize(tokenizer, texts: list[Text], **kwargs):
@@ -389,13 +382,10 @@ def check_same_pieces(old_tok, new_tok, keep: list[int], texts: list[Text], step
                               "original")
 
 
-def fully_covered(tokenizer, examples: list[Example], keep: set[int]) -> list[Example]:
-    """The examples whose every token id (text and pair together, or the words word-split) is kept."""
-    if is_tagged(examples):
-        ids = tokenize(tokenizer, texts_of(examples))["input_ids"]
-    else:
-        ids = [tokenizer(e.text, e.text_pair)["input_ids"] for e in examples]
-    return [e for e, row in zip(examples, ids) if all(i in keep for i in row)]
+def fully_covered(tokenizer, task: Task, examples: list[Example], keep: set[int]) -> list[Example]:
+    """The examples whose every token id, as the task encodes them untruncated, is kept."""
+    ids = [task.encode(tokenizer, [e], UNTRUNCATED)["input_ids"][0] for e in examples]
+    return [e for e, row in zip(examples, ids) if all(int(i) in keep for i in row)]
 
 
 @register(VocabPruneConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
@@ -403,9 +393,9 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     tokenizer = load_tokenizer(parent.path)
     check_tokenizer_kind(tokenizer, parent.path)
     model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle, task=ctx.task).eval()
-    corpus = texts_of(ctx.data.train)
+    corpus = ctx.task.texts(ctx.data.train)
     if cfg.extra_corpus:
-        corpus += corpus_lines(Path(cfg.extra_corpus), is_tagged(ctx.data.train))
+        corpus += corpus_lines(Path(cfg.extra_corpus), ctx.task)
     keep = kept_ids(tokenizer, model.config, corpus, cfg.min_count, cfg.keep_characters)
     vocab_before = model.get_input_embeddings().weight.shape[0]
     if cfg.fill_to is not None and cfg.fill_to > vocab_before:
@@ -414,7 +404,7 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     keep = complete(tokenizer, set(keep + filled))
     kept = set(keep)
     max_length = ctx.max_length
-    check = fully_covered(tokenizer, ctx.data.dev, kept)[: cfg.parity.examples]
+    check = fully_covered(tokenizer, ctx.task, ctx.data.dev, kept)[: cfg.parity.examples]
     before = predict_logits(TorchRuntime(model).run, tokenizer, check, max_length, 32, "before") if check else None
 
     pruned_tok = write_pruned_tokenizer(tokenizer, keep, out)
@@ -428,7 +418,7 @@ def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path
     if check:
         cfg.parity.enforce(parity, cfg.name, "pruned vs original model on fully covered dev texts")
     save_checkpoint(model, pruned_tok, out)
-    cover = {s: coverage(tokenizer, pruned_tok, kept, texts_of(ctx.data.split(s))) for s in ("dev", "test")}
+    cover = {s: coverage(tokenizer, pruned_tok, kept, ctx.task.texts(ctx.data.split(s))) for s in ("dev", "test")}
     ctx.log.info("%s: vocabulary %d -> %d (%.1f%% kept, %d filled by drift); uncovered token occurrences: "
                  "dev %.2f%%, test %.2f%%",
                  cfg.name, vocab_before, len(keep), 100 * len(keep) / vocab_before, len(filled),
