@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoTokenizer
 
-from compress.core.data import Example
+from compress.core.task import Example
 from compress.core.evaluate import evaluate, predict_logits
 from tests.conftest import write_tokenizer
 
