@@ -12,12 +12,12 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from benchmarks.size import MACS_SEQUENCE_LENGTH
 from benchmarks.suite import BenchmarkConfig
 from compress.core.config import Architecture, RecipeShapes, Strict
 from compress.core.data import BUILTIN_TASKS, SOURCE_TAGS, TASKS, DataConfig
 from compress.core.errors import CompressError
 from compress.core.models import ModelConfig, tokenizer_kind
+from compress.core.size import MACS_SEQUENCE_LENGTH
 from compress.core.stage import STAGES, Context, step_classes
 from compress.gate import GateConfig
 from compress.stages import distill, finetune, prune, qat, quantize, search, vocab_prune  # noqa: F401  (register)

@@ -26,14 +26,14 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from benchmarks.latency import measure_latency
-from benchmarks.size import architecture_cost, model_bytes
 from compress.core.artifact import Artifact, commit, digest
 from compress.core.config import Architecture, RecipeShapes, StepConfig, Strict
 from compress.core.data import encode
 from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import drop_standard_error, evaluate, points_below
+from compress.core.latency import measure_latency
 from compress.core.models import copy_model_files, load_classifier, load_tokenizer, save_checkpoint
+from compress.core.size import architecture_cost, model_bytes
 from compress.core.stage import STAGES, Context, StageResult, register
 from compress.core.train import train
 from compress.stages.distill import DistillConfig, DistillSettings, read_unlabeled
