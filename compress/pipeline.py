@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from benchmarks.hardware import describe, fingerprint
-from benchmarks.ingest import ingested_rows
-from benchmarks.report.build import build_report
-from benchmarks.report.write import write_report
+from benchmarks.report.write import make_report
 from benchmarks.suite import METHOD_VERSION, benchmark_isolated, not_measured_row
 from compress.core.artifact import MANIFEST, Artifact, commit, digest, write_json_atomic
 from compress.core.errors import CompressError, StageFailed, StepUnavailable
@@ -232,11 +230,10 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> dict | 
 
 def report_run(recipe: Recipe, ctx: Context, skipped: dict[str, str], failure: dict | None = None) -> dict:
     """Benchmark every finished step (cached rows reused) and write report.json, .md and .html."""
-    rows = benchmark_rows(recipe, ctx, skipped) + ingested_rows(ctx.run_dir)
     artifacts = [a.to_json() for a in ctx.artifacts.values()]
-    report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe(),  # best: the gate's limit
-                          budget_points=recipe.gate.max_accuracy_drop if recipe.gate else 1.0, failure=failure)
-    write_report(report, ctx.run_dir)
+    report = make_report(ctx.run_dir, recipe.name, recipe.baseline_step(), artifacts,
+                         benchmark_rows(recipe, ctx, skipped), describe(),
+                         recipe.gate.max_accuracy_drop if recipe.gate else None, failure)
     for warning in report["warnings"]:
         ctx.log.warning("%s", warning)
     ctx.log.info("report: %s", ctx.run_dir / "report.md")
