@@ -122,6 +122,7 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
     except BaseException:  # Ctrl-C included: leave nothing that could pass for a finished stage
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    STAGES[step.type].metrics.model_validate(result.metrics)  # the figures its report section reads, as declared
     metrics = result.metrics | {"stage_seconds": round(time.perf_counter() - start, 1)}
     artifact = Artifact(step.name, result.kind, partial, h, parent.name, step.type, result.files, metrics,
                         load_call(result.kind, partial, result.files))
@@ -248,7 +249,8 @@ def report_failure(recipe: Recipe, ctx: Context, skipped: dict[str, str], step: 
     reason = str(error) if isinstance(error, (CompressError, StageFailed)) else f"{type(error).__name__}: {error}"
     ctx.log.error("%s failed; reporting the %d step(s) that finished", step, len(ctx.artifacts))
     try:
-        report_run(recipe, ctx, skipped, {"step": step, "exit_code": code, "reason": reason,
+        stage = next(s.type for s in recipe.steps if s.name == step)
+        report_run(recipe, ctx, skipped, {"step": step, "stage": stage, "exit_code": code, "reason": reason,
                                           "metrics": getattr(error, "metrics", {})})
     except Exception as e:  # noqa: BLE001  (the run's own failure is what the user must see)
         ctx.log.error("the report of the failed run could not be written: %s: %s", type(e).__name__, e)

@@ -40,6 +40,7 @@ from compress.stages.distill import DistillConfig, DistillSettings, read_unlabel
 from compress.stages.elastic import Candidate, ElasticLoss, attention_modules, extract, rewire
 from compress.stages.prune import IMPORTANCE, ImportanceName, check_prunable, scoring_batches
 from compress.stages.quantize_methods import DynamicConfig
+from compress.stages.search_report import SearchMetrics, search_section
 from compress.stages.vocab_prune import VocabPruneConfig
 from export.onnx import ExportConfig
 from runtimes.ort_runtime import OrtRuntime
@@ -376,7 +377,8 @@ def search_figures(cfg: SearchConfig, rows: list[dict], metric: str, teacher_art
             "threads": cfg.threads, "chosen": chosen and chosen["id"], "why": reason, "candidates": rows, **costs}
 
 
-@register(SearchConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
+@register(SearchConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint", metrics=SearchMetrics,
+          section=search_section)
 def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     from transformers import AutoConfig
 
