@@ -305,7 +305,6 @@ def section_blocks(section: Section) -> list[Block]:
             *([("plots", [section.plot.file])] if section.plot else [])]
 
 
-
 def baseline_line(report: dict) -> str:
     base = report["baseline"]
     value = "not measured" if score(base) is None else f"{score(base):.4f}"
