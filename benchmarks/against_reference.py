@@ -54,7 +54,7 @@ def interleaved(calls: dict[str, Callable[[], dict]], rounds: int) -> dict[str, 
 
 def timing(runtime, inputs: dict, batch_size: int, seconds: float) -> Callable[[], dict]:
     """One round of one model: a short warm-up, then at least 10 calls over about `seconds`."""
-    from benchmarks.latency import measure_latency
+    from compress.core.latency import measure_latency
 
     return lambda: measure_latency(lambda: runtime.run(inputs), 3, 10, seconds, batch_size, seconds)
 
@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                                 f"(got {args.rounds}, {args.seconds})")
         from benchmarks.report.build import metric_label
         from benchmarks.run import open_folder
-        from benchmarks.size import model_bytes
         from compress.core.models import load_tokenizer
+        from compress.core.size import model_bytes
         from runtimes.ort_runtime import OrtRuntime
 
         report, note = read_note(args.run)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.hardware import fingerprint
-from benchmarks.latency import measure_latency
 from compress.core.artifact import Artifact, digest, write_json_atomic
+from compress.core.latency import measure_latency
 
 GEMM_METHOD = 1  # part of the cache key: bump it when how the rate is measured changes
 # What each (back end, precision) times. INT8 is timed as dynamically quantized models run it: ONNX Runtime fuses
@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 
 
 def gemm_rate(backend: str, precision: str, shapes: list[list[int]] | None, threads: int) -> dict | None:
-    """This machine's GMAC/s for `backend` at `shapes` ([M, K, N, calls] per linear layer, benchmarks.size): the
+    """This machine's GMAC/s for `backend` at `shapes` ([M, K, N, calls] per linear layer, compress.core.size): the
     MACs of every call over the summed p50 times, as if the model ran nothing but its GEMMs. None for a back end
     or precision without a kernel here (GPU rows, fp16) or a model without known shapes."""
     kernel = KERNELS.get((backend, precision))

@@ -13,12 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.report.build import build_report
-from benchmarks.report.write import write_report
+from benchmarks.report.write import DEVICE_RESULTS, make_report
 from compress.core.artifact import write_json_atomic
 from compress.core.errors import CompressError, exit_code
 
-FOLDER = "device-results"
 REQUIRED = ("bundle", "backend", "precision", "device", "split", "examples", "macro_f1", "size_bytes", "latency")
 # The task's figures a result carries (sequence classification: accuracy; token classification: entity F1 and
 # the rest of compress.core.task.entity_metrics); results from before `score` existed hold accuracy alone.
@@ -42,11 +40,6 @@ def device_row(results: dict, origin: Path) -> dict:
     }
 
 
-def ingested_rows(run_dir: Path) -> list[dict]:
-    folder = run_dir / FOLDER
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
-
-
 def ingest(paths: list[Path], run_dir: Path) -> dict:
     report_path = run_dir / "report.json"
     if not report_path.is_file():
@@ -57,17 +50,13 @@ def ingest(paths: list[Path], run_dir: Path) -> dict:
             rows.append(device_row(json.loads(path.read_text()), path))
         except (OSError, json.JSONDecodeError) as e:
             raise CompressError(f"{path}: cannot read results: {e}") from None
-    (run_dir / FOLDER).mkdir(exist_ok=True)
+    (run_dir / DEVICE_RESULTS).mkdir(exist_ok=True)
     for row in rows:
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{row['artifact']}.{row['backend']}")
-        write_json_atomic(run_dir / FOLDER / f"{name}.json", row)
+        write_json_atomic(run_dir / DEVICE_RESULTS / f"{name}.json", row)
     report = json.loads(report_path.read_text())
-    pipeline_rows = [r for r in report["rows"] if "measured_on" not in r]
-    merged = build_report(report["recipe"], report["baseline"]["artifact"], report["artifacts"],
-                          pipeline_rows + ingested_rows(run_dir), report["hardware"],
-                          report.get("budget_points", 1.0), report.get("failure"))  # a failed run stays failed
-    write_report(merged, run_dir)
-    return merged
+    return make_report(run_dir, report["recipe"], report["baseline"]["artifact"], report["artifacts"], report["rows"],
+                       report["hardware"], report.get("budget_points"), report.get("failure"))  # a failed run stays failed
 
 
 def main(argv: list[str] | None = None) -> int:

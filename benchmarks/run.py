@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from benchmarks.hardware import describe
-    from benchmarks.report.build import build_report
-    from benchmarks.report.write import write_report
+    from benchmarks.report.write import make_report
     from benchmarks.suite import BenchmarkConfig, benchmark_isolated
     from compress.core.data import DataConfig, load_dataset
     from runtimes import BACKENDS
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"benchmark {artifact.name} on {backend}", file=sys.stderr)
                     rows.append(benchmark_isolated(artifact, backend, cfg, data, args.max_length))
         args.out.mkdir(parents=True, exist_ok=True)
-        report = build_report("benchmark", artifacts[0].name, [a.to_json() for a in artifacts], rows, describe())
-        write_report(report, args.out)
+        make_report(args.out, "benchmark", artifacts[0].name, [a.to_json() for a in artifacts], rows, describe())
         print(f"report: {args.out / 'report.html'}")
         return 0
 

@@ -25,13 +25,13 @@ from pydantic import Field, field_validator
 
 from benchmarks.efficiency import gemm_rate, profile_ort
 from benchmarks.hardware import describe, nominal_peak
-from benchmarks.latency import measure_latency
-from benchmarks.size import MACS_SEQUENCE_LENGTH, architecture_cost, model_bytes, parameter_count, size_split
 from compress.core.artifact import Artifact
 from compress.core.config import Strict
 from compress.core.data import Dataset
 from compress.core.evaluate import evaluate
+from compress.core.latency import measure_latency
 from compress.core.models import load_tokenizer
+from compress.core.size import MACS_SEQUENCE_LENGTH, architecture_cost, model_bytes, parameter_count, size_split
 from compress.core.task import encode
 from runtimes import BACKENDS, Unavailable, open_runtime
 

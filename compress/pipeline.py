@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from benchmarks.hardware import describe, fingerprint
-from benchmarks.ingest import ingested_rows
-from benchmarks.report.build import build_report
-from benchmarks.report.write import write_report
+from benchmarks.report.write import make_report
 from benchmarks.suite import METHOD_VERSION, benchmark_isolated, not_measured_row
 from compress.core.artifact import MANIFEST, Artifact, commit, digest, write_json_atomic
 from compress.core.errors import CompressError, StageFailed, StepUnavailable
@@ -124,6 +122,7 @@ def run_step(index: int, recipe: Recipe, ctx: Context, source: Artifact, force: 
     except BaseException:  # Ctrl-C included: leave nothing that could pass for a finished stage
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    STAGES[step.type].metrics.model_validate(result.metrics)  # the figures its report section reads, as declared
     metrics = result.metrics | {"stage_seconds": round(time.perf_counter() - start, 1)}
     artifact = Artifact(step.name, result.kind, partial, h, parent.name, step.type, result.files, metrics,
                         load_call(result.kind, partial, result.files))
@@ -232,11 +231,10 @@ def run_pipeline(recipe: Recipe, out_root: Path, force: bool = False) -> dict | 
 
 def report_run(recipe: Recipe, ctx: Context, skipped: dict[str, str], failure: dict | None = None) -> dict:
     """Benchmark every finished step (cached rows reused) and write report.json, .md and .html."""
-    rows = benchmark_rows(recipe, ctx, skipped) + ingested_rows(ctx.run_dir)
     artifacts = [a.to_json() for a in ctx.artifacts.values()]
-    report = build_report(recipe.name, recipe.baseline_step(), artifacts, rows, describe(),  # best: the gate's limit
-                          budget_points=recipe.gate.max_accuracy_drop if recipe.gate else 1.0, failure=failure)
-    write_report(report, ctx.run_dir)
+    report = make_report(ctx.run_dir, recipe.name, recipe.baseline_step(), artifacts,
+                         benchmark_rows(recipe, ctx, skipped), describe(),
+                         recipe.gate.max_accuracy_drop if recipe.gate else None, failure)
     for warning in report["warnings"]:
         ctx.log.warning("%s", warning)
     ctx.log.info("report: %s", ctx.run_dir / "report.md")
@@ -251,7 +249,8 @@ def report_failure(recipe: Recipe, ctx: Context, skipped: dict[str, str], step: 
     reason = str(error) if isinstance(error, (CompressError, StageFailed)) else f"{type(error).__name__}: {error}"
     ctx.log.error("%s failed; reporting the %d step(s) that finished", step, len(ctx.artifacts))
     try:
-        report_run(recipe, ctx, skipped, {"step": step, "exit_code": code, "reason": reason,
+        stage = next(s.type for s in recipe.steps if s.name == step)
+        report_run(recipe, ctx, skipped, {"step": step, "stage": stage, "exit_code": code, "reason": reason,
                                           "metrics": getattr(error, "metrics", {})})
     except Exception as e:  # noqa: BLE001  (the run's own failure is what the user must see)
         ctx.log.error("the report of the failed run could not be written: %s: %s", type(e).__name__, e)

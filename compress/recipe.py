@@ -1,7 +1,7 @@
 """The recipe: one YAML file, validated completely before any work starts.
 
-This is the one module that imports every stage: importing a stage registers it, and the recipe's `steps`
-schema is the union of the registered step configs.
+The recipe's `steps` schema is the union of the registered step configs (compress.stages.registry imports every
+stage, and importing a stage registers it).
 """
 from __future__ import annotations
 
@@ -12,17 +12,16 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from benchmarks.size import MACS_SEQUENCE_LENGTH
 from benchmarks.suite import BenchmarkConfig
 from compress.core.config import Architecture, RecipeShapes, Strict
 from compress.core.data import SOURCE_TAGS, DataConfig
 from compress.core.errors import CompressError
 from compress.core.models import ModelConfig, tokenizer_kind
+from compress.core.size import MACS_SEQUENCE_LENGTH
 from compress.core.stage import STAGES, Context, step_classes
 from compress.core.task import DEFAULT_TASK, TASKS, task_named
 from compress.gate import GateConfig
-from compress.stages import distill, finetune, prune, qat, quantize, search, vocab_prune  # noqa: F401  (register)
-from export import edge, mobile, onnx, tensorrt  # noqa: F401  (register)
+from compress.stages import registry  # noqa: F401  (every stage, registered)
 
 Step = Annotated[Union[tuple(spec.config for spec in STAGES.values())], Field(discriminator="type")]
 # Union tags pydantic puts in an error's path (steps[0].quantize.static.calibration): stage types, quantize methods,

@@ -16,6 +16,7 @@ from pydantic import Field
 from compress.core.artifact import Artifact
 from compress.core.models import load_classifier, load_tokenizer
 from compress.core.parity import ParityChecked, compare_logits
+from compress.core.section import Measured, Metrics, Ran, Section
 from compress.core.stage import Context, StageResult, register
 from compress.core.task import encode, model_task
 from runtimes.ort_runtime import OrtRuntime
@@ -169,7 +170,19 @@ def fusions_missing(fused: dict[str, int], config, fuse_embeddings: bool = True)
     return {op: want - fused.get(op, 0) for op, want in expected.items() if fused.get(op, 0) < want}
 
 
-@register(ExportConfig, accepts=("hf-checkpoint",), produces="onnx")
+class ExportMetrics(Metrics):
+    fused_operators: dict[str, int] = {}
+    fusions_missing: dict[str, int] = {}
+
+
+def export_section(steps: list[Ran], measured: Measured) -> list[Section]:
+    """Exports where ONNX Runtime applied fewer fusions than an unpruned BERT of the same depth gets."""
+    lines = [f"{s.name}: missing {s.metrics.fusions_missing} (applied: {s.metrics.fused_operators})"
+             for s in steps if s.metrics.fusions_missing]
+    return [Section(title="ONNX Runtime fusions not applied", lines=lines)] if lines else []
+
+
+@register(ExportConfig, accepts=("hf-checkpoint",), produces="onnx", metrics=ExportMetrics, section=export_section)
 def export_onnx(cfg: ExportConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     model = load_classifier(parent.path, allow_pickle=ctx.allow_pickle).eval()  # the head its config names
     tokenizer = load_tokenizer(parent.path)

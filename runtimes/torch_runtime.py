@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.core.models import logits_of
 from runtimes.base import Unavailable
 
 
@@ -34,7 +35,5 @@ class TorchRuntime:
         model = model.to(device, dtype=torch.float16 if precision == "fp16" else torch.float32)
         return cls(model, device, precision)
 
-    @torch.inference_mode()
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        feed = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
-        return self.model(**feed).logits.float().cpu().numpy()
+        return logits_of(self.model, self.device)(inputs)

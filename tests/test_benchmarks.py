@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks import compare
-from benchmarks.latency import measure_latency
+from compress.core.latency import measure_latency
 from benchmarks.run import main as run_main
 from benchmarks.run import open_folder
 from tests.conftest import save_tiny_model

@@ -1,4 +1,5 @@
-"""The project's import graph has no circles and its layers point one way.
+"""The project's import graph has no circles and its floors point one way: a module imports from its own floor
+and those below, never from one above (README's Architecture draws the same floors).
 
 The graph is read with `ast`, so it holds every import: top-level, function-local and under TYPE_CHECKING
 alike (a circle hidden in a function still ties two modules together). `import a.b.c` from outside package `a`
@@ -11,6 +12,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("compress", "export", "runtimes", "benchmarks")
+
+# The floors, bottom first. A module stands on the floor of the longest name listed here that it is, or lies under.
+FLOORS: dict[str, tuple[str, ...]] = {
+    "core": ("compress", "compress.core"),  # `compress` itself: its __init__ runs under every compress.core import
+    "runtimes": ("runtimes",),
+    "stages": ("compress.stages", "export"),
+    "benchmarks": ("benchmarks",),
+    "recipe": ("compress.recipe", "compress.gate", "compress.pipeline"),
+    "commands": ("compress.run", "benchmarks.run", "benchmarks.compare", "benchmarks.ingest",
+                 "benchmarks.against_reference", "benchmarks.search_scaling"),
+}
 
 
 def module_files(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
@@ -104,10 +116,43 @@ def test_the_project_has_no_import_circle():
     assert cycles(graph) == []
 
 
-def test_core_and_runtimes_import_nothing_above_them():
-    """compress.core and runtimes are the bottom layers: they never reach for a stage, a benchmark or the recipe."""
-    graph = import_graph(ROOT)
-    bottom = ("compress.core", "runtimes")
-    upward = {m: sorted(t for t in targets if not t.startswith(bottom) and t != "compress")
-              for m, targets in graph.items() if m.startswith(bottom)}
-    assert {m: t for m, t in upward.items() if t} == {}
+def floor_of(module: str, floors: dict[str, tuple[str, ...]] = FLOORS) -> int | None:
+    """The index of the module's floor (0 is the ground), or None when no floor names it."""
+    named = [(len(name), i) for i, names in enumerate(floors.values()) for name in names
+             if module == name or module.startswith(name + ".")]
+    return max(named)[1] if named else None
+
+
+def upward(graph: dict[str, set[str]], floors: dict[str, tuple[str, ...]] = FLOORS) -> list[str]:
+    """Every import that runs up a floor, as "importer (its floor) -> imported (its floor)"."""
+    names = list(floors)
+    return [f"{m} ({names[floor_of(m, floors)]}) -> {t} ({names[floor_of(t, floors)]})"
+            for m, targets in sorted(graph.items()) for t in sorted(targets)
+            if floor_of(t, floors) > floor_of(m, floors)]
+
+
+def test_the_floor_check_fails_on_an_import_that_runs_up_a_floor(tmp_path):
+    """A synthetic house: `low.base` reaches up into `high.tool` from inside a function; `high` imports `low` (down,
+    allowed) and `low.other` sits on its floor alone. The check names the one upward import, and only it."""
+    (tmp_path / "low").mkdir()
+    (tmp_path / "high").mkdir()
+    (tmp_path / "low" / "__init__.py").write_text("")
+    (tmp_path / "high" / "__init__.py").write_text("")
+    (tmp_path / "low" / "base.py").write_text("def f():\n    from high.tool import g\n")
+    (tmp_path / "low" / "other.py").write_text("import json\n")
+    (tmp_path / "high" / "tool.py").write_text("from low.other import json\n")
+    floors = {"ground": ("low",), "top": ("high",)}
+    graph = import_graph(tmp_path, ("low", "high"))
+    assert upward(graph, floors) == ["low.base (ground) -> high (top)", "low.base (ground) -> high.tool (top)"]
+    (tmp_path / "low" / "base.py").write_text("def f():\n    from low import other\n")
+    assert upward(import_graph(tmp_path, ("low", "high")), floors) == []
+
+
+def test_every_module_stands_on_a_floor():
+    assert [m for m in import_graph(ROOT) if floor_of(m) is None] == []
+
+
+def test_no_import_runs_up_a_floor():
+    """core -> runtimes -> stages (compress.stages and export) -> benchmarks -> recipe (recipe, gate, pipeline) ->
+    commands: what a floor needs from a higher one moves down, or is handed in."""
+    assert upward(import_graph(ROOT)) == []

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report.blocks import (distill_lines, efficiency_table, hardware_lines, operator_table, reference_lines,
-                                     summary_table, vocab_lines)
+from benchmarks.report.blocks import efficiency_table, hardware_lines, operator_table, reference_lines, summary_table
+from benchmarks.report.build import stage_sections
 from compress.run import main
 from tests.conftest import write_recipe
 from tests.test_spine import STEPS
@@ -252,6 +252,12 @@ def test_html_renders_in_headless_chromium_with_plots_and_tables(run_dir, tmp_pa
     assert shot.is_file() and not _is_blank(shot.read_bytes())
 
 
+def _lines(report: dict) -> list[str]:
+    """The lines of the report's one stage section, as the report's build makes them from its artifacts and rows."""
+    [section] = stage_sections(report["artifacts"], report.get("rows", []), None)
+    return section["lines"]
+
+
 def test_distillation_section_sets_the_students_accuracy_before_beside_after():
     row = lambda name, acc: {"artifact": name, "backend": "torch-cpu", "status": "measured", "accuracy": acc}  # noqa: E731
     distilled = {"dev_score_before": 0.70, "best_dev_score": 0.82, "metric": "accuracy", "teacher": "teacher"}
@@ -261,7 +267,7 @@ def test_distillation_section_sets_the_students_accuracy_before_beside_after():
                              "metrics": distilled | {"student": "parent"}},
                             {"name": "shallow", "stage": "distill", "parent": "teacher",
                              "metrics": distilled | {"student": "layer_drop"}}]}
-    assert distill_lines(report) == [
+    assert _lines(report) == [
         "recovered (student: parent of pruned; teacher: teacher): dev accuracy 0.7000 before, 0.8200 after; "
         "test accuracy on torch-cpu: 0.7100 before, 0.8350 after (teacher 0.8400)",
         # a layer-dropped student is not its input: the input's test accuracy is no "before"
@@ -269,7 +275,7 @@ def test_distillation_section_sets_the_students_accuracy_before_beside_after():
         "test accuracy on torch-cpu: 0.8000 after (teacher 0.8400)"]
     tagger = {**report, "rows": [r | {"metric": "entity_f1", "score": r["accuracy"]} for r in report["rows"]],
               "artifacts": [a | {"metrics": a["metrics"] | {"metric": "entity_f1"}} for a in report["artifacts"]]}
-    assert distill_lines(tagger)[0] == (
+    assert _lines(tagger)[0] == (
         "recovered (student: parent of pruned; teacher: teacher): dev entity F1 0.7000 before, 0.8200 after; "
         "test entity F1 on torch-cpu: 0.7100 before, 0.8350 after (teacher 0.8400)")
 
@@ -281,7 +287,7 @@ def test_vocabulary_section_gives_the_shrink_and_what_dev_and_test_lost():
                "filled_by_drift": 2261, "coverage": {"dev": cover(0.0226, 764, 0), "test": cover(0.01926, 1234, 7)}}
     report = {"artifacts": [{"name": "teacher", "stage": "finetune", "parent": "source", "metrics": {}},
                             {"name": "vocab", "stage": "vocab_prune", "parent": "teacher", "metrics": metrics}]}
-    assert vocab_lines(report) == [
+    assert _lines(report) == [
         "vocab (of teacher): vocabulary 30,522 -> 15,200 tokens (50.2% pruned; 2,261 added back by fill_to); "
         "token occurrences no longer covered: dev 2.26% (764 words split into kept pieces, 0 now [UNK]); "
         "test 1.93% (1,234 words split into kept pieces, 7 now [UNK])"]
@@ -387,11 +393,12 @@ def _search_report(search: dict | None) -> dict:
 
 
 def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path):
-    from benchmarks.report.blocks import search_table
     from benchmarks.report.write import write_report
+    from compress.stages.search_report import SearchFigures, table
 
     report = _search_report(SEARCH)
-    head, body = search_table(SEARCH)
+    searched = table(SearchFigures.model_validate(SEARCH), "accuracy")
+    head, body = searched.head, searched.rows
     rows = {cells[0]: dict(zip(head, cells)) for cells in body}
     assert list(rows) == ["l2-h50-f50", "★ l3-h33-f50", "l4-h0-f50", "l6-h0-f0"]  # only the chosen one starred
     chosen = rows["★ l3-h33-f50"]
@@ -424,18 +431,18 @@ def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path
 
 
 def test_the_search_plot_stars_the_chosen_one_greys_the_over_budget_and_leaves_out_what_did_not_run():
-    from benchmarks.report.blocks import search_budget
-    from benchmarks.report.plots import search_points
+    from compress.stages.search_report import SearchFigures, budget, points
 
-    points = {p["id"]: p for p in search_points(SEARCH, "p50_ms")}
-    assert list(points) == ["l2-h50-f50", "l3-h33-f50", "l4-h0-f50"]
-    assert (points["l3-h33-f50"]["marker"], points["l3-h33-f50"]["label"]) == ("*", "l3-h33-f50 (chosen)")
-    assert points["l2-h50-f50"]["colour"] == "#9e9e9e" != points["l4-h0-f50"]["colour"]
-    assert {p["marker"] for i, p in points.items() if i != "l3-h33-f50"} == {"o"}
-    assert (points["l3-h33-f50"]["x"], points["l3-h33-f50"]["y"]) == (5.1, pytest.approx(81.90))
-    assert 100 * search_budget(SEARCH) == pytest.approx(81.59)
-    by_size = {p["id"]: p["x"] for p in search_points(SEARCH, "size_bytes")}
-    assert by_size["l3-h33-f50"] == pytest.approx(5.3)  # MB
+    search = SearchFigures.model_validate(SEARCH)
+    shown = {p.label: p for p in points(search, "p50_ms")}
+    assert list(shown) == ["l2-h50-f50", "l3-h33-f50 (chosen)", "l4-h0-f50"]
+    chosen = shown["l3-h33-f50 (chosen)"]
+    assert chosen.star and not any(p.star for p in shown.values() if p is not chosen)
+    assert shown["l2-h50-f50"].colour == "#9e9e9e" != shown["l4-h0-f50"].colour
+    assert (chosen.x, chosen.y) == (5.1, pytest.approx(81.90))
+    assert 100 * budget(search) == pytest.approx(81.59)
+    by_size = {p.label: p.x for p in points(search, "size_bytes")}
+    assert by_size["l3-h33-f50 (chosen)"] == pytest.approx(5.3)  # MB
 
 
 def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
@@ -446,12 +453,12 @@ def test_the_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
 
 
 def test_a_search_where_none_met_the_budget_says_so():
-    from benchmarks.report.blocks import search_lines, search_table
+    from compress.stages.search_report import SearchFigures, lines, table
 
-    failed = SEARCH | {"chosen": None, "why": "", "candidates": [
-        c | {"status": "over budget"} for c in SEARCH["candidates"] if c["status"] != "not run"]}
-    assert "Chosen: none: no candidate met the budget" in search_lines(failed)
-    assert not any(cells[0].startswith("★") for cells in search_table(failed)[1])
+    failed = SearchFigures.model_validate(SEARCH | {"chosen": None, "why": "", "candidates": [
+        c | {"status": "over budget"} for c in SEARCH["candidates"] if c["status"] != "not run"]})
+    assert "Chosen: none: no candidate met the budget" in lines(failed, "accuracy")
+    assert not any(cells[0].startswith("★") for cells in table(failed, "accuracy").rows)
 
 
 def test_a_report_without_a_search_step_has_no_search_section_nor_plot(run_dir, tmp_path):
@@ -511,3 +518,67 @@ def test_a_failed_run_names_the_failure_in_the_first_lines_of_every_view(tmp_pat
     write_report(empty, tmp_path)
     assert line in (tmp_path / "report.md").read_text()
     assert line.replace("<", "&lt;") in (tmp_path / "report.html").read_text()
+
+
+def test_a_new_stage_shows_its_section_in_every_view_with_no_edit_outside_its_own_code(tmp_path):
+    """A throwaway stage, registered here with its metrics model and its section (lines, a table and a plot), is
+    shown by the report; a step whose manifest breaks the stage's metrics model fails loudly, not silently."""
+    from typing import Literal
+
+    from pydantic import ValidationError
+
+    from benchmarks.report.build import build_report
+    from benchmarks.report.write import write_report
+    from compress.core.config import StepConfig
+    from compress.core.section import MARK, Measured, Metrics, Panel, Plot, Point, Ran, Section, Table
+    from compress.core.stage import STAGES, register
+
+    class ShrinkConfig(StepConfig):
+        type: Literal["shrink"] = "shrink"
+
+    class ShrinkMetrics(Metrics):
+        ratio: float
+
+    def shrink_section(steps: list[Ran], measured: Measured) -> list[Section]:
+        points = [Point(x=s.metrics.ratio, y=100 * measured.scores[(s.name, "torch-cpu")], label=s.name,
+                        star=i == 0) for i, s in enumerate(steps)]
+        return [Section(title="Shrinking", lines=[f"{s.name}: {s.metrics.ratio}× smaller" for s in steps],
+                        table=Table(css="shrink", head=["step", "ratio"],
+                                    rows=[[MARK + s.name, str(s.metrics.ratio)] for s in steps]),
+                        plot=Plot(file="shrink.png", title="Shrinking: test score vs ratio", y_label="test %",
+                                  panels=[Panel(x_label="ratio", points=points, line=(84.0, "floor"))]))]
+
+    register(ShrinkConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint", metrics=ShrinkMetrics,
+             section=shrink_section)(lambda cfg, parent, ctx, out: None)
+    try:
+        rows = [_timed_row("teacher", "torch-cpu", 0.85, 20.0, 4_000_000),
+                _timed_row("small", "torch-cpu", 0.84, 5.0, 2_000_000)]
+        artifacts = [{"name": "teacher", "stage": "finetune", "kind": "hf-checkpoint", "parent": None, "metrics": {}},
+                     {"name": "small", "stage": "shrink", "kind": "hf-checkpoint", "parent": "teacher",
+                      "metrics": {"ratio": 2.0, "seconds": 3}}]
+        report = build_report("r", "teacher", artifacts, rows, HARDWARE)
+        write_report(report, tmp_path)
+        md = (tmp_path / "report.md").read_text().splitlines()
+        assert md[md.index("## Shrinking") + 2] == "- small: 2.0× smaller"
+        assert "![Shrinking: test score vs ratio](shrink.png)" in md
+        html = (tmp_path / "report.html").read_text()
+        assert dict(_parse(html).tables)["shrink"] == [["step", "ratio"], ["★ small", "2.0"]]
+        assert html.count('<tr class="chosen">') == 1
+        assert not _is_blank((tmp_path / "shrink.png").read_bytes())
+        broken = [a | {"metrics": {"ratio": "twice"}} if a["stage"] == "shrink" else a for a in artifacts]
+        with pytest.raises(ValidationError):
+            build_report("r", "teacher", broken, rows, HARDWARE)
+    finally:
+        del STAGES["shrink"]
+
+
+def test_the_report_package_names_no_stage():
+    """Stages show themselves (compress.core.section): no stage's name, nor a key of one's metrics, is written in
+    benchmarks/report."""
+    from compress.core.stage import STAGES
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "report"
+    named = [rf"\b{name}\b" for name in STAGES] + [rf"(?i)\b{w}" for w in ("distill", "vocab", "fusion", "search",
+                                                                         "candidate")]
+    found = {(p.name, n) for p in root.glob("*.py") for n in named if re.search(n, p.read_text())}
+    assert found == set()

@@ -5,9 +5,13 @@ cannot disagree about a figure.
 """
 from __future__ import annotations
 
-from benchmarks.report.build import first_latency, measured, metric, metric_label, score
+from benchmarks.report.build import first_latency, measured, metric, metric_label, score, score_names
+from compress.core.section import Section
 
 Table = tuple[list[str], list[list[str]]]
+# One block of the report: ("h1" | "h2" | "h3", title), ("p", text), ("ul", lines), ("table", (css class, Table)),
+# ("note", lines) or ("plots", plot_files keys). Add a section here and it appears in report.md and report.html alike.
+Block = tuple[str, object]
 
 
 def mb(n: int) -> str:
@@ -22,18 +26,16 @@ def _s(value) -> str:
     return "" if value is None else str(value)
 
 
+def _fixed(value, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def millions(n: int | None) -> str:
     return f"{n / 1e6:.2f} M" if n is not None else ""
 
 
 def giga(n: int | None) -> str:
     return f"{n / 1e9:.3f}" if n is not None else ""
-
-
-def fusion_lines(report: dict) -> list[str]:
-    """Exports where ONNX Runtime applied fewer fusions than an unpruned BERT of the same depth gets."""
-    return [f"{a['name']}: missing {a['metrics']['fusions_missing']} (applied: {a['metrics']['fused_operators']})"
-            for a in report["artifacts"] if a["metrics"].get("fusions_missing")]
 
 
 def size_split_table(report: dict) -> Table:
@@ -59,14 +61,15 @@ def peak_share(row: dict) -> str:
     return _share(row.get("gmacs_per_s"), row.get("nominal_peak"))
 
 
+def names(report: dict) -> dict:
+    """How the report names its score and its rows' classes (report.json's `score_names`; older reports: from the
+    metric's key)."""
+    return report.get("score_names") or score_names(metric(report))
+
+
 def headline(report: dict) -> str:
     """The report's score column, as its readers know it: "accuracy" or "entity F1"."""
-    return metric_label(metric(report))
-
-
-def tagged(report: dict) -> bool:
-    """A token-classification report: scores are entity-level and per_class is per entity type."""
-    return metric(report) == "entity_f1"
+    return names(report)["label"]
 
 
 def summary_table(report: dict) -> Table:
@@ -152,20 +155,21 @@ def sweep_table(report: dict) -> Table:
     return head, body
 
 
-def per_class_table(row: dict) -> Table:
+def per_class_table(row: dict, per_class: str) -> Table:
     """Per class, or for a token row per entity type (entity-level figures, support in gold entities)."""
     body = [[name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"])]
             for name, c in row["per_class"].items()]
-    return ["entity type" if tagged(row) else "class", "precision", "recall", "F1", "support"], body
+    return [per_class, "precision", "recall", "F1", "support"], body
 
 
-def entity_type_table(report: dict) -> Table:
-    """Entity F1 per type, one row per measured row: where a compressed tagger loses (rare types first, usually)."""
+def by_class_table(report: dict) -> Table:
+    """F1 per class (entity type), one row per measured row: where a compressed tagger loses (rare types first,
+    usually)."""
     rows = [r for r in measured(report) if r.get("per_class")]
     types = sorted({t for r in rows for t in r["per_class"]})
     body = [[label(r), r["backend"], f"{score(r):.4f}"]
             + [f"{r['per_class'][t]['f1']:.4f}" if t in r["per_class"] else "" for t in types] for r in rows]
-    return ["artifact", "back end", "entity F1 (micro)", *types], body
+    return ["artifact", "back end", f"{headline(report)} (micro)", *types], body
 
 
 def _minus(text: str) -> str:
@@ -209,7 +213,8 @@ def skipped_lines(report: dict) -> list[str]:
 
 
 def lineage_lines(report: dict) -> list[str]:
-    """Each artifact's chain back to the model source: `int8 (quantize, onnx) ← onnx (export, onnx) ← source`."""
+    """Each artifact's chain back to the model source, each link with its stage and kind: `b (its stage, onnx) ←
+    a (its stage, hf-checkpoint) ← source`."""
     by_name = {a["name"]: a for a in report["artifacts"]}
     lines = []
     for a in report["artifacts"]:
@@ -222,48 +227,6 @@ def lineage_lines(report: dict) -> list[str]:
             if parent and cur is None:
                 chain.append(parent)
         lines.append(" ← ".join(chain))
-    return lines
-
-
-def distill_lines(report: dict) -> list[str]:
-    """Each distilled model beside where it started: the dev score before and after training (from the stage), and
-    on the test split, where the student was the stage's input itself, that input's score on the same back end.
-    The score is the task's (accuracy, entity F1), named as the stage's `metric` names it."""
-    acc = {(r["artifact"], r["backend"]): score(r) for r in measured(report)}
-    lines = []
-    for a in report["artifacts"]:
-        m = a["metrics"]
-        if a["stage"] != "distill" or "dev_score_before" not in m:
-            continue
-        name = metric_label(metric(m))
-        line = (f"{a['name']} (student: {m.get('student', '?')} of {a['parent']}; teacher: {m['teacher']}): "
-                f"dev {name} {m['dev_score_before']:.4f} before, {m['best_dev_score']:.4f} after")
-        backend = next((b for n, b in acc if n == a["name"]), None)
-        if backend:
-            before = acc.get((a["parent"], backend)) if m.get("student") == "parent" else None
-            teacher = acc.get((m["teacher"], backend))
-            line += (f"; test {name} on {backend}: " + (f"{before:.4f} before, " if before is not None else "")
-                     + f"{acc[(a['name'], backend)]:.4f} after"
-                     + (f" (teacher {teacher:.4f})" if teacher is not None else ""))
-        lines.append(line)
-    return lines
-
-
-def vocab_lines(report: dict) -> list[str]:
-    """Each vocabulary-pruned model: how far the vocabulary shrank, and how much dev/test text it no longer covers
-    whole (those words now split into kept pieces or, without a piece to fall back on, become [UNK])."""
-    lines = []
-    for a in report["artifacts"]:
-        m = a["metrics"]
-        if a["stage"] != "vocab_prune" or "coverage" not in m:
-            continue
-        filled = f"; {m['filled_by_drift']:,} added back by fill_to" if m.get("filled_by_drift") else ""
-        cover = "; ".join(f"{split} {100 * c['uncovered_share']:.2f}% ({c['words_now_split_differently']:,} words "
-                          f"split into kept pieces, {c['words_now_unk']:,} now [UNK])"
-                          for split, c in m["coverage"].items())
-        lines.append(f"{a['name']} (of {a['parent']}): vocabulary {m['vocab_size_before']:,} -> "
-                     f"{m['vocab_size_after']:,} tokens ({100 * m['vocab_pruned_share']:.1f}% pruned{filled}); "
-                     f"token occurrences no longer covered: {cover}")
     return lines
 
 
@@ -288,77 +251,6 @@ def hardware_lines(report: dict) -> list[str]:
     ]
 
 
-def search_steps(report: dict) -> list[tuple[str, dict]]:
-    """(step name, its manifest's `search`) for every search step of the run, in recipe order; then the search
-    the run failed at, if it did (its candidates' figures came with the failure)."""
-    failure = report.get("failure") or {}
-    failed = [(failure["step"], failure["metrics"]["search"])] if failure.get("metrics", {}).get("search") else []
-    return [(a["name"], a["metrics"]["search"]) for a in report["artifacts"]
-            if a.get("metrics", {}).get("search")] + failed
-
-
-CHOSEN = "★ "  # before the chosen candidate's id in its table's first cell (report.html highlights that row)
-
-
-def _fixed(value, digits: int) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def search_table(search: dict) -> Table:
-    """One row per candidate, in the order they were considered (cheapest estimate first). A candidate that did not
-    run has only its settings and why; the dev scores are the search's own (dev split, INT8 judged, FP32 beside)."""
-    name = metric_label(search["metric"])
-    head = ["candidate", "layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width",
-            f"GMACs @{search['sequence_length']}", f"dev {name} FP32", f"dev {name} INT8", "drop (pts)",
-            "drop SE (pts)", "p50 ms", "size", "Pareto", "judge s", "status"]
-    body = []
-    for c in search["candidates"]:
-        heads = c.get("heads_per_layer")
-        body.append([(CHOSEN if c["id"] == search.get("chosen") else "") + c["id"], str(c["layers"]),
-                     f"{100 * c['heads']:.0f}%", f"{100 * c['ffn']:.0f}%",
-                     "/".join(map(str, heads)) if heads else "", _s(c.get("intermediate_size")), giga(c.get("macs")),
-                     _fixed(c.get("dev_score_fp32"), 4), _fixed(c.get("dev_score"), 4),
-                     _fixed(c.get("drop_points"), 2), _fixed(c.get("drop_se"), 2), _s(c.get("p50_ms")),
-                     mb(c["size_bytes"]) if c.get("size_bytes") is not None else "", "✓" if c.get("pareto") else "",
-                     _s(c.get("seconds")),
-                     c["status"] + (f": {c['reason']}" if c.get("reason") else "")])
-    return head, body
-
-
-def search_budget(search: dict) -> float:
-    """The lowest dev score within budget, as a fraction: the teacher's dev score less the allowed drop."""
-    return search["teacher_dev_score"] - search["max_drop_points"] / 100
-
-
-def search_lines(search: dict) -> list[str]:
-    """What the search asked, and what it chose and why (the stage's own sentence, verbatim)."""
-    name = metric_label(search["metric"])
-    best = "lowest p50 latency" if search["objective"] == "latency" else "smallest model file"
-    chosen = search.get("chosen")
-    return [
-        f"Budget: INT8 dev {name} at most {float(search['max_drop_points'])} points below the teacher's "
-        f"({search['teacher']}: {search['teacher_dev_score']:.4f}), i.e. at least {search_budget(search):.4f}"
-        + (f", by {search['margin_se']:g} standard error(s) of each drop (paired bootstrap over dev)"
-           if search.get("margin_se") else "") + f"; objective: {best}.",
-        f"Latency: ort-cpu, batch 1, sequence {search['sequence_length']}, {search['threads']} thread(s).",
-        (f"Chosen: {chosen}: {search['why']}" if chosen else
-         "Chosen: none: no candidate met the budget" + (f" ({search['why']})" if search.get("why") else "")),
-        *([search_cost(search)] if "train_seconds" in search else []),
-    ]
-
-
-def search_cost(search: dict) -> str:
-    """What the search spent: one elastic training for all candidates, then judging each as it ships."""
-    judged = [c for c in search["candidates"] if c.get("seconds") is not None]
-    epochs = len(search.get("elastic_history", []))
-    trained = (f"{search['train_seconds'] / 60:.1f} min training every candidate at once ({epochs} epoch(s) of "
-               "elastic distillation" + ("; reused from the run's cache" if search.get("elastic_reused") else "")
-               + ")")
-    return (f"Cost: {trained}, {search['judge_seconds'] / 60:.1f} min judging {len(judged)} "
-            f"(export, INT8, dev, latency: {sum(c['seconds'] for c in judged) / max(len(judged), 1):.1f} s each). "
-            "Pareto: no other candidate is both faster (or smaller) and better on dev.")
-
-
 INTRO = ("Drop is in points of the score column, size× and speed-up× are baseline ÷ row at the first latency point. "
          "Model latency is on pre-tokenized inputs; '+tokenize' is text in, logits out. "
          "Peak RSS is the peak resident memory of the process that measured the row (libraries included; "
@@ -380,33 +272,37 @@ EFFICIENCY = ("GEMM GMAC/s is measured here, once per machine, library versions,
               "overhead).")
 
 PLOTS = {"latency": ("pareto-latency.png", "p50 latency"), "size": ("pareto-size.png", "size on disk")}
-SEARCH_PLOT = "search-"  # a search step's plot: key and file stem "search-<step name>"
+
+
+def stage_sections(report: dict) -> list[Section]:
+    """What the run's stages show of themselves (report.json's `sections`, written by the report's build)."""
+    return [Section.model_validate(s) for s in report.get("sections", [])]
+
+
+def stage_plots(report: dict) -> dict[str, dict]:
+    """The stages' plots by key (their file names), as report.json holds them."""
+    return {s.plot.file: s.plot.model_dump() for s in stage_sections(report) if s.plot}
 
 
 def plot_files(report: dict) -> dict[str, str]:
-    """Every plot of the report, by key: the Pareto plots (PLOTS' keys), then one per search step."""
-    return {axis: file for axis, (file, _) in PLOTS.items()} | {
-        f"{SEARCH_PLOT}{name}": f"{SEARCH_PLOT}{name}.png" for name, _ in search_steps(report)}
-
-
-def plot_search(report: dict, key: str) -> tuple[str, dict] | None:
-    """The search step a plot key draws, or None for a Pareto plot."""
-    return {f"{SEARCH_PLOT}{name}": (name, search) for name, search in search_steps(report)}.get(key)
+    """Every plot of the report, by key: the Pareto plots (PLOTS' keys), then the stages' (each its file name)."""
+    return {axis: file for axis, (file, _) in PLOTS.items()} | {key: key for key in stage_plots(report)}
 
 
 def plot_title(report: dict, key: str) -> str:
-    """"Accuracy vs p50 latency", "Entity F1 vs size on disk": the score the plot's vertical axis shows; a search
-    step's: "Search small: dev accuracy (INT8) vs p50 latency and size on disk"."""
+    """"Accuracy vs p50 latency", "Entity F1 vs size on disk": the score the plot's vertical axis shows; a stage's
+    plot: its own title."""
     if key in PLOTS:
         name = headline(report)
         return f"{name[0].upper()}{name[1:]} vs {PLOTS[key][1]}"
-    step, search = plot_search(report, key)
-    return (f"Search {step}: dev {metric_label(search['metric'])} (INT8) vs {PLOTS['latency'][1]} and "
-            f"{PLOTS['size'][1]}")
+    return stage_plots(report)[key]["title"]
 
-# One block of the report: ("h1" | "h2" | "h3", title), ("p", text), ("ul", lines), ("table", (css class, Table)),
-# ("note", lines) or ("plots", plot_files keys). Add a section here and it appears in report.md and report.html alike.
-Block = tuple[str, object]
+
+def section_blocks(section: Section) -> list[Block]:
+    """A stage's section: its title, then its lines, its table and its plot, each where it has one."""
+    return [("h2", section.title), *([("ul", section.lines)] if section.lines else []),
+            *([("table", (section.table.css, (section.table.head, section.table.rows)))] if section.table else []),
+            *([("plots", [section.plot.file])] if section.plot else [])]
 
 
 def baseline_line(report: dict) -> str:
@@ -434,13 +330,10 @@ def sections(report: dict) -> list[Block]:
     if reference_lines(report):
         blocks += [("h2", "Against the reference"), ("note", reference_lines(report))]
     blocks += [("h2", "Pareto plots"), ("plots", list(PLOTS))]
-    for name, search in search_steps(report):
-        blocks += [("h2", f"Search: {name}"), ("ul", search_lines(search)),
-                   ("table", ("search", search_table(search))), ("plots", [f"{SEARCH_PLOT}{name}"])]
+    for section in stage_sections(report):
+        blocks += section_blocks(section)
     if skipped_lines(report):
         blocks += [("h2", "Not measured here, or failed"), ("ul", skipped_lines(report))]
-    if fusion_lines(report):
-        blocks += [("h2", "ONNX Runtime fusions not applied"), ("ul", fusion_lines(report))]
     if size_split_table(report)[1]:
         blocks += [("h2", "Size split"), ("table", ("size-split", size_split_table(report)))]
     rates = efficiency_table(report)
@@ -448,21 +341,16 @@ def sections(report: dict) -> list[Block]:
         blocks += [("h2", "Efficiency: measured GEMM rate and time by operator type"), ("p", EFFICIENCY),
                    *([("table", ("efficiency", rates))] if rates[1] else []),
                    ("table", ("operators", operator_table(report)))]
-    if vocab_lines(report):
-        blocks += [("h2", "Vocabulary pruning"), ("ul", vocab_lines(report))]
-    if distill_lines(report):
-        blocks += [("h2", "Distillation: before and after"), ("ul", distill_lines(report))]
     if device_lines(report):
         blocks += [("h2", "Measured on devices (benchmarks.ingest; a test-split sample, no ratios)"),
                    ("ul", device_lines(report))]
-    blocks += [("h2", "Latency sweep"), ("table", ("sweep", sweep_table(report))),
-               ("h2", "Per-class precision, recall and F1 (test split)")]
-    if tagged(report):
-        blocks[-1] = ("h2", "Entity F1 by type (test split, entity level: type and both boundaries must match)")
-        blocks += [("table", ("entity-types", entity_type_table(report))),
-                   ("h2", "Per-entity-type precision, recall and F1 (test split)")]
+    blocks += [("h2", "Latency sweep"), ("table", ("sweep", sweep_table(report)))]
+    per_class, by_class = names(report)["per_class"], names(report)["by_class"]
+    if by_class:
+        blocks += [("h2", by_class), ("table", ("entity-types", by_class_table(report)))]
+    blocks += [("h2", f"Per-{per_class.replace(' ', '-')} precision, recall and F1 (test split)")]
     for r in measured(report):
         if "per_class" in r:  # rows ingested from a device carry only their scores and macro-F1
-            blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r)))]
+            blocks += [("h3", f"{label(r)} on {r['backend']}"), ("table", ("per-class", per_class_table(r, per_class)))]
     blocks += [("h2", "Lineage"), ("ul", lineage_lines(report)), ("h2", "Hardware"), ("ul", hardware_lines(report))]
     return blocks

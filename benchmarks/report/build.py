@@ -7,8 +7,19 @@ sequence classification, entity-level F1 for token classification. Drops are in 
 from __future__ import annotations
 
 from compress.core.evaluate import at_chance, points_below
+from compress.core.section import Measured, Ran
+from compress.core.stage import STAGES
+from compress.stages import registry  # noqa: F401  (every stage, registered: their sections are read here)
 
-METRIC_LABELS = {"accuracy": "accuracy", "entity_f1": "entity F1"}  # how the report spells each metric
+BUDGET_POINTS = 1.0  # our best beside the reference loses at most this against the baseline, where no gate says
+# How the report names each score (the task's metric, by its key) and what a row's per_class holds; `by_class`: the
+# title of a table of per-class F1 across rows, where the task has one. Written into report.json (`score_names`),
+# so the views read the names from there.
+SCORE_NAMES = {
+    "accuracy": {"label": "accuracy", "per_class": "class", "by_class": None},
+    "entity_f1": {"label": "entity F1", "per_class": "entity type",
+                  "by_class": "Entity F1 by type (test split, entity level: type and both boundaries must match)"},
+}
 
 
 def score(row: dict) -> float | None:
@@ -23,9 +34,14 @@ def metric(row: dict) -> str:
     return row.get("metric") or "accuracy"
 
 
+def score_names(name: str | None) -> dict:
+    """SCORE_NAMES' entry for a metric; one it does not know is called by its key, per class."""
+    return SCORE_NAMES.get(name or "accuracy", {"label": name, "per_class": "class", "by_class": None})
+
+
 def metric_label(name: str) -> str:
     """A metric as the report's readers see it: "entity F1", "accuracy"."""
-    return METRIC_LABELS.get(name, name)
+    return score_names(name)["label"]
 
 
 def first_latency(row: dict) -> dict | None:
@@ -100,13 +116,30 @@ def chance_warning(base: dict | None) -> str | None:
             f"show (train it longer, or check the labels)")
 
 
+def stage_sections(artifacts: list[dict], rows: list[dict], failure: dict | None) -> list[dict]:
+    """The sections the run's stages declare (compress.core.section), stage by stage in the order they first ran:
+    each registered stage with a section gets its steps' metrics, read through its metrics model, and the test
+    scores; the step a run failed at comes last among its stage's, with what it measured before it stopped."""
+    steps: dict[str, list[Ran]] = {}
+    failed = [{"name": failure["step"], "stage": failure["stage"], "parent": None, "metrics": failure["metrics"]}
+              ] if failure and failure.get("stage") and failure.get("metrics") else []
+    for a in artifacts + failed:
+        spec = STAGES.get(a["stage"])
+        if spec is not None and spec.section is not None:
+            metrics = spec.metrics.model_validate(a.get("metrics") or {})
+            steps.setdefault(a["stage"], []).append(Ran(a["name"], a.get("parent"), metrics))
+    scores = {(r["artifact"], r["backend"]): score(r) for r in rows if r["status"] == "measured"}
+    measured = Measured(scores, metric_label)
+    return [s.model_dump() for stage, ran in steps.items() for s in STAGES[stage].section(ran, measured)]
+
+
 def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: list[dict], hardware: dict,
-                 budget_points: float = 1.0, failure: dict | None = None) -> dict:
+                 budget_points: float = BUDGET_POINTS, failure: dict | None = None) -> dict:
     """Ratios are against the baseline artifact's first measured row (the fine-tuned FP32 model on PyTorch).
     Rows of artifacts whose manifest metrics carry "reference" are labelled as the reference, and our best model
     set beside it is the fastest that loses at most `budget_points` against the baseline (the gate's limit).
-    `failure` ({step, exit_code, reason, metrics}) is the step a run stopped at, and what it measured before it
-    did: the rows are then those that finished."""
+    `failure` ({step, stage, exit_code, reason, metrics}) is the step a run stopped at, and what it measured before
+    it did: the rows are then those that finished. `sections` are what the run's stages show of themselves."""
     base = next((r for r in rows if r["artifact"] == baseline and r["status"] == "measured"), None)
     references = {a["name"]: a["metrics"]["reference"] for a in artifacts if a.get("metrics", {}).get("reference")}
     for row in rows:
@@ -125,10 +158,12 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
             row["speedup"] = round(theirs["p50_ms"] / mine["p50_ms"], 2)
     done = [r for r in rows if r["status"] == "measured"]
     _mark_pareto(done)
+    name = metric(done[0]) if done else None
     return {
         "recipe": recipe_name,
         "failure": failure,
-        "metric": metric(done[0]) if done else None,
+        "metric": name,
+        "score_names": score_names(name),
         "baseline": {"artifact": baseline, "backend": base["backend"] if base else None,
                      "metric": metric(base) if base else None, "score": score(base) if base else None},
         "hardware": hardware,
@@ -137,4 +172,5 @@ def build_report(recipe_name: str, baseline: str, artifacts: list[dict], rows: l
         "budget_points": budget_points,
         "reference_note": _reference_note(done, baseline, budget_points),
         "warnings": [w for w in [chance_warning(base)] if w],
+        "sections": stage_sections(artifacts, rows, failure),
     }

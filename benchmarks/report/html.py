@@ -5,8 +5,9 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from benchmarks.report.blocks import CHOSEN, Table, label, plot_title, sections
+from benchmarks.report.blocks import Table, label, plot_title, sections
 from benchmarks.report.build import measured
+from compress.core.section import MARK
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -26,7 +27,7 @@ def _table(css_class: str, table: Table, references: set[str]) -> str:
     out = [f'<table class="{css_class}"><thead><tr>{header}</tr></thead><tbody>']
     for cells in body:
         cls = (' class="reference"' if cells[0] in references
-               else ' class="chosen"' if cells[0].startswith(CHOSEN) else "")
+               else ' class="chosen"' if cells[0].startswith(MARK) else "")
         out.append(f"<tr{cls}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
     return "\n".join(out) + "</tbody></table>"
 

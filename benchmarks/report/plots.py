@@ -1,11 +1,11 @@
-"""Pareto plots from report.json: the score (accuracy, entity F1) against p50 latency and against size, the front
-drawn as a step line; and per search step, its candidates' dev score against their latency (or size)."""
+"""The report's plots from report.json: the score (accuracy, entity F1) against p50 latency and against size, the
+front drawn as a step line; and the plots the run's stages declare (compress.core.section.Plot)."""
 from __future__ import annotations
 
 import io
 
-from benchmarks.report.blocks import PLOTS, headline, plot_files, plot_search, plot_title, search_budget
-from benchmarks.report.build import first_latency, measured, metric_label, score
+from benchmarks.report.blocks import PLOTS, headline, plot_files, plot_title, stage_plots
+from benchmarks.report.build import first_latency, measured, score
 
 
 def _cost(row: dict, axis: str) -> float | None:
@@ -61,26 +61,6 @@ def pareto_png(report: dict, axis: str) -> bytes:
     return _png(fig)
 
 
-SEARCH_COLOURS = {"chosen": "#d62728", "within budget": "#1f77b4", "over budget": "#9e9e9e"}
-
-
-AXES = {"p50_ms": 1.0, "size_bytes": 1e-6}  # what a search plot's panels put across, and the scale to ms or MB
-
-
-def search_points(search: dict, x: str) -> list[dict]:
-    """The candidates that were judged, as plotted against `x` (p50_ms or size_bytes): x (ms or MB), y (INT8 dev
-    score, %), the marker and colour (the chosen one a red star, over-budget ones grey) and the label."""
-    points = []
-    for c in search["candidates"]:
-        if c.get("dev_score") is None or c.get(x) is None:  # not run, or failed before it was judged
-            continue
-        chosen = c["id"] == search.get("chosen")
-        points.append({"id": c["id"], "x": c[x] * AXES[x], "y": 100 * c["dev_score"],
-                       "marker": "*" if chosen else "o", "colour": SEARCH_COLOURS.get(c["status"], "#9e9e9e"),
-                       "label": f"{c['id']} (chosen)" if chosen else c["id"]})
-    return points
-
-
 def front(points: list[dict]) -> list[dict]:
     """The Pareto front of the points: none other is both lower on x and higher on y; by rising x."""
     best, kept = float("-inf"), []
@@ -91,39 +71,39 @@ def front(points: list[dict]) -> list[dict]:
     return kept
 
 
-def search_png(report: dict, key: str) -> bytes:
-    """A search step's candidates against p50 latency and against size, the Pareto front drawn as a step line
-    (only its points named, or the plot drowns in labels), and the budget (teacher dev less the drop) dashed."""
+def section_png(plot: dict) -> bytes:
+    """A stage's plot (compress.core.section.Plot, as report.json holds it): its panels side by side, sharing the
+    vertical axis; in each the points, their Pareto front as a step line (only the front's points and the starred
+    one named, or the plot drowns in labels) and the dashed line, where the panel has one."""
     plt = _pyplot()
-    _, search = plot_search(report, key)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), dpi=110, sharey=True)
-    budget = 100 * search_budget(search)
-    for ax, x in zip(axes, AXES):
-        points = search_points(search, x)
+    panels = plot["panels"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8), dpi=110, sharey=True, squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        points = panel["points"]
         edge = front(points)
         for p in points:
-            ax.scatter(p["x"], p["y"], s=220 if p["marker"] == "*" else 40, marker=p["marker"], color=p["colour"],
-                       zorder=3)
-        for i, p in enumerate(edge + [p for p in points if p["marker"] == "*" and p not in edge]):
+            ax.scatter(p["x"], p["y"], s=220 if p["star"] else 40, marker="*" if p["star"] else "o",
+                       color=p["colour"], zorder=3)
+        for i, p in enumerate(edge + [p for p in points if p["star"] and p not in edge]):
             ax.annotate(p["label"], (p["x"], p["y"]), textcoords="offset points", xytext=(6, 4 - 11 * (i % 3)),
-                        fontsize=7, fontweight="bold" if p["marker"] == "*" else "normal")
+                        fontsize=7, fontweight="bold" if p["star"] else "normal")
         if edge:
             ax.step([p["x"] for p in edge], [p["y"] for p in edge], where="post", color="#2ca02c", linewidth=1,
                     label="Pareto front", zorder=2)
-        ax.axhline(budget, color="#d62728", linestyle="--", linewidth=1,
-                   label=f"budget: teacher dev {100 * search['teacher_dev_score']:.2f}% − "
-                         f"{float(search['max_drop_points'])} points = {budget:.2f}%")
-        ax.legend(loc="lower right", fontsize=8)
+        if panel["line"]:
+            ax.axhline(panel["line"][0], color="#d62728", linestyle="--", linewidth=1, label=panel["line"][1])
+        if edge or panel["line"]:
+            ax.legend(loc="lower right", fontsize=8)
         ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
-        ax.set_xlabel(f"p50 latency, ms (ort-cpu, batch 1, sequence {search['sequence_length']}, "
-                      f"{search['threads']} thread(s))" if x == "p50_ms" else "model file size, MB")
+        ax.set_xlabel(panel["x_label"])
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"dev {metric_label(search['metric'])} (INT8), %")
-    fig.suptitle(plot_title(report, key) + ("" if search_points(search, "p50_ms") else ": no candidate ran"))
+    axes[0][0].set_ylabel(plot["y_label"])
+    fig.suptitle(plot["title"])
     fig.tight_layout()
     return _png(fig)
 
 
 def plot_pngs(report: dict) -> dict[str, bytes]:
-    """Every plot of the report by its key (blocks.plot_files): the Pareto plots, then each search step's."""
-    return {key: pareto_png(report, key) if key in PLOTS else search_png(report, key) for key in plot_files(report)}
+    """Every plot of the report by its key (blocks.plot_files): the Pareto plots, then the stages'."""
+    stages = stage_plots(report)
+    return {key: pareto_png(report, key) if key in PLOTS else section_png(stages[key]) for key in plot_files(report)}

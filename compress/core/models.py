@@ -320,3 +320,16 @@ def copy_model_files(source: Path, out: Path):
     tokenizer.save_pretrained(out)
     AutoConfig.from_pretrained(source).save_pretrained(out)
     return tokenizer
+
+
+def logits_of(model, device: str = "cpu"):
+    """A PyTorch model as a runtime's `run`: NumPy inputs in, NumPy logits out. Core scores a model it holds in
+    memory through it (the training loop's dev pass), and runtimes.torch_runtime runs models the same way."""
+    import torch
+
+    @torch.inference_mode()
+    def run(inputs: dict):
+        feed = {k: torch.from_numpy(v).to(device) for k, v in inputs.items()}
+        return model(**feed).logits.float().cpu().numpy()
+
+    return run

@@ -1,7 +1,8 @@
 """What every stage shares: the registry and the run context.
 
 A stage is one config class (or a union of variants, as quantize's methods) plus one function, registered
-together (the torchao idiom): the recipe schema, `--dry-run` and the dispatcher all read the same table.
+together (the torchao idiom): the recipe schema, `--dry-run` and the dispatcher all read the same table. A stage
+with figures worth showing registers them too: its metrics model and its report section (compress.core.section).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Callable, get_args
 from compress.core.artifact import Artifact, ArtifactKind
 from compress.core.config import StepConfig
 from compress.core.data import DataConfig, Dataset, load_dataset
+from compress.core.section import Metrics, SectionFn
 from compress.core.task import DEFAULT_TASK, Task
 
 
@@ -60,6 +62,8 @@ class StageSpec:
     run: StageFn
     accepts: tuple[ArtifactKind, ...]
     produces: ArtifactKind
+    metrics: type[Metrics] = Metrics  # what its manifest metrics hold, as its section reads them
+    section: SectionFn | None = None  # its report section(s), from its steps' metrics
 
 
 STAGES: dict[str, StageSpec] = {}
@@ -72,11 +76,14 @@ def step_classes(config: Any) -> list[type[StepConfig]]:
     return [c for arg in get_args(config) for c in step_classes(arg)]
 
 
-def register(config: Any, accepts: tuple[ArtifactKind, ...], produces: ArtifactKind) -> Callable[[StageFn], StageFn]:
-    """Bind a step config (whose `type` literal names the stage) to the function that runs it."""
+def register(config: Any, accepts: tuple[ArtifactKind, ...], produces: ArtifactKind,
+             metrics: type[Metrics] = Metrics, section: SectionFn | None = None) -> Callable[[StageFn], StageFn]:
+    """Bind a step config (whose `type` literal names the stage) to the function that runs it, and to what the
+    report shows of it: `section(steps, measured)` from its steps' `metrics`."""
 
     def bind(fn: StageFn) -> StageFn:
-        STAGES[step_classes(config)[0].model_fields["type"].default] = StageSpec(config, fn, accepts, produces)
+        name = step_classes(config)[0].model_fields["type"].default
+        STAGES[name] = StageSpec(config, fn, accepts, produces, metrics, section)
         return fn
 
     return bind

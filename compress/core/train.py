@@ -18,10 +18,10 @@ from pydantic import Field, model_validator
 from compress.core.config import StepConfig, Strict
 from compress.core.errors import CompressError
 from compress.core.evaluate import at_chance, evaluate
+from compress.core.models import logits_of
 from compress.core.progress import progress
 from compress.core.stage import Context
 from compress.core.task import IGNORE, Example, encode, encode_labeled
-from runtimes.torch_runtime import TorchRuntime
 
 # loss(model, inputs, labels) -> scalar; distillation swaps in its own.
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -167,7 +167,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
             optimizer.zero_grad()
             losses.append(loss.item())
         model.eval()
-        dev = evaluate(TorchRuntime(model, str(accelerator.device)).run, tokenizer, data.dev, data.labels,
+        dev = evaluate(logits_of(model, str(accelerator.device)), tokenizer, data.dev, data.labels,
                        max_length, ctx.eval_batch_size, desc=f"{name} dev")
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "dev_score": dev["score"],
                         "seconds": round(time.perf_counter() - start, 1)})

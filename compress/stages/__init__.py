@@ -1,2 +1,2 @@
-"""The transforming stages, one file per recipe step `type`. `compress.recipe` is the one module that imports
-them all (importing a stage registers it)."""
+"""The transforming stages, one file per recipe step `type` (a search's report section in search_report.py).
+`compress.stages.registry` imports them all, with export's (importing a stage registers it)."""

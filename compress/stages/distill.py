@@ -20,6 +20,7 @@ from compress.core.errors import CompressError
 from compress.core.evaluate import evaluate
 from compress.core.heads import kept_heads
 from compress.core.models import load_classifier, save_checkpoint
+from compress.core.section import Measured, Metrics, Ran, Section
 from compress.core.stage import Context, StageResult, register
 from compress.core.task import IGNORE, Example, encode
 from compress.core.train import TrainingSettings, token_rows, train
@@ -311,7 +312,40 @@ def read_unlabeled(source: Path | str | None, ctx: Context, step: str) -> list[E
     return [ctx.task.unlabeled(l) for l in lines if l.strip()]
 
 
-@register(DistillConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
+class DistillMetrics(Metrics):
+    """What the report reads of a distillation: the student's dev score before and after (the task's `metric`)."""
+
+    metric: str = "accuracy"
+    teacher: str | None = None
+    student: str = "?"  # the student's kind: parent, layer_drop, albert, ...
+    dev_score_before: float | None = None  # None: a manifest from before the figure was kept
+    best_dev_score: float | None = None
+
+
+def distill_section(steps: list[Ran], measured: Measured) -> list[Section]:
+    """Each distilled model beside where it started: the dev score before and after training (from the stage), and
+    on the test split, where the student was the stage's input itself, that input's score on the same back end."""
+    lines = []
+    for step in steps:
+        m = step.metrics
+        if m.dev_score_before is None:
+            continue
+        name = measured.label(m.metric)
+        line = (f"{step.name} (student: {m.student} of {step.parent}; teacher: {m.teacher}): "
+                f"dev {name} {m.dev_score_before:.4f} before, {m.best_dev_score:.4f} after")
+        backend = next((b for n, b in measured.scores if n == step.name), None)
+        if backend:
+            before = measured.scores.get((step.parent, backend)) if m.student == "parent" else None
+            teacher = measured.scores.get((m.teacher, backend))
+            line += (f"; test {name} on {backend}: " + (f"{before:.4f} before, " if before is not None else "")
+                     + f"{measured.scores[(step.name, backend)]:.4f} after"
+                     + (f" (teacher {teacher:.4f})" if teacher is not None else ""))
+        lines.append(line)
+    return [Section(title="Distillation: before and after", lines=lines)] if lines else []
+
+
+@register(DistillConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint", metrics=DistillMetrics,
+          section=distill_section)
 def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     from transformers import AutoTokenizer
 

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from benchmarks.latency import measure_latency
-from benchmarks.size import architecture_cost, model_bytes
 from compress.core.artifact import Artifact, commit, digest
 from compress.core.config import Architecture, RecipeShapes, StepConfig, Strict
 from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import drop_standard_error, evaluate, points_below
+from compress.core.latency import measure_latency
 from compress.core.models import copy_model_files, load_classifier, load_tokenizer, save_checkpoint
+from compress.core.size import architecture_cost, model_bytes
 from compress.core.stage import STAGES, Context, StageResult, register
 from compress.core.task import encode
 from compress.core.train import train
@@ -45,6 +45,7 @@ from compress.stages.elastic import Candidate, ElasticLoss, attention_modules, e
 from compress.stages.prune import IMPORTANCE, ImportanceName, check_prunable, scoring_batches
 from compress.stages.quantize import quantize as _registers_quantize  # noqa: F401  candidates go through it
 from compress.stages.quantize_methods import DynamicConfig
+from compress.stages.search_report import SearchMetrics, search_section
 from compress.stages.vocab_prune import VocabPruneConfig
 from export.onnx import ExportConfig
 from runtimes.ort_runtime import OrtRuntime
@@ -461,7 +462,8 @@ def search_figures(cfg: SearchConfig, rows: list[dict], metric: str, teacher_art
             "threads": cfg.threads, "chosen": chosen and chosen["id"], "why": reason, "candidates": rows, **costs}
 
 
-@register(SearchConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
+@register(SearchConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint", metrics=SearchMetrics,
+          section=search_section)
 def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     from transformers import AutoConfig
 

@@ -52,6 +52,7 @@ from compress.core.errors import CompressError, StageFailed
 from compress.core.evaluate import predict_logits
 from compress.core.models import kind_of, load_classifier, load_tokenizer, save_checkpoint
 from compress.core.parity import ParityChecked, logit_agreement
+from compress.core.section import Measured, Metrics, Ran, Section
 from compress.core.stage import Context, StageResult, register
 from compress.core.task import Example, Task, Text
 from runtimes.torch_runtime import TorchRuntime
@@ -388,7 +389,41 @@ def fully_covered(tokenizer, task: Task, examples: list[Example], keep: set[int]
     return [e for e, row in zip(examples, ids) if all(int(i) in keep for i in row)]
 
 
-@register(VocabPruneConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint")
+class Coverage(Metrics):
+    uncovered_share: float  # of the split's token occurrences, those the pruned vocabulary no longer holds whole
+    words_now_split_differently: int
+    words_now_unk: int
+
+
+class VocabMetrics(Metrics):
+    """What the report reads of a vocabulary pruning: the shrink, and what dev and test text it no longer covers."""
+
+    vocab_size_before: int | None = None  # None: a manifest from before the figures were kept
+    vocab_size_after: int | None = None
+    vocab_pruned_share: float | None = None
+    filled_by_drift: int = 0
+    coverage: dict[str, Coverage] | None = None
+
+
+def vocab_section(steps: list[Ran], measured: Measured) -> list[Section]:
+    """Each vocabulary-pruned model: how far the vocabulary shrank, and how much dev/test text it no longer covers
+    whole (those words now split into kept pieces or, without a piece to fall back on, become [UNK])."""
+    lines = []
+    for step in steps:
+        m = step.metrics
+        if m.coverage is None:
+            continue
+        filled = f"; {m.filled_by_drift:,} added back by fill_to" if m.filled_by_drift else ""
+        cover = "; ".join(f"{split} {100 * c.uncovered_share:.2f}% ({c.words_now_split_differently:,} words split "
+                          f"into kept pieces, {c.words_now_unk:,} now [UNK])" for split, c in m.coverage.items())
+        lines.append(f"{step.name} (of {step.parent}): vocabulary {m.vocab_size_before:,} -> {m.vocab_size_after:,} "
+                     f"tokens ({100 * m.vocab_pruned_share:.1f}% pruned{filled}); token occurrences no longer "
+                     f"covered: {cover}")
+    return [Section(title="Vocabulary pruning", lines=lines)] if lines else []
+
+
+@register(VocabPruneConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint", metrics=VocabMetrics,
+          section=vocab_section)
 def vocab_prune(cfg: VocabPruneConfig, parent: Artifact, ctx: Context, out: Path) -> StageResult:
     tokenizer = load_tokenizer(parent.path)
     check_tokenizer_kind(tokenizer, parent.path)
