@@ -9,18 +9,10 @@ from __future__ import annotations
 from compress.core.evaluate import at_chance, points_below
 from compress.core.section import Measured, Ran
 from compress.core.stage import STAGES
+from compress.core.task import scored_by
 from compress.stages import registry  # noqa: F401  (every stage, registered: their sections are read here)
 
 BUDGET_POINTS = 1.0  # our best beside the reference loses at most this against the baseline, where no gate says
-# How the report names each score (the task's metric, by its key) and what a row's per_class holds; `by_class`: the
-# title of a table of per-class F1 across rows, where the task has one. Written into report.json (`score_names`),
-# so the views read the names from there.
-SCORE_NAMES = {
-    "accuracy": {"label": "accuracy", "per_class": "class", "by_class": None},
-    "entity_f1": {"label": "entity F1", "per_class": "entity type",
-                  "by_class": "Entity F1 by type (test split, entity level: type and both boundaries must match)"},
-}
-
 
 def score(row: dict) -> float | None:
     """A row's headline figure. Rows (and stored reports) from before rows carried a `score` give accuracy, the
@@ -35,8 +27,13 @@ def metric(row: dict) -> str:
 
 
 def score_names(name: str | None) -> dict:
-    """SCORE_NAMES' entry for a metric; one it does not know is called by its key, per class."""
-    return SCORE_NAMES.get(name or "accuracy", {"label": name, "per_class": "class", "by_class": None})
+    """How the report names a metric's score and what a row's per_class holds, as the task scored by it says
+    (`by_class`: the title of a table of per-class scores across rows, where the task has one); a metric no task
+    scores by is called by its key. Written into report.json (`score_names`), so the views read them from there."""
+    task = scored_by(name or "accuracy")
+    if task is None:
+        return {"label": name, "per_class": "class", "by_class": None}
+    return {"label": task.metric_label, "per_class": task.per_class, "by_class": task.by_class}
 
 
 def metric_label(name: str) -> str:

@@ -56,7 +56,7 @@ def at_chance(metrics: dict) -> str | None:
     chance and 1). The one definition the fine-tuning check, the report's warning, "Against the reference" and the
     gate share. Rows from before metrics were named hold accuracy."""
     task = scored_by(metrics.get("metric") or "accuracy")
-    level = task.chance(metrics)
+    level = task and task.chance(metrics)
     score = metrics.get("score", metrics.get("accuracy"))
     if level is None or not isinstance(score, (int, float)):
         return None

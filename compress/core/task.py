@@ -41,6 +41,8 @@ class Task(ABC):
     head: ClassVar[str]  # transformers' head class suffix (BertForTokenClassification)
     metric: ClassVar[str]  # the score's key in a metrics dict
     metric_label: ClassVar[str]  # the score as the report's readers see it
+    per_class: ClassVar[str]  # what a metrics dict's per_class is keyed by
+    by_class: ClassVar[str | None]  # the title of the report's table of per-class scores across rows, if any
     formats: ClassVar[tuple[str, ...]]  # user-file formats that hold this task's labels
     columns: ClassVar[dict[str, str]] = {}  # DataConfig fields whose default differs for this task
     output_axes: ClassVar[dict[int, str]]  # the logits' dynamic axes in an ONNX export
@@ -145,6 +147,7 @@ class SequenceClassification(Task):
     name = "sequence-classification"
     head = "ForSequenceClassification"
     metric, metric_label = "accuracy", "accuracy"
+    per_class, by_class = "class", None
     formats = ("csv", "tsv", "jsonl", "hf-disk")
     output_axes = {0: "batch"}
     pairs = True
@@ -269,6 +272,8 @@ class TokenClassification(Task):
     name = "token-classification"
     head = "ForTokenClassification"
     metric, metric_label = "entity_f1", "entity F1"
+    per_class = "entity type"
+    by_class = "Entity F1 by type (test split, entity level: type and both boundaries must match)"
     formats = ("conll", "jsonl")
     columns = {"text_column": "tokens", "label_column": "tags"}
     output_axes = {0: "batch", 1: "sequence"}  # a tag per position: the graph must take any length
@@ -370,9 +375,10 @@ def model_task(model) -> Task:
     return task_headed([type(model).__name__])
 
 
-def scored_by(metric: str) -> Task:
-    """The task whose score `metric` names (a metrics dict or a report row carries the name, not the task)."""
-    return next(t for t in TASKS.values() if t.metric == metric)
+def scored_by(metric: str) -> Task | None:
+    """The task whose score `metric` names (a metrics dict or a report row carries the name, not the task); None
+    for a name no task scores by."""
+    return next((t for t in TASKS.values() if t.metric == metric), None)
 
 
 def example_task(examples: list[Example]) -> Task:
