@@ -394,7 +394,7 @@ def _search_report(search: dict | None) -> dict:
 
 def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path):
     from benchmarks.report.write import write_report
-    from compress.stages.search_report import SearchFigures, table
+    from compress.stages.search_report import SearchFigures, cost, table
 
     report = _search_report(SEARCH)
     searched = table(SearchFigures.model_validate(SEARCH), "accuracy")
@@ -421,6 +421,11 @@ def test_a_search_step_gets_a_table_its_reason_and_a_plot_in_every_view(tmp_path
     assert "![Search small: dev accuracy (INT8) vs p50 latency and size on disk](search-small.png)" in md
     assert ("- Cost: 6.0 min training every candidate at once (2 epoch(s) of elastic distillation), 0.5 min judging 3 "
             "(export, INT8, dev, latency: 410.2 s each)." in md)
+    refined = SEARCH | {"candidates": [*SEARCH["candidates"][:3], SEARCH["candidates"][1] | {
+        "id": "l3-h33-f50+refined", "seconds": 600.0}]}
+    assert cost(SearchFigures.model_validate(refined)).startswith(
+        "Cost: 6.0 min training every candidate at once (2 epoch(s) of elastic distillation), 0.5 min judging 4 "
+        "(export, INT8, dev, latency: 410.2 s each; 1 refined, their distillation included: 10.0 min).")
     html = (tmp_path / "report.html").read_text()
     assert dict(_parse(html).tables)["search"] == [head, *body]
     assert html.count('<tr class="chosen">') == 1 and escape(WHY) in html

@@ -104,11 +104,15 @@ def lines(search: SearchFigures, label: str) -> list[str]:
 def cost(search: SearchFigures) -> str:
     """What the search spent: one elastic training for all candidates, then judging each as it ships."""
     judged = [c for c in search.candidates if c.seconds is not None]
+    refined = [c for c in judged if c.id.endswith("+refined")]
+    cut = [c for c in judged if c not in refined]
+    refining = (f"; {len(refined)} refined, their distillation included: {sum(c.seconds for c in refined) / 60:.1f} "
+                "min" if refined else "")
     trained = (f"{search.train_seconds / 60:.1f} min training every candidate at once ({len(search.elastic_history)} "
                "epoch(s) of elastic distillation" + ("; reused from the run's cache" if search.elastic_reused else "")
                + ")")
     return (f"Cost: {trained}, {search.judge_seconds / 60:.1f} min judging {len(judged)} "
-            f"(export, INT8, dev, latency: {sum(c.seconds for c in judged) / max(len(judged), 1):.1f} s each). "
+            f"(export, INT8, dev, latency: {sum(c.seconds for c in cut) / max(len(cut), 1):.1f} s each{refining}). "
             "Pareto: no other candidate is both faster (or smaller) and better on dev.")
 
 
