@@ -142,7 +142,7 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
     if epochs > cfg.epochs:
         ctx.log.info("%s: %d optimizer steps an epoch; %d epochs instead of %d, to reach min_steps %d", name,
                      len(loader), epochs, cfg.epochs, cfg.min_steps)
-    steps = min(epochs * len(loader), cfg.max_steps or epochs * len(loader))
+    steps = min(epochs * len(loader), cfg.max_steps or math.inf)
     if steps < epochs * len(loader):
         epochs = math.ceil(steps / len(loader))
         ctx.log.info("%s: %d optimizer steps an epoch; stopping at max_steps %d (%d epochs, the last cut short)",
@@ -181,10 +181,10 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
             if cfg.early_stopping_patience and since_best >= cfg.early_stopping_patience:
                 ctx.log.info("%s: early stop, no dev gain for %d epochs", name, since_best)
                 break
-    kept = best_dev if cfg.keep == "best" else dev
+    kept, kept_epoch = (best_dev, best_epoch) if cfg.keep == "best" else (dev, len(history))
     if cfg.keep == "best":
         model.load_state_dict(best_state)
     model.to("cpu").eval()
     return {"history": history, "metric": dev["metric"], "best_dev_score": best_dev["score"],
-            "dev_score": kept["score"], "kept_epoch": best_epoch if cfg.keep == "best" else len(history),
+            "dev_score": kept["score"], "kept_epoch": kept_epoch,
             "optimizer_steps": step, "dev_at_chance": at_chance(kept)}
