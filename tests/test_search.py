@@ -131,10 +131,20 @@ def test_stop_at_first_fit_and_the_time_budget_leave_the_rest_not_run(monkeypatc
     assert ran == ["teacher"]
 
 
-def test_refinement_tries_the_fastest_promising_candidates_and_keeps_the_first_that_fits(
-        monkeypatch, tmp_path, tiny_bert, tiny_csv):
-    fake_candidates(monkeypatch, {"l1-h50-f50": (0.80, 1.0), "l1-h0-f50": (0.885, 1.5), "l2-h50-f50": (0.888, 2.0),
-                                  "l2-h0-f50": (0.90, 2.5)})
+@pytest.mark.parametrize("cut, refined_dev, tried, chosen", [
+    # l1-h50-f50 is 10 points under as cut (beyond refine_within) and l2-h0-f50 fits as cut, so the pool is the two
+    # between: the slower fits once refined, so the faster is tried next; it misses, and the slower stays chosen
+    ({"l1-h0-f50": 0.885, "l2-h50-f50": 0.888, "l2-h0-f50": 0.90}, {"l1-h0-f50": 0.88, "l2-h50-f50": 0.895},
+     ["l2-h50-f50", "l1-h0-f50"], "l2-h50-f50+refined"),
+    # nothing fits as cut, so all three promising ones are the pool: the middle one misses, so the slower half is
+    # tried, and its fit is chosen (nothing is left between the two)
+    ({"l1-h0-f50": 0.882, "l2-h50-f50": 0.885, "l2-h0-f50": 0.888}, {"l2-h50-f50": 0.88, "l2-h0-f50": 0.895},
+     ["l2-h50-f50", "l2-h0-f50"], "l2-h0-f50+refined"),
+])
+def test_refinement_bisects_the_promising_candidates_by_speed_and_keeps_the_fastest_that_fits(
+        monkeypatch, tmp_path, tiny_bert, tiny_csv, cut, refined_dev, tried, chosen):
+    fake_candidates(monkeypatch, {"l1-h50-f50": (0.80, 1.0), "l1-h0-f50": (cut["l1-h0-f50"], 1.5),
+                                  "l2-h50-f50": (cut["l2-h50-f50"], 2.0), "l2-h0-f50": (cut["l2-h0-f50"], 2.5)})
     monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 0.9, "metric": "accuracy", "parts": None})
     refined = []
 
@@ -143,20 +153,17 @@ def test_refinement_tries_the_fastest_promising_candidates_and_keeps_the_first_t
         (folder / "student").mkdir(parents=True)
         (folder / "student" / "model.safetensors").write_text(f"{candidate['id']}+refined")
         (folder / "student" / "config.json").write_text(STUB_CONFIG)
-        dev = {"l1-h0-f50": 0.88, "l2-h50-f50": 0.895}[candidate["id"]]
         return (Artifact("r", "hf-checkpoint", folder / "student", "h"),
-                {"dev_score": dev, "dev_parts": None, "p50_ms": candidate["p50_ms"], "size_bytes": 1000, "macs": 1,
-                 "seconds": 0.1})
+                {"dev_score": refined_dev[candidate["id"]], "dev_parts": None, "p50_ms": candidate["p50_ms"],
+                 "size_bytes": 1000, "macs": 1, "seconds": 0.1})
 
     monkeypatch.setattr(search_stage, "refine", refine)
     code, folder = run_search(tmp_path, tiny_bert, tiny_csv, refine_epochs=1, refine_tries=3)
-    assert code == 0
-    # l1-h50-f50 is 10 points under as cut (beyond refine_within), l2-h0-f50 fits as cut: faster ones go first
-    assert refined == ["l1-h0-f50", "l2-h50-f50"]
+    assert code == 0 and refined == tried
     found = Artifact.load(folder).metrics["search"]
-    assert found["chosen"] == "l2-h50-f50+refined" and (folder / "model.safetensors").read_text() == found["chosen"]
+    assert found["chosen"] == chosen and (folder / "model.safetensors").read_text() == chosen
     statuses = {r["id"]: r["status"] for r in found["candidates"]}
-    assert statuses["l1-h0-f50+refined"] == "over budget" and statuses["l2-h0-f50"] == "within budget"
+    assert [statuses[f"{c}+refined"] for c in tried if f"{c}+refined" != chosen] == ["over budget"]
 
 
 def test_a_candidate_must_fit_by_the_margin_of_its_dev_drop_s_standard_error(monkeypatch, tmp_path, tiny_bert,

@@ -4,12 +4,12 @@ It trains once and judges many (compress/stages/elastic.py): the input is rewire
 come in order of importance, one distillation trains every candidate of the grid (depth x heads x FFN) as a
 sub-network of it, and the vocabulary is pruned once. Each candidate is then cut out and judged as it would ship:
 exported, dynamic INT8, its dev score, ONNX Runtime latency (batch 1, `sequence_length`) and file size. The
-fastest within budget is chosen; with `refine_epochs`, the fastest promising candidates are first distilled alone
-a little longer and judged again, and the first that then fits is chosen (a cut sub-network starts far closer to
-its teacher than a pruned one, so a short refinement is the cheap way to the small end of the space). When no
-sub-network fits, the teacher's own INT8 model is judged too, and chosen with a warning if it fits: the user gets
-the least-compressed answer rather than none. The step's output is the chosen checkpoint, so an export and a
-quantize with the search's settings after it rebuild the very model that was judged.
+fastest within budget is chosen; with `refine_epochs`, promising faster candidates, bisected by speed, are first
+distilled alone a little longer and judged again, and the fastest that then fits is chosen (a cut sub-network
+starts far closer to its teacher than a pruned one, so a short refinement is the cheap way to the small end of
+the space). When no sub-network fits, the teacher's own INT8 model is judged too, and chosen with a warning if it
+fits: the user gets the least-compressed answer rather than none. The step's output is the chosen checkpoint, so
+an export and a quantize with the search's settings after it rebuild the very model that was judged.
 
 Only dev decides: the test split is never read here.
 """
@@ -108,9 +108,10 @@ class SearchConfig(StepConfig):
                                           "their last epoch, since dev then judges them.")
     sandwich: int = Field(2, ge=0, description="Sub-networks drawn at random per training step, besides the "
                           "largest and the smallest of the space (each costs a forward and backward pass).")
-    refine_epochs: int = Field(0, ge=0, le=100, description="Then distill candidates alone for this many epochs "
-                               "(distillation's other keys), fastest first, until one's INT8 dev score fits.")
-    refine_tries: int = Field(2, ge=1, description="How many candidates may be refined.")
+    refine_epochs: int = Field(0, ge=0, le=100, description="Then distill promising candidates alone for this many "
+                               "epochs (distillation's other keys) and judge them again.")
+    refine_tries: int = Field(2, ge=1, description="How many candidates may be refined (a bisection of the "
+                              "promising ones by speed: each try halves what is left).")
     refine_within: float = Field(1.0, ge=0, description="Points beyond the budget a candidate may score as cut and "
                                  "still be refined: how much refinement is expected to win back.")
     vocabulary: VocabPruneConfig | None = Field(None, description="vocab_prune of the trained elastic model before "
@@ -531,18 +532,26 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
 def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, output: Path | None,
                    trained: Artifact, teacher: str, ctx: Context, out: Path,
                    reference: Reference) -> tuple[dict | None, Path | None]:
-    """Refine the candidates worth it, fastest (or smallest) first, and choose the first whose refinement fits.
+    """Refine candidates worth it, bisecting them by speed (or size), and choose the fastest refinement that fits.
 
     Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget (margin included), and
-    no slower than the candidate chosen as cut (which stays chosen if no refinement fits). Every refinement's row
-    joins the table."""
+    faster than the candidate chosen as cut (which stays chosen if no refinement fits). Refinement wins back more
+    the closer a candidate starts, so the fastest of these rarely fit and the slowest nearly always do: each try
+    takes the middle of what is left, and a fit sends the next try to the faster half, a miss to the slower one
+    (`refine_tries` tries cover a pool of 2^tries - 1). Every refinement's row joins the table."""
     key = "p50_ms" if cfg.objective == "latency" else "size_bytes"
     pareto(rows, cfg.objective)
-    pool = sorted((r for r in rows if r.get("pareto") and r[key] <= (chosen or r)[key]
+    limit = chosen[key] if chosen else float("inf")
+    pool = sorted((r for r in rows if r.get("pareto") and r[key] < limit
                    and r["drop_points"] + cfg.margin * r["drop_se"] <= cfg.max_accuracy_drop + cfg.refine_within),
                   key=lambda r: r[key])
     supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task) if pool else None
-    for candidate in pool[: cfg.refine_tries]:
+    low, high = 0, len(pool)
+    for _ in range(cfg.refine_tries):
+        if low >= high:
+            break
+        middle = (low + high) // 2
+        candidate = pool[middle]
         student, figures = refine(cfg, candidate, trained, supernet, teacher, ctx,
                                   out / "candidates" / f"{candidate['id']}+refined")
         row = judged({**candidate, **figures, "id": f"{candidate['id']}+refined", "reason": ""}, cfg, reference,
@@ -551,7 +560,9 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, out
         ctx.log.info("%s: %s refined: dev %.4f INT8 (as cut %.4f), %s", cfg.name, candidate["id"], row["dev_score"],
                      candidate["dev_score"], row["status"])
         if row["status"] == "within budget":
-            return row, student.path
+            chosen, output, high = row, student.path, middle
+        else:
+            low = middle + 1
     return chosen, output
 
 
