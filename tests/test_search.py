@@ -12,7 +12,7 @@ from compress.core.artifact import Artifact
 from compress.core.errors import StageFailed
 from compress.run import main
 from compress.stages import search as search_stage
-from compress.stages.search import Candidate, SearchConfig
+from compress.stages.search import Candidate, Reference, SearchConfig
 from tests.conftest import (TINY_TRAINING, WORDS, save_tiny_model, sentencepiece_albert, sentiment_rows,
                             write_recipe)
 
@@ -51,9 +51,11 @@ def test_search_settings_are_validated_with_the_paths_of_their_stages(tmp_path, 
 STUB_CONFIG = json.dumps({"architectures": ["BertForSequenceClassification"]})
 
 
-def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None]) -> list[str]:
-    """judge and latency_of (and the teacher fall-back's ship) replaced by fixed (dev score, p50) per candidate id,
-    to test the choosing alone (the elastic training still runs); returns the ids in the order they were judged."""
+def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None],
+                    parts: dict[str, np.ndarray] | None = None) -> list[str]:
+    """judge and latency_of (and the teacher fall-back's ship) replaced by fixed (dev score, p50) per candidate id
+    (and per-example dev parts, if given), to test the choosing alone (the elastic training still runs); returns
+    the ids in the order they were judged."""
     ran = []
 
     def judge(cfg, candidate, elastic, supernet, ctx, folder):
@@ -65,7 +67,7 @@ def fake_candidates(monkeypatch, figures: dict[str, tuple[float, float] | None])
         if figures[candidate.id] is None:
             raise StageFailed(f"{candidate.id}: INT8 parity 0.5 below 0.9")
         return {"heads_per_layer": [1], "intermediate_size": 8, "dev_score": figures[candidate.id][0],
-                "dev_parts": None, "size_bytes": 1000, "macs": 1, "seconds": 0.1}
+                "dev_parts": (parts or {}).get(candidate.id), "size_bytes": 1000, "macs": 1, "seconds": 0.1}
 
     def latency_of(cfg, folder, ctx):
         return figures[folder.parent.name][1]
@@ -164,6 +166,33 @@ def test_refinement_bisects_the_promising_candidates_by_speed_and_keeps_the_fast
     assert found["chosen"] == chosen and (folder / "model.safetensors").read_text() == chosen
     statuses = {r["id"]: r["status"] for r in found["candidates"]}
     assert [statuses[f"{c}+refined"] for c in tried if f"{c}+refined" != chosen] == ["over budget"]
+
+
+def test_a_held_out_share_of_dev_confirms_the_choice(monkeypatch, tmp_path, tiny_bert, tiny_csv):
+    """Judged on the rest of dev, the fastest candidate within budget is passed over when the held-out examples
+    disagree; the next that fits there too is chosen."""
+    teacher = np.ones((40, 1))  # the teacher right on all 40 dev examples; one miss in a share of 20 is 5 points
+    split = Reference.split({"parts": teacher, "score": 1.0}, 0.5, seed=0)  # the tiny recipe's seed
+
+    def parts(judged_misses: int, held_out_misses: int) -> np.ndarray:
+        p = teacher.copy()
+        p[split.judging[:judged_misses]] = p[split.held_out[:held_out_misses]] = 0
+        return p
+
+    fake_candidates(monkeypatch, {c: (0.0, p50) for c, p50 in [("l1-h50-f50", 1.0), ("l1-h0-f50", 1.5),
+                                                                ("l2-h50-f50", 2.0), ("l2-h0-f50", 2.5)]},
+                    parts={"l1-h50-f50": parts(0, 3), "l1-h0-f50": parts(0, 0), "l2-h50-f50": parts(2, 0),
+                           "l2-h0-f50": parts(0, 0)})
+    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 1.0, "metric": "accuracy",
+                                                                   "parts": teacher})
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, confirm=0.5)
+    found = Artifact.load(folder).metrics["search"]
+    rows = {r["id"]: r for r in found["candidates"]}
+    assert code == 0 and found["chosen"] == "l1-h0-f50" and found["held_out"] == 20
+    assert rows["l1-h50-f50"]["status"] == "not confirmed" and rows["l1-h50-f50"]["held_out_drop_points"] == 15.0
+    assert rows["l1-h50-f50"]["dev_score"] == 1.0 and rows["l2-h50-f50"]["drop_points"] == 10.0  # on the rest
+    assert rows["l2-h0-f50"]["status"] == "within budget" and "held_out_drop_points" not in rows["l2-h0-f50"]
+    assert (folder / "model.safetensors").read_text() == "l1-h0-f50"
 
 
 def test_a_candidate_must_fit_by_the_margin_of_its_dev_drop_s_standard_error(monkeypatch, tmp_path, tiny_bert,

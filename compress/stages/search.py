@@ -4,14 +4,16 @@ It trains once and judges many (compress/stages/elastic.py): the input is rewire
 come in order of importance, one distillation trains every candidate of the grid (depth x heads x FFN) as a
 sub-network of it, and the vocabulary is pruned once. Each candidate is then cut out and judged as it would ship:
 exported, dynamic INT8, its dev score, ONNX Runtime latency (batch 1, `sequence_length`) and file size. The
-fastest within budget is chosen; with `refine_epochs`, promising faster candidates, bisected by speed, are first
+fastest within budget is chosen; with `refine_epochs`, promising candidates, bisected by speed, are first
 distilled alone a little longer and judged again, and the fastest that then fits is chosen (a cut sub-network
 starts far closer to its teacher than a pruned one, so a short refinement is the cheap way to the small end of
 the space). When no sub-network fits, the teacher's own INT8 model is judged too, and chosen with a warning if it
 fits: the user gets the least-compressed answer rather than none. The step's output is the chosen checkpoint, so
 an export and a quantize with the search's settings after it rebuild the very model that was judged.
 
-Only dev decides: the test split is never read here.
+With `confirm`, a share of dev is held out from all of that: the fastest candidate of many that fit on dev is also
+among the luckiest on it, so the choice must fit on examples it was not chosen on too. Only dev decides: the test
+split is never read here.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from compress.core.artifact import Artifact, commit, digest
 from compress.core.config import Architecture, RecipeShapes, StepConfig, Strict
 from compress.core.errors import CompressError, StageFailed
-from compress.core.evaluate import drop_standard_error, evaluate, points_below
+from compress.core.evaluate import drop_standard_error, evaluate, points_below, score_of
 from compress.core.latency import measure_latency
 from compress.core.models import copy_model_files, load_classifier, load_tokenizer, save_checkpoint
 from compress.core.size import architecture_cost, model_bytes
@@ -123,6 +125,9 @@ class SearchConfig(StepConfig):
     workers: int = Field(1, ge=1, description="Processes that cut, export, quantize and score candidates at once "
                          "(each on one thread); their latencies are then timed one at a time, with nothing else "
                          "running. Up to the machine's cores.")
+    confirm: float = Field(0.0, ge=0, le=0.9, description="Share of dev (a seeded draw) held out from judging: "
+                           "candidates are judged and refined on the rest, and the one chosen must fit on this share "
+                           "too, by the margin; the fastest that fit are tried in turn. 0: all of dev judges.")
     margin: float = Field(1.0, ge=0, description="Standard errors of its dev drop (a paired bootstrap over the dev "
                           "examples) by which a candidate must fit the budget: the smaller the dev set, and the more "
                           "often a candidate disagrees with the teacher, the less a drop measured on it says.")
@@ -358,10 +363,32 @@ def refine(cfg: SearchConfig, chosen: dict, elastic: Artifact, supernet, teacher
 
 @dataclass(frozen=True)
 class Reference:
-    """The teacher's dev score that budgets are set against, and each dev example's part in it."""
+    """The teacher's per-example dev parts, and which dev examples judge candidates and which, held out, confirm
+    the choice. Why hold some out: the fastest of many candidates that fit on dev is also among the luckiest on
+    it, and examples it was not chosen on do not share that luck."""
 
-    score: float
-    parts: np.ndarray
+    parts: np.ndarray | None
+    score: float  # on the judging examples
+    judging: np.ndarray | None = None  # their indices; None: all of dev
+    held_out: np.ndarray | None = None
+
+    @classmethod
+    def split(cls, dev: dict, share: float, seed: int) -> Reference:
+        if not share:
+            return cls(dev["parts"], dev["score"])
+        order = np.random.default_rng(seed).permutation(len(dev["parts"]))
+        held_out, judging = np.sort(order[: round(share * len(order))]), np.sort(order[round(share * len(order)):])
+        return cls(dev["parts"], float(score_of(dev["parts"][judging])), judging, held_out)
+
+    def drop(self, parts: np.ndarray | None, score: float, on: np.ndarray | None) -> tuple[float, float, float]:
+        """A model's score, its drop (points) and that drop's standard error on dev examples `on` (None: all, the
+        model's `score` as given), from each example's `parts`."""
+        if on is not None:
+            score, reference, parts = float(score_of(parts[on])), float(score_of(self.parts[on])), parts[on]
+        else:
+            reference = self.score
+        return score, points_below(reference, score), round(drop_standard_error(
+            self.parts if on is None else self.parts[on], parts), 3)
 
 
 def pareto(rows: list[dict], objective: str) -> None:
@@ -385,17 +412,33 @@ def why(chosen: dict, rows: list[dict], cfg: SearchConfig, metric: str, teacher:
     return (f"{'fastest' if cfg.objective == 'latency' else 'smallest'} ({best}) of the {fits} candidate(s) whose "
             f"INT8 dev {metric} is within {cfg.max_accuracy_drop:g} points of the teacher's {teacher.score:.4f} "
             f"by {cfg.margin:g} standard error(s): "
-            f"{chosen['dev_score']:.4f} ({-chosen['drop_points']:+.2f} points)")
+            f"{chosen['dev_score']:.4f} ({-chosen['drop_points']:+.2f} points)"
+            + (f"; on the {len(teacher.held_out)} held-out dev examples {-chosen['held_out_drop_points']:+.2f} "
+               f"± {chosen['held_out_drop_se']:.2f} points" if "held_out_drop_points" in chosen else ""))
 
 
 def judged(row: dict, cfg: SearchConfig, teacher: Reference, margin: float) -> dict:
-    """Drop and status of a measured row: within budget when its dev drop, plus `margin` standard errors of that
-    drop, is at most the budget."""
-    row["drop_points"] = points_below(teacher.score, row["dev_score"])
-    row["drop_se"] = round(drop_standard_error(teacher.parts, row.pop("dev_parts")), 3)
+    """Score, drop and status of a measured row on the judging examples: within budget when its drop, plus
+    `margin` standard errors of that drop, is at most the budget. Its per-example parts stay for confirmed()."""
+    row["dev_score"], row["drop_points"], row["drop_se"] = teacher.drop(row["dev_parts"], row["dev_score"],
+                                                                        teacher.judging)
     fits = row["drop_points"] + margin * row["drop_se"] <= cfg.max_accuracy_drop
     row["status"] = "within budget" if fits else "over budget"
     return row | {"reason": row.get("reason", "")}
+
+
+def confirmed(cfg: SearchConfig, rows: list[dict], teacher: Reference) -> dict | None:
+    """The fastest (or smallest) candidate within budget whose INT8 model also fits on the held-out dev examples,
+    by the margin; those before it that do not are marked. None when none does."""
+    key = "p50_ms" if cfg.objective == "latency" else "size_bytes"
+    for row in sorted((r for r in rows if r["status"] == "within budget"), key=lambda r: r[key]):
+        _, drop, se = teacher.drop(row["dev_parts"], row["dev_score"], teacher.held_out)
+        row |= {"held_out_drop_points": drop, "held_out_drop_se": se}
+        if drop + cfg.margin * se <= cfg.max_accuracy_drop:
+            return row
+        row["status"] = "not confirmed"
+        row["reason"] = (f"{-drop:+.2f} ± {se:.2f} points on the {len(teacher.held_out)} held-out dev examples")
+    return None
 
 
 def judge_all(cfg: SearchConfig, grid: list[Candidate], elastic: Artifact, ctx: Context, out: Path,
@@ -457,10 +500,12 @@ def fall_back_to_teacher(cfg: SearchConfig, teacher_art: Artifact, ctx: Context,
 def search_figures(cfg: SearchConfig, rows: list[dict], metric: str, teacher_art: Artifact, teacher: Reference,
                    chosen: dict | None, reason: str, costs: dict) -> dict:
     pareto(rows, cfg.objective)
+    rows = [{k: v for k, v in r.items() if k != "dev_parts"} for r in rows]
     return {"objective": cfg.objective, "metric": metric, "max_drop_points": cfg.max_accuracy_drop,
             "teacher": teacher_art.name, "teacher_dev_score": teacher.score, "margin_se": cfg.margin,
-            "sequence_length": cfg.sequence_length,
-            "threads": cfg.threads, "chosen": chosen and chosen["id"], "why": reason, "candidates": rows, **costs}
+            "held_out": 0 if teacher.held_out is None else len(teacher.held_out),
+            "sequence_length": cfg.sequence_length, "threads": cfg.threads, "chosen": chosen and chosen["id"],
+            "why": reason, "candidates": rows, **costs}
 
 
 @register(SearchConfig, accepts=("hf-checkpoint",), produces="hf-checkpoint", metrics=SearchMetrics,
@@ -486,7 +531,7 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     teacher = load_classifier(teacher_art.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
     dev = evaluate(TorchRuntime(teacher).run, load_tokenizer(teacher_art.path), ctx.data.dev, ctx.data.labels,
                    ctx.max_length, ctx.eval_batch_size, desc=f"{cfg.name}: teacher dev", parts=True)
-    reference, metric = Reference(dev["score"], dev["parts"]), dev["metric"]
+    reference, metric = Reference.split(dev, cfg.confirm, ctx.seed), dev["metric"]
     ctx.log.info("%s: %d candidates, cheapest first: %s; teacher dev %s %.4f, budget %g points", cfg.name,
                  len(grid), [c.id for c in grid], metric, reference.score, cfg.max_accuracy_drop)
     started = time.perf_counter()
@@ -497,12 +542,14 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
         judging = time.perf_counter()
         rows = judge_all(cfg, grid, elastic, ctx, out, reference, metric, started)
         chosen = choose(rows, cfg.objective)
-        output = chosen and out / "candidates" / chosen["id"] / "student"
+        students = {r["id"]: out / "candidates" / r["id"] / "student" for r in rows}
         if cfg.refine_epochs:
-            chosen, output = refine_fastest(cfg, rows, chosen, output, trained, teacher_name, ctx, out, reference)
+            chosen = refine_fastest(cfg, rows, chosen, students, trained, teacher_name, ctx, out, reference)
+    if reference.held_out is not None:
+        chosen = confirmed(cfg, rows, reference)
     if chosen is None:
         rows.append(fall_back_to_teacher(cfg, teacher_art, ctx, out, reference, metric))
-        chosen, output = choose(rows, cfg.objective), teacher_art.path
+        chosen, students["teacher"] = choose(rows, cfg.objective), teacher_art.path
     costs = {"train_seconds": history["train_seconds"], "judge_seconds": round(time.perf_counter() - judging, 1),
              "elastic_history": history["history"], "elastic_reused": history.get("reused", False)}
     if chosen is None:
@@ -519,7 +566,7 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
                    f"budget without the margin: its drop's standard error is {chosen['drop_se']:.2f} points)")
         ctx.log.warning("%s: %s", cfg.name, reason)
     ctx.log.info("%s: chose %s: %s", cfg.name, chosen["id"], reason)
-    for f in output.iterdir():
+    for f in students[chosen["id"]].iterdir():
         (shutil.copy2 if chosen["id"] == "teacher" else shutil.move)(f, out / f.name)
     tidy(out)
     return StageResult("hf-checkpoint", {"model": "model.safetensors"}, {
@@ -529,20 +576,20 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     })
 
 
-def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, output: Path | None,
-                   trained: Artifact, teacher: str, ctx: Context, out: Path,
-                   reference: Reference) -> tuple[dict | None, Path | None]:
+def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, students: dict[str, Path],
+                   trained: Artifact, teacher: str, ctx: Context, out: Path, reference: Reference) -> dict | None:
     """Refine candidates worth it, bisecting them by speed (or size), and choose the fastest refinement that fits.
 
     Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget (margin included), and
-    faster than the candidate chosen as cut (which stays chosen if no refinement fits). Refinement wins back more
+    no slower than the candidate chosen as cut (which stays chosen if no refinement fits). Refinement wins back more
     the closer a candidate starts, so the fastest of these rarely fit and the slowest nearly always do: each try
     takes the middle of what is left, and a fit sends the next try to the faster half, a miss to the slower one
-    (`refine_tries` tries cover a pool of 2^tries - 1). Every refinement's row joins the table."""
+    (`refine_tries` tries cover a pool of 2^tries - 1). Every refinement's row joins the table, and its checkpoint
+    `students`."""
     key = "p50_ms" if cfg.objective == "latency" else "size_bytes"
     pareto(rows, cfg.objective)
     limit = chosen[key] if chosen else float("inf")
-    pool = sorted((r for r in rows if r.get("pareto") and r[key] < limit
+    pool = sorted((r for r in rows if r.get("pareto") and r[key] <= limit
                    and r["drop_points"] + cfg.margin * r["drop_se"] <= cfg.max_accuracy_drop + cfg.refine_within),
                   key=lambda r: r[key])
     supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task) if pool else None
@@ -557,13 +604,14 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, out
         row = judged({**candidate, **figures, "id": f"{candidate['id']}+refined", "reason": ""}, cfg, reference,
                      cfg.margin)
         rows.append(row)
+        students[row["id"]] = student.path
         ctx.log.info("%s: %s refined: dev %.4f INT8 (as cut %.4f), %s", cfg.name, candidate["id"], row["dev_score"],
                      candidate["dev_score"], row["status"])
         if row["status"] == "within budget":
-            chosen, output, high = row, student.path, middle
+            chosen, high = row, middle
         else:
             low = middle + 1
-    return chosen, output
+    return chosen
 
 
 def tidy(out: Path) -> None:

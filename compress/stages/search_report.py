@@ -14,7 +14,7 @@ class CandidateFigures(Metrics):
     layers: int
     heads: float  # share of heads pruned
     ffn: float  # share of FFN width pruned
-    status: str  # chosen, within budget, over budget, failed, not run
+    status: str  # chosen, within budget, over budget, not confirmed, failed, not run
     reason: str = ""
     heads_per_layer: list[int] | None = None
     intermediate_size: int | None = None
@@ -23,6 +23,8 @@ class CandidateFigures(Metrics):
     dev_score: float | None = None  # INT8, as it ships
     drop_points: float | None = None
     drop_se: float | None = None
+    held_out_drop_points: float | None = None  # looked at only for the candidates a held-out share confirmed or not
+    held_out_drop_se: float | None = None
     p50_ms: float | None = None
     size_bytes: int | None = None
     pareto: bool = False
@@ -36,6 +38,7 @@ class SearchFigures(Metrics):
     teacher: str
     teacher_dev_score: float
     margin_se: float | None = None
+    held_out: int = 0  # dev examples held out from judging to confirm the choice
     sequence_length: int
     threads: int
     chosen: str | None = None
@@ -68,19 +71,23 @@ def budget(search: SearchFigures) -> float:
     return search.teacher_dev_score - search.max_drop_points / 100
 
 
+def held_out(c: CandidateFigures) -> str:
+    return "" if c.held_out_drop_points is None else f"{c.held_out_drop_points:.2f} ± {c.held_out_drop_se:.2f}"
+
+
 def table(search: SearchFigures, label: str) -> Table:
     """One row per candidate, in the order they were considered (cheapest estimate first). A candidate that did not
     run has only its settings and why; the dev scores are the search's own (dev split, INT8 judged, FP32 beside)."""
     head = ["candidate", "layers", "heads pruned", "FFN pruned", "heads per layer", "FFN width",
             f"GMACs @{search.sequence_length}", f"dev {label} FP32", f"dev {label} INT8", "drop (pts)",
-            "drop SE (pts)", "p50 ms", "size", "Pareto", "judge s", "status"]
+            "drop SE (pts)", "held-out drop (pts)", "p50 ms", "size", "Pareto", "judge s", "status"]
     rows = []
     for c in search.candidates:
         rows.append([(MARK if c.id == search.chosen else "") + c.id, str(c.layers), f"{100 * c.heads:.0f}%",
                      f"{100 * c.ffn:.0f}%", "/".join(map(str, c.heads_per_layer)) if c.heads_per_layer else "",
                      _s(c.intermediate_size), f"{c.macs / 1e9:.3f}" if c.macs is not None else "",
                      _fixed(c.dev_score_fp32, 4), _fixed(c.dev_score, 4), _fixed(c.drop_points, 2),
-                     _fixed(c.drop_se, 2), _s(c.p50_ms),
+                     _fixed(c.drop_se, 2), held_out(c), _s(c.p50_ms),
                      f"{c.size_bytes / 1e6:.1f} MB" if c.size_bytes is not None else "", "✓" if c.pareto else "",
                      _s(c.seconds), c.status + (f": {c.reason}" if c.reason else "")])
     return Table(css="search", head=head, rows=rows)
@@ -93,7 +100,9 @@ def lines(search: SearchFigures, label: str) -> list[str]:
         f"Budget: INT8 dev {label} at most {float(search.max_drop_points)} points below the teacher's "
         f"({search.teacher}: {search.teacher_dev_score:.4f}), i.e. at least {budget(search):.4f}"
         + (f", by {search.margin_se:g} standard error(s) of each drop (paired bootstrap over dev)"
-           if search.margin_se else "") + f"; objective: {best}.",
+           if search.margin_se else "") + f"; objective: {best}."
+        + (f" Candidates are judged on dev less {search.held_out} examples held out at random; the chosen one must "
+           "fit on those too (the fastest that fit are tried in turn)." if search.held_out else ""),
         f"Latency: ort-cpu, batch 1, sequence {search.sequence_length}, {search.threads} thread(s).",
         (f"Chosen: {search.chosen}: {search.why}" if search.chosen else
          "Chosen: none: no candidate met the budget" + (f" ({search.why})" if search.why else "")),
