@@ -172,7 +172,7 @@ def test_a_held_out_share_of_dev_confirms_the_choice(monkeypatch, tmp_path, tiny
     """Judged on the rest of dev, the fastest candidate within budget is passed over when the held-out examples
     disagree; the next that fits there too is chosen."""
     teacher = np.ones((40, 1))  # the teacher right on all 40 dev examples; one miss in a share of 20 is 5 points
-    split = Reference.split({"parts": teacher, "score": 1.0}, 0.5, seed=0)  # the tiny recipe's seed
+    split = Reference.split({"parts": teacher, "score": 1.0}, 0.5, 0, 40, 40)  # the tiny recipe's seed
 
     def parts(judged_misses: int, held_out_misses: int) -> np.ndarray:
         p = teacher.copy()
@@ -338,3 +338,12 @@ def test_candidates_with_4bit_embeddings_export_plain_gathers(monkeypatch):
         cfg = SearchConfig(name="s", quantization={"per_channel": True, "embedding_bits": bits})
         search_stage.ship(cfg, Artifact("c", "hf-checkpoint", Path("."), "h"), None, Path("."))
         assert seen[-2].type == "export" and seen[-2].fuse_embeddings is fused
+
+
+def test_a_fit_counts_the_gate_s_own_test_noise_too():
+    """The gate compares a drop measured on test: from a dev drop's standard error on n examples, its own is that
+    scaled by sqrt(n / test size), and the two add in quadrature."""
+    both = Reference(None, 0.9, dev_size=100, test_size=100)
+    assert Reference(None, 0.9, dev_size=100, test_size=0).fits(0.2, 0.6, None, 1.0, 1.0)  # 0.2 + 0.6 <= 1
+    assert not both.fits(0.2, 0.6, None, 1.0, 1.0)  # 0.2 + 0.6 * sqrt(2) > 1
+    assert both.fits(0.1, 0.6, np.arange(25), 1.0, 1.0)  # a quarter of dev: 0.1 + 0.6 * sqrt(1.25) <= 1

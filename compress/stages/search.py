@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import multiprocessing
 import shutil
 import time
@@ -369,16 +370,27 @@ class Reference:
 
     parts: np.ndarray | None
     score: float  # on the judging examples
+    dev_size: int
+    test_size: int  # examples the gate scores on (0: no gate noise added)
     judging: np.ndarray | None = None  # their indices; None: all of dev
     held_out: np.ndarray | None = None
 
     @classmethod
-    def split(cls, dev: dict, share: float, seed: int) -> Reference:
+    def split(cls, dev: dict, share: float, seed: int, dev_size: int, test_size: int) -> Reference:
         if not share:
-            return cls(dev["parts"], dev["score"])
+            return cls(dev["parts"], dev["score"], dev_size, test_size)
         order = np.random.default_rng(seed).permutation(len(dev["parts"]))
-        held_out, judging = np.sort(order[: round(share * len(order))]), np.sort(order[round(share * len(order)):])
-        return cls(dev["parts"], float(score_of(dev["parts"][judging])), judging, held_out)
+        held = round(share * len(order))
+        held_out, judging = np.sort(order[:held]), np.sort(order[held:])
+        return cls(dev["parts"], float(score_of(dev["parts"][judging])), dev_size, test_size, judging, held_out)
+
+    def fits(self, drop: float, se: float, on: np.ndarray | None, margin: float, budget: float) -> bool:
+        """Whether the gate's test drop is within `budget` by `margin` of its standard error, as predicted from a
+        dev drop measured on the examples `on` (None: all of dev): the gate compares a drop measured on test, whose
+        own noise (the dev drop's, scaled by the two sizes) adds to the dev drop's."""
+        examples = self.dev_size if on is None else len(on)
+        gate = math.sqrt(1 + examples / self.test_size) if self.test_size else 1.0
+        return drop + margin * se * gate <= budget
 
     def drop(self, parts: np.ndarray | None, score: float, on: np.ndarray | None) -> tuple[float, float, float]:
         """A model's score, its drop (points) and that drop's standard error on dev examples `on` (None: all, the
@@ -411,7 +423,7 @@ def why(chosen: dict, rows: list[dict], cfg: SearchConfig, metric: str, teacher:
     best = f"p50 {chosen['p50_ms']} ms" if cfg.objective == "latency" else f"{chosen['size_bytes'] / 1e6:.1f} MB"
     return (f"{'fastest' if cfg.objective == 'latency' else 'smallest'} ({best}) of the {fits} candidate(s) whose "
             f"INT8 dev {metric} is within {cfg.max_accuracy_drop:g} points of the teacher's {teacher.score:.4f} "
-            f"by {cfg.margin:g} standard error(s): "
+            f"by {cfg.margin:g} standard error(s) of the test drop it predicts: "
             f"{chosen['dev_score']:.4f} ({-chosen['drop_points']:+.2f} points)"
             + (f"; on the {len(teacher.held_out)} held-out dev examples {-chosen['held_out_drop_points']:+.2f} "
                f"± {chosen['held_out_drop_se']:.2f} points" if "held_out_drop_points" in chosen else ""))
@@ -422,7 +434,7 @@ def judged(row: dict, cfg: SearchConfig, teacher: Reference, margin: float) -> d
     `margin` standard errors of that drop, is at most the budget. Its per-example parts stay for confirmed()."""
     row["dev_score"], row["drop_points"], row["drop_se"] = teacher.drop(row["dev_parts"], row["dev_score"],
                                                                         teacher.judging)
-    fits = row["drop_points"] + margin * row["drop_se"] <= cfg.max_accuracy_drop
+    fits = teacher.fits(row["drop_points"], row["drop_se"], teacher.judging, margin, cfg.max_accuracy_drop)
     row["status"] = "within budget" if fits else "over budget"
     return row | {"reason": row.get("reason", "")}
 
@@ -434,7 +446,7 @@ def confirmed(cfg: SearchConfig, rows: list[dict], teacher: Reference) -> dict |
     for row in sorted((r for r in rows if r["status"] == "within budget"), key=lambda r: r[key]):
         _, drop, se = teacher.drop(row["dev_parts"], row["dev_score"], teacher.held_out)
         row |= {"held_out_drop_points": drop, "held_out_drop_se": se}
-        if drop + cfg.margin * se <= cfg.max_accuracy_drop:
+        if teacher.fits(drop, se, teacher.held_out, cfg.margin, cfg.max_accuracy_drop):
             return row
         row["status"] = "not confirmed"
         row["reason"] = (f"{-drop:+.2f} ± {se:.2f} points on the {len(teacher.held_out)} held-out dev examples")
@@ -531,7 +543,8 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     teacher = load_classifier(teacher_art.path, ctx.data.labels, ctx.allow_pickle, ctx.task)
     dev = evaluate(TorchRuntime(teacher).run, load_tokenizer(teacher_art.path), ctx.data.dev, ctx.data.labels,
                    ctx.max_length, ctx.eval_batch_size, desc=f"{cfg.name}: teacher dev", parts=True)
-    reference, metric = Reference.split(dev, cfg.confirm, ctx.seed), dev["metric"]
+    reference = Reference.split(dev, cfg.confirm, ctx.seed, len(ctx.data.dev), len(ctx.data.test))
+    metric = dev["metric"]
     ctx.log.info("%s: %d candidates, cheapest first: %s; teacher dev %s %.4f, budget %g points", cfg.name,
                  len(grid), [c.id for c in grid], metric, reference.score, cfg.max_accuracy_drop)
     started = time.perf_counter()
@@ -590,7 +603,8 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
     pareto(rows, cfg.objective)
     limit = chosen[key] if chosen else float("inf")
     pool = sorted((r for r in rows if r.get("pareto") and r[key] <= limit
-                   and r["drop_points"] + cfg.margin * r["drop_se"] <= cfg.max_accuracy_drop + cfg.refine_within),
+                   and reference.fits(r["drop_points"], r["drop_se"], reference.judging, cfg.margin,
+                                      cfg.max_accuracy_drop + cfg.refine_within)),
                   key=lambda r: r[key])
     supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task) if pool else None
     low, high = 0, len(pool)

@@ -99,7 +99,8 @@ def lines(search: SearchFigures, label: str) -> list[str]:
     return [
         f"Budget: INT8 dev {label} at most {float(search.max_drop_points)} points below the teacher's "
         f"({search.teacher}: {search.teacher_dev_score:.4f}), i.e. at least {budget(search):.4f}"
-        + (f", by {search.margin_se:g} standard error(s) of each drop (paired bootstrap over dev)"
+        + (f", by {search.margin_se:g} standard error(s) of the test drop each predicts (a paired bootstrap over "
+           "dev, widened by the test set's own noise)"
            if search.margin_se else "") + f"; objective: {best}."
         + (f" Candidates are judged on dev less {search.held_out} examples held out at random; the chosen one must "
            "fit on those too (the fastest that fit are tried in turn)." if search.held_out else ""),
