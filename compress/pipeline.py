@@ -146,8 +146,16 @@ def run_steps(recipe: Recipe, ctx: Context, source: Artifact, force: bool, skipp
             skipped[step.name] = str(e)
 
 
+def file_stamps(artifact: Artifact) -> list:
+    """Size and modification time of each of the artifact's files: a step re-run by hand under the same settings
+    (its folder deleted) writes new files under the same hash, and its rows must be measured again."""
+    return sorted((name, (artifact.path / f).stat().st_size, (artifact.path / f).stat().st_mtime_ns)
+                  for name, f in artifact.files.items() if (artifact.path / f).is_file())
+
+
 def benchmark_rows(recipe: Recipe, ctx: Context, skipped: dict[str, str]) -> list[dict]:
-    """Rows are cached by (artifact hash, back end, benchmark settings, hardware) so a re-run measures nothing;
+    """Rows are cached by (artifact hash and files, back end, benchmark settings, hardware) so a re-run measures
+    nothing;
     a failed row is not cached, so the next run tries it again. A skipped step's rows are "not measured", with
     the reason it was skipped."""
     cache = ctx.run_dir / "benchmarks"
@@ -162,7 +170,8 @@ def benchmark_rows(recipe: Recipe, ctx: Context, skipped: dict[str, str]) -> lis
         for backend in recipe.benchmark.backends:
             if artifact.kind not in BACKENDS[backend].kinds:
                 continue
-            key = digest(artifact.hash, backend, recipe.benchmark.measurement_settings(), fingerprint(), METHOD_VERSION)
+            key = digest(artifact.hash, file_stamps(artifact), backend, recipe.benchmark.measurement_settings(),
+                         fingerprint(), METHOD_VERSION)
             cached = cache / f"{artifact.name}.{backend}.json"
             if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
                 rows.append(json.loads(cached.read_text())["row"])

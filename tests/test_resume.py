@@ -157,3 +157,17 @@ def test_a_row_that_fails_in_its_process_is_reported_and_fails_the_gate(tmp_path
     log = (run / "run.log").read_text()
     assert "GATE FAILED: onnx on ort-cpu: its benchmark failed" in log
     assert not (run / "benchmarks" / "onnx.ort-cpu.json").exists()  # a failed row is tried again next run
+
+
+def test_a_step_rebuilt_by_hand_under_the_same_settings_has_its_rows_measured_again(tmp_path, uninterrupted):
+    """Benchmark rows are keyed by the artifact's files too: a step folder deleted and rebuilt writes new files
+    under the same hash (new code may make them differ), and the old row must not stand for them."""
+    recipe, whole, _ = uninterrupted
+    run = tmp_path / "runs" / "tiny"
+    shutil.copytree(whole, run)
+    stamps = lambda: {p.name: p.stat().st_mtime_ns for p in (run / "benchmarks").glob("*.json")}  # noqa: E731
+    before = stamps()
+    shutil.rmtree(run / "02-int8")
+    assert main([str(recipe), "--out", str(tmp_path / "runs")]) == 0
+    after = stamps()
+    assert {name for name in after if after[name] != before.get(name)} == {"int8.ort-cpu.json"}
