@@ -149,8 +149,13 @@ def run_steps(recipe: Recipe, ctx: Context, source: Artifact, force: bool, skipp
 def file_stamps(artifact: Artifact) -> list:
     """Size and modification time of each of the artifact's files: a step re-run by hand under the same settings
     (its folder deleted) writes new files under the same hash, and its rows must be measured again."""
-    return sorted((name, (artifact.path / f).stat().st_size, (artifact.path / f).stat().st_mtime_ns)
-                  for name, f in artifact.files.items() if (artifact.path / f).is_file())
+    stamps = []
+    for name, file in artifact.files.items():
+        path = artifact.path / file
+        if path.is_file():
+            stat = path.stat()
+            stamps.append((name, stat.st_size, stat.st_mtime_ns))
+    return sorted(stamps)
 
 
 def benchmark_rows(recipe: Recipe, ctx: Context, skipped: dict[str, str]) -> list[dict]:

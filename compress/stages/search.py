@@ -403,9 +403,14 @@ class Reference:
             self.parts if on is None else self.parts[on], parts), 3)
 
 
+def measured_by(objective: str) -> str:
+    """The row key an objective ranks candidates by."""
+    return "p50_ms" if objective == "latency" else "size_bytes"
+
+
 def pareto(rows: list[dict], objective: str) -> None:
     """Mark the candidates no other beats on both dev score and the objective (p50 or size)."""
-    key = "p50_ms" if objective == "latency" else "size_bytes"
+    key = measured_by(objective)
     judged = [r for r in rows if r.get("dev_score") is not None]
     for r in judged:
         r["pareto"] = not any(o is not r and o["dev_score"] >= r["dev_score"] and o[key] <= r[key]
@@ -415,7 +420,7 @@ def pareto(rows: list[dict], objective: str) -> None:
 def choose(rows: list[dict], objective: str) -> dict | None:
     """The best of the candidates within budget at the objective; None when none is."""
     fits = [r for r in rows if r["status"] == "within budget"]
-    return min(fits, key=lambda r: r["p50_ms" if objective == "latency" else "size_bytes"], default=None)
+    return min(fits, key=lambda r: r[measured_by(objective)], default=None)
 
 
 def why(chosen: dict, rows: list[dict], cfg: SearchConfig, metric: str, teacher: Reference) -> str:
@@ -442,7 +447,7 @@ def judged(row: dict, cfg: SearchConfig, teacher: Reference, margin: float) -> d
 def confirmed(cfg: SearchConfig, rows: list[dict], teacher: Reference) -> dict | None:
     """The fastest (or smallest) candidate within budget whose INT8 model also fits on the held-out dev examples,
     by the margin; those before it that do not are marked. None when none does."""
-    key = "p50_ms" if cfg.objective == "latency" else "size_bytes"
+    key = measured_by(cfg.objective)
     for row in sorted((r for r in rows if r["status"] == "within budget"), key=lambda r: r[key]):
         _, drop, se = teacher.drop(row["dev_parts"], row["dev_score"], teacher.held_out)
         row |= {"held_out_drop_points": drop, "held_out_drop_se": se}
@@ -599,7 +604,7 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
     takes the middle of what is left, and a fit sends the next try to the faster half, a miss to the slower one
     (`refine_tries` tries cover a pool of 2^tries - 1). Every refinement's row joins the table, and its checkpoint
     `students`."""
-    key = "p50_ms" if cfg.objective == "latency" else "size_bytes"
+    key = measured_by(cfg.objective)
     pareto(rows, cfg.objective)
     limit = chosen[key] if chosen else float("inf")
     pool = sorted((r for r in rows if r.get("pareto") and r[key] <= limit
