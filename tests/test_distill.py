@@ -264,7 +264,7 @@ def test_recipe_distills_students_and_the_albert_exports_with_parity(tmp_path, t
          "loss": {"hidden": 1.0, "attention": 1.0}, "unlabeled": str(unlabeled), **train},
         {"name": "albert-onnx", "type": "export"},
         {"name": "shallow", "type": "distill", "from": "teacher", "student": {"layer_drop": [1]},
-         "early_stopping_patience": 1, **train},
+         "early_stopping_patience": 1, "augment": {"share": 0.5, "neighbours": 3}, **train},
         {"name": "wide", "type": "distill", "from": "teacher", "student": {"fresh": {"hidden_size": 48}},
          "loss": {"hidden": 1.0, "ce": 0.0, "layer_map": {0: 0, 2: 2}}, **train},
     ]

@@ -258,8 +258,8 @@ def test_search_runs_real_candidates_and_its_output_carries_on_through_export(tm
     steps = [{"name": "teacher", "type": "finetune", **TINY_TRAINING},
              {"name": "s", "type": "search", "teacher": "teacher", "max_accuracy_drop": 100,
               "space": {"layers": [1, 2], "heads": [0.5], "ffn": [0.5]}, "sequence_length": 16,
-              "distillation": {**FAST, "loss": {"hidden": 1.0}}, "vocabulary": {"min_count": 3, "max_positions": 128},
-              "quantization": {"parity": {"min_agreement": 0.0}}},
+              "distillation": {**FAST, "loss": {"hidden": 1.0}, "augment": {"share": 0.5, "neighbours": 3}},
+              "vocabulary": {"min_count": 3, "max_positions": 128}, "quantization": {"parity": {"min_agreement": 0.0}}},
              {"name": "s-onnx", "type": "export"},
              {"name": "s-int8", "type": "quantize", "parity": {"min_agreement": 0.0}}]
     steps.append(steps[1] | {"name": "s-parallel", "from": "teacher", "workers": 2})  # same training: reused

@@ -24,6 +24,7 @@ from compress.core.section import Measured, Metrics, Ran, Section
 from compress.core.stage import Context, StageResult, register
 from compress.core.task import IGNORE, Example, encode
 from compress.core.train import TrainingSettings, token_rows, train
+from compress.stages.augment import AugmentConfig, WordSwap
 from compress.stages.students import (GradualSharing, StudentSpec, build_student, embedding_row_counts,
                                       parameter_split, student_architecture)
 from runtimes.torch_runtime import TorchRuntime
@@ -48,6 +49,8 @@ class DistillSettings(TrainingSettings):
         None, description="Extra text for the soft losses only: a file, one example per line, or 'data' for the "
                           "unlabeled text the data source carries (rotten_tomatoes: plot summaries; a source "
                           "without any, a user's file: its training texts, which distillation reads anyway).")
+    augment: AugmentConfig | None = Field(None, description="Perturbed copies of training batches, labelled by the "
+                                          "teacher (compress/stages/augment.py); unset: the texts as they are.")
     learning_rate: float = Field(1e-4, gt=0, lt=1)
     cache_teacher: bool = Field(True, description="Keep the teacher's outputs for each training text after its first "
                                 "pass, so later epochs run the student only. Costs memory: the logits, plus "
@@ -264,11 +267,24 @@ def _pad(t: torch.Tensor, length: int, dims: tuple[int, ...]) -> torch.Tensor:
     return F.pad(t.float(), pad)
 
 
+def teach(teacher: TeacherCache, swap: WordSwap | None, inputs: dict[str, torch.Tensor],
+          labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, Any]:
+    """The batch a student trains on, its labels and the teacher's outputs for it: the batch itself, or a perturbed
+    copy (`swap`), which keeps no hard label and is labelled by a fresh teacher pass (not cached: seen once)."""
+    perturbed = swap.maybe(inputs) if swap else None
+    if perturbed is None:
+        return inputs, labels, teacher(inputs)
+    return perturbed, torch.full_like(labels, IGNORE), teacher.forward(perturbed)
+
+
 class DistillLoss:
     """The weighted sum of the recipe's loss terms, with the signature compress.core.train expects."""
 
-    def __init__(self, cfg: LossConfig, teacher, student, cache: dict[bytes, dict[str, Any]] | None = None):
-        """`cache`: where the teacher's outputs are kept (TeacherCache); None runs the teacher on every batch."""
+    def __init__(self, cfg: LossConfig, teacher, student, cache: dict[bytes, dict[str, Any]] | None = None,
+                 swap: WordSwap | None = None):
+        """`cache`: where the teacher's outputs are kept (TeacherCache); None runs the teacher on every batch.
+        `swap`: perturbs a share of the batches (augment)."""
+        self.swap = swap
         ls, lt = student.config.num_hidden_layers, teacher.config.num_hidden_layers
         self.layer_map = cfg.layer_map or default_layer_map(ls, lt)
         bad = {s: t for s, t in self.layer_map.items() if not (0 <= s <= ls and 0 <= t <= lt)}
@@ -290,8 +306,8 @@ class DistillLoss:
         self.teacher = TeacherCache(teacher.eval().requires_grad_(False), self.flags, self.layer_map, cache)
 
     def __call__(self, student, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        inputs, labels, t = teach(self.teacher, self.swap, inputs, labels)
         s = student(**inputs, **self.flags)
-        t = self.teacher(inputs)
         mask = inputs["attention_mask"]
         return sum(w * term(s, t, labels, mask) for w, term in self.terms.values())
 
@@ -364,7 +380,8 @@ def distill(cfg: DistillConfig, parent: Artifact, ctx: Context, out: Path) -> St
     student, built = build_student(cfg.student, parent_model, row_counts)
     sharing = GradualSharing.of(student)
     shared = ctx.teacher_outputs.setdefault(teacher_art.hash, {}) if ctx.teacher_outputs is not None else {}
-    loss = DistillLoss(cfg.loss, teacher, student, shared if cfg.cache_teacher else None)
+    swap = WordSwap(cfg.augment, tokenizer, teacher, ctx.seed) if cfg.augment else None
+    loss = DistillLoss(cfg.loss, teacher, student, shared if cfg.cache_teacher else None, swap)
     dev = evaluate(TorchRuntime(student.eval()).run, tokenizer, ctx.data.dev, labels, ctx.max_length,
                    ctx.eval_batch_size, desc=f"{cfg.name} dev")
     before = dev["score"]

@@ -22,7 +22,8 @@ import torch
 
 from compress.core.errors import CompressError
 from compress.core.heads import attentions, prune_heads
-from compress.stages.distill import LOSSES, LossConfig, TeacherCache, default_layer_map
+from compress.stages.augment import WordSwap
+from compress.stages.distill import LOSSES, LossConfig, TeacherCache, default_layer_map, teach
 from compress.stages.prune import Block, Scores, blocks, drop_layers, head_size, prune_ffn
 
 
@@ -157,7 +158,7 @@ class ElasticLoss:
     it was cut from), and the teacher's outputs for all its layers are cached once per text for all of them."""
 
     def __init__(self, cfg: LossConfig, teacher, grid: list[Candidate], order: list[float], sandwich: int,
-                 cache: dict[bytes, dict[str, Any]] | None, seed: int):
+                 cache: dict[bytes, dict[str, Any]] | None, seed: int, swap: WordSwap | None = None):
         if cfg.attention:
             raise CompressError("search: distillation.loss.attention is not supported by the elastic search (its "
                                 "heads are reordered by importance); set attention: 0")
@@ -175,7 +176,7 @@ class ElasticLoss:
         self.flags = {"output_hidden_states": True} if cfg.hidden else {}
         every_layer = {j: j for j in range(1, depth + 1)}
         self.teacher = TeacherCache(teacher.eval().requires_grad_(False), self.flags, every_layer, cache)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator, self.swap = torch.Generator().manual_seed(seed), swap
 
     def sample(self) -> list[Candidate]:
         """The largest and the smallest candidate, then `sandwich` of the others (with replacement)."""
@@ -183,7 +184,8 @@ class ElasticLoss:
         return list(dict.fromkeys(self.ends + [self.others[i] for i in picks]))
 
     def __call__(self, model, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        t, mask = self.teacher(inputs), inputs["attention_mask"]
+        inputs, labels, t = teach(self.teacher, self.swap, inputs, labels)
+        mask = inputs["attention_mask"]
         losses = []
         for candidate in self.sample():
             s = forward_as(model, candidate, **inputs, **self.flags)

@@ -43,6 +43,7 @@ from compress.core.size import architecture_cost, model_bytes
 from compress.core.stage import STAGES, Context, StageResult, register
 from compress.core.task import encode
 from compress.core.train import train
+from compress.stages.augment import WordSwap
 from compress.stages.distill import DistillConfig, DistillSettings, read_unlabeled
 from compress.stages.elastic import Candidate, ElasticLoss, attention_modules, extract, rewire
 from compress.stages.prune import IMPORTANCE, ImportanceName, check_prunable, scoring_batches
@@ -228,7 +229,8 @@ def train_elastic(cfg: SearchConfig, parent: Artifact, teacher, grid: list[Candi
     settings = cfg.distillation
     cache = ctx.teacher_outputs.setdefault(parent.hash, {}) if settings.cache_teacher else None
     order = [c.estimated_cost(model.config, "latency", cfg.sequence_length) for c in grid]
-    loss = ElasticLoss(settings.loss, teacher, grid, order, cfg.sandwich, cache, ctx.seed)
+    swap = WordSwap(settings.augment, tokenizer, teacher, ctx.seed) if settings.augment else None
+    loss = ElasticLoss(settings.loss, teacher, grid, order, cfg.sandwich, cache, ctx.seed, swap)
     extra = read_unlabeled(settings.unlabeled, ctx, f"{cfg.name} elastic")
     start = time.perf_counter()
     history = train(model, tokenizer, settings, ctx, f"{cfg.name} elastic", loss_fn=loss,
