@@ -117,6 +117,23 @@ def test_the_fastest_candidate_within_the_dev_budget_is_chosen_and_every_candida
     assert rows["l2-h50-f50"]["drop_points"] == round(100 * (teacher_dev(folder) - 2.0), 9)
 
 
+def test_shapes_deeper_than_the_input_are_not_run_and_the_rest_still_answer(monkeypatch, tmp_path, tiny_bert,
+                                                                           tiny_csv, capsys):
+    """A recipe written for a 6-layer model, run on a shallower one (only model.source changed)."""
+    ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l2-h50-f50": (2.0, 2.0)})
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, space={"layers": [1, 2, 3, 6], "heads": [0.5],
+                                                                    "ffn": [0.5]})
+    assert code == 0 and ran == ["l1-h50-f50", "l2-h50-f50"]
+    found = Artifact.load(folder).metrics["search"]
+    assert found["chosen"] == "l2-h50-f50"
+    rows = {r["id"]: r for r in found["candidates"]}
+    assert {rows[i]["status"] for i in ("l3-h50-f50", "l6-h50-f50")} == {"not run"}
+    assert rows["l6-h50-f50"]["reason"] == "deeper than the input's 2 layers"
+    (tmp_path / "deep").mkdir()
+    code, _ = run_search(tmp_path / "deep", tiny_bert, tiny_csv, space={"layers": [3, 6], "heads": [0.5]})
+    assert code == 2 and "all exceed the input's 2 layers" in capsys.readouterr().err
+
+
 def test_stop_at_first_fit_and_the_time_budget_leave_the_rest_not_run(monkeypatch, tmp_path, tiny_bert, tiny_csv):
     ran = fake_candidates(monkeypatch, {"l1-h50-f50": (0.0, 1.0), "l1-h0-f50": (2.0, 5.0),
                                         "l2-h50-f50": (2.0, 3.0), "l2-h0-f50": (2.0, 2.5), "teacher": (0.0, 9.0)})

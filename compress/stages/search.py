@@ -535,10 +535,13 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     teacher_art = ctx.artifacts[cfg.teacher] if cfg.teacher else parent
     config = AutoConfig.from_pretrained(parent.path)
     depth = config.num_hidden_layers
-    grid = cfg.space.candidates()
-    too_deep = sorted({c.layers for c in grid if c.layers > depth})
-    if too_deep:
-        raise CompressError(f"{cfg.name}: space.layers {too_deep} exceed the input's {depth} layers")
+    too_deep = [c for c in cfg.space.candidates() if c.layers > depth]
+    grid = [c for c in cfg.space.candidates() if c.layers <= depth]
+    if not grid:
+        raise CompressError(f"{cfg.name}: space.layers {cfg.space.layers} all exceed the input's {depth} layers")
+    if too_deep:  # a recipe written for one model runs on a shallower one: its other shapes still answer
+        ctx.log.warning("%s: space.layers %s exceed the input's %d layers: those %d candidates are not run",
+                        cfg.name, sorted({c.layers for c in too_deep}), depth, len(too_deep))
     whole = [c.id for c in grid if c.layers == depth and not c.heads and not c.ffn]
     if whole:
         raise CompressError(f"{cfg.name}: candidate {whole[0]} keeps the whole model (nothing to prune); drop it "
@@ -560,7 +563,8 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
         elastic = trained if not cfg.vocabulary else run_stage(
             cfg.vocabulary.model_copy(update={"name": f"{cfg.name}-vocab"}), trained, ctx, out / "elastic-vocab")
         judging = time.perf_counter()
-        rows = judge_all(cfg, grid, elastic, ctx, out, reference, metric, started)
+        rows = judge_all(cfg, grid, elastic, ctx, out, reference, metric, started) + [
+            c.settings() | {"status": "not run", "reason": f"deeper than the input's {depth} layers"} for c in too_deep]
         chosen = choose(rows, cfg.objective)
         students = {r["id"]: out / "candidates" / r["id"] / "student" for r in rows}
         if cfg.refine_epochs:
