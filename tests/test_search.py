@@ -3,6 +3,7 @@ selection rules (budget, objective, wall-time budget, stop at first fit) on fixe
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from compress.core.artifact import Artifact
 from compress.core.errors import StageFailed
 from compress.run import main
 from compress.stages import search as search_stage
-from compress.stages.search import Candidate, Reference, SearchConfig
+from compress.stages.search import Candidate, Reference, SearchConfig, out_of_time
 from tests.conftest import (TINY_TRAINING, WORDS, save_tiny_model, sentencepiece_albert, sentiment_rows,
                             write_recipe)
 
@@ -183,6 +184,37 @@ def test_refinement_bisects_the_promising_candidates_by_speed_and_keeps_the_fast
     assert found["chosen"] == chosen and (folder / "model.safetensors").read_text() == chosen
     statuses = {r["id"]: r["status"] for r in found["candidates"]}
     assert [statuses[f"{c}+refined"] for c in tried if f"{c}+refined" != chosen] == ["over budget"]
+
+
+def test_refine_minutes_stops_a_refinement_predicted_to_overrun(monkeypatch, tmp_path, tiny_bert, tiny_csv):
+    cfg = SearchConfig(name="s", refine_epochs=1, refine_minutes=10)
+    assert out_of_time(cfg.model_copy(update={"refine_minutes": None}), 4.0, (120.0, 2.0), 1e6) == ""
+    assert out_of_time(cfg, 4.0, None, 0.0) == ""  # the first always runs
+    assert out_of_time(cfg, 1.0, (120.0, 2.0), 420.0) == ""  # half as slow: 60 s more, 8 min in all
+    assert out_of_time(cfg, 4.0, (120.0, 2.0), 420.0) == (  # twice as slow: 4 min more, 11 in all
+        "refinements had taken 7.0 min and this one was expected to take 4.0 more (refine_minutes 10)")
+    # in a search: after the first refinement, the next one is left as cut, and the report says why
+    fake_candidates(monkeypatch, {"l1-h50-f50": (0.88, 1.0), "l1-h0-f50": (0.885, 1.5), "l2-h50-f50": (0.888, 2.0),
+                                  "l2-h0-f50": (0.9, 2.5)})
+    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 0.9, "metric": "accuracy", "parts": None})
+    refined = []
+
+    def refine(cfg, candidate, trained, supernet, teacher, ctx, folder):
+        refined.append(candidate["id"])
+        time.sleep(0.05)
+        (folder / "student").mkdir(parents=True)
+        (folder / "student" / "model.safetensors").write_text(f"{candidate['id']}+refined")
+        (folder / "student" / "config.json").write_text(STUB_CONFIG)
+        return (Artifact("r", "hf-checkpoint", folder / "student", "h"),
+                {"dev_score": 0.88, "dev_parts": None, "p50_ms": candidate["p50_ms"], "size_bytes": 1000, "macs": 1,
+                 "seconds": 0.1})
+
+    monkeypatch.setattr(search_stage, "refine", refine)
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, refine_epochs=1, refine_tries=3, refine_minutes=1e-4)
+    found = Artifact.load(folder).metrics["search"]
+    assert code == 0 and refined == ["l2-h50-f50"] and found["chosen"] == "l2-h0-f50"  # the pool's middle missed
+    assert found["refine_stop"].startswith("l2-h0-f50 not refined: refinements had taken")
+    assert "l2-h0-f50 not refined" in (folder.parent / "report.md").read_text()
 
 
 def test_a_held_out_share_of_dev_confirms_the_choice(monkeypatch, tmp_path, tiny_bert, tiny_csv):

@@ -118,6 +118,10 @@ class SearchConfig(StepConfig):
                               "promising ones by speed: each try halves what is left).")
     refine_within: float = Field(1.0, ge=0, description="Points beyond the budget a candidate may score as cut and "
                                  "still be refined: how much refinement is expected to win back.")
+    refine_minutes: float | None = Field(None, gt=0, description="Minutes the refinements may take together: the "
+                                         "next is not started when it would end beyond them (its time predicted "
+                                         "from the last one's, scaled by the two candidates' p50, or size). The "
+                                         "first always runs.")
     vocabulary: VocabPruneConfig | None = Field(None, description="vocab_prune of the trained elastic model before "
                                                 "candidates are cut (vocab_prune's keys); unset: the teacher's.")
     quantization: DynamicConfig = Field(DynamicConfig(name="candidate-int8", parity=CANDIDATE_PARITY),
@@ -567,15 +571,18 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
             c.settings() | {"status": "not run", "reason": f"deeper than the input's {depth} layers"} for c in too_deep]
         chosen = choose(rows, cfg.objective)
         students = {r["id"]: out / "candidates" / r["id"] / "student" for r in rows}
+        refine_stop = ""
         if cfg.refine_epochs:
-            chosen = refine_fastest(cfg, rows, chosen, students, trained, teacher_name, ctx, out, reference)
+            chosen, refine_stop = refine_fastest(cfg, rows, chosen, students, trained, teacher_name, ctx, out,
+                                                 reference)
     if reference.held_out is not None:
         chosen = confirmed(cfg, rows, reference)
     if chosen is None:
         rows.append(fall_back_to_teacher(cfg, teacher_art, ctx, out, reference, metric))
         chosen, students["teacher"] = choose(rows, cfg.objective), teacher_art.path
     costs = {"train_seconds": history["train_seconds"], "judge_seconds": round(time.perf_counter() - judging, 1),
-             "elastic_history": history["history"], "elastic_reused": history.get("reused", False)}
+             "elastic_history": history["history"], "elastic_reused": history.get("reused", False),
+             "refine_stop": refine_stop}
     if chosen is None:
         tried = "; ".join(f"{r['id']}: {r['status']}" + (f" ({-r['drop_points']:+.2f} points)" if "drop_points" in r
                                                          else f" ({r['reason']})") for r in rows)
@@ -601,7 +608,8 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
 
 
 def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, students: dict[str, Path],
-                   trained: Artifact, teacher: str, ctx: Context, out: Path, reference: Reference) -> dict | None:
+                   trained: Artifact, teacher: str, ctx: Context, out: Path,
+                   reference: Reference) -> tuple[dict | None, str]:
     """Refine candidates worth it, bisecting them by speed (or size), and choose the fastest refinement that fits.
 
     Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget (margin included), and
@@ -609,7 +617,7 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
     the closer a candidate starts, so the fastest of these rarely fit and the slowest nearly always do: each try
     takes the middle of what is left, and a fit sends the next try to the faster half, a miss to the slower one
     (`refine_tries` tries cover a pool of 2^tries - 1). Every refinement's row joins the table, and its checkpoint
-    `students`."""
+    `students`. Returns the choice and, when `refine_minutes` stopped the bisection, why."""
     key = measured_by(cfg.objective)
     pareto(rows, cfg.objective)
     limit = chosen[key] if chosen else float("inf")
@@ -618,14 +626,21 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
                                       cfg.max_accuracy_drop + cfg.refine_within)),
                   key=lambda r: r[key])
     supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task) if pool else None
-    low, high = 0, len(pool)
+    low, high, last, spent = 0, len(pool), None, 0.0  # last: (seconds, objective figure) of the latest one
     for _ in range(cfg.refine_tries):
         if low >= high:
             break
         middle = (low + high) // 2
         candidate = pool[middle]
+        stop = out_of_time(cfg, candidate[key], last, spent)
+        if stop:
+            ctx.log.info("%s: %s not refined: %s", cfg.name, candidate["id"], stop)
+            return chosen, f"{candidate['id']} not refined: {stop}"
+        start = time.perf_counter()
         student, figures = refine(cfg, candidate, trained, supernet, teacher, ctx,
                                   out / "candidates" / f"{candidate['id']}+refined")
+        last = (time.perf_counter() - start, candidate[key])
+        spent += last[0]
         row = judged({**candidate, **figures, "id": f"{candidate['id']}+refined", "reason": ""}, cfg, reference,
                      cfg.margin)
         rows.append(row)
@@ -636,7 +651,19 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
             chosen, high = row, middle
         else:
             low = middle + 1
-    return chosen
+    return chosen, ""
+
+
+def out_of_time(cfg: SearchConfig, figure: float, last: tuple[float, float] | None, spent: float) -> str:
+    """Why refining a candidate whose p50 (or size) is `figure` would take the refinements, `spent` seconds so far,
+    beyond `refine_minutes`, or ''. A refinement's time is taken as proportional to its candidate's p50 (size)."""
+    if cfg.refine_minutes is None or last is None:
+        return ""
+    expected = last[0] * figure / last[1]
+    if spent + expected <= 60 * cfg.refine_minutes:
+        return ""
+    return (f"refinements had taken {spent / 60:.1f} min and this one was expected to take {expected / 60:.1f} "
+            f"more (refine_minutes {cfg.refine_minutes:g})")
 
 
 def tidy(out: Path) -> None:

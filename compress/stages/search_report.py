@@ -48,6 +48,7 @@ class SearchFigures(Metrics):
     judge_seconds: float | None = None
     elastic_history: list[dict] = []
     elastic_reused: bool = False
+    refine_stop: str = ""  # why the refinements' bisection ended early (refine_minutes), if it did
 
 
 class SearchMetrics(Metrics):
@@ -117,7 +118,7 @@ def cost(search: SearchFigures) -> str:
     refined = [c for c in judged if c.id.endswith("+refined")]
     cut = [c for c in judged if c not in refined]
     refining = (f"; {len(refined)} refined, their distillation included: {sum(c.seconds for c in refined) / 60:.1f} "
-                "min" if refined else "")
+                "min" if refined else "") + (f"; {search.refine_stop}" if search.refine_stop else "")
     trained = (f"{search.train_seconds / 60:.1f} min training every candidate at once ({len(search.elastic_history)} "
                "epoch(s) of elastic distillation" + ("; reused from the run's cache" if search.elastic_reused else "")
                + ")")
