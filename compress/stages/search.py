@@ -539,8 +539,8 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
     teacher_art = ctx.artifacts[cfg.teacher] if cfg.teacher else parent
     config = AutoConfig.from_pretrained(parent.path)
     depth = config.num_hidden_layers
-    too_deep = [c for c in cfg.space.candidates() if c.layers > depth]
-    grid = [c for c in cfg.space.candidates() if c.layers <= depth]
+    grid = cfg.space.candidates()
+    too_deep, grid = [c for c in grid if c.layers > depth], [c for c in grid if c.layers <= depth]
     if not grid:
         raise CompressError(f"{cfg.name}: space.layers {cfg.space.layers} all exceed the input's {depth} layers")
     if too_deep:  # a recipe written for one model runs on a shallower one: its other shapes still answer
