@@ -4,7 +4,7 @@ It trains once and judges many (compress/stages/elastic.py): the input is rewire
 come in order of importance, one distillation trains every candidate of the grid (depth x heads x FFN) as a
 sub-network of it, and the vocabulary is pruned once. Each candidate is then cut out and judged as it would ship:
 exported, dynamic INT8, its dev score, ONNX Runtime latency (batch 1, `sequence_length`) and file size. The
-fastest within budget is chosen; with `refine_epochs`, promising candidates, bisected by speed, are first
+fastest within budget is chosen; with `refine_epochs`, promising candidates, searched from the fastest, are first
 distilled alone a little longer and judged again, and the fastest that then fits is chosen (a cut sub-network
 starts far closer to its teacher than a pruned one, so a short refinement is the cheap way to the small end of
 the space). When no sub-network fits, the teacher's own INT8 model is judged too, and chosen with a warning if it
@@ -114,8 +114,9 @@ class SearchConfig(StepConfig):
                           "largest and the smallest of the space (each costs a forward and backward pass).")
     refine_epochs: int = Field(0, ge=0, le=100, description="Then distill promising candidates alone for this many "
                                "epochs (distillation's other keys) and judge them again.")
-    refine_tries: int = Field(2, ge=1, description="How many candidates may be refined (a bisection of the "
-                              "promising ones by speed: each try halves what is left).")
+    refine_tries: int = Field(2, ge=1, description="How many candidates may be refined (an exponential search "
+                              "of the promising ones from the fastest: tries 1, 2, 4, 8 ... then a bisection "
+                              "back to the fastest that fits).")
     refine_within: float = Field(1.0, ge=0, description="Points beyond the budget a candidate may score as cut and "
                                  "still be refined: how much refinement is expected to win back.")
     refine_minutes: float | None = Field(None, gt=0, description="Minutes the refinements may take together: the "
@@ -454,14 +455,22 @@ def confirmed(cfg: SearchConfig, rows: list[dict], teacher: Reference) -> dict |
     """The fastest (or smallest) candidate within budget whose INT8 model also fits on the held-out dev examples,
     by the margin; those before it that do not are marked. None when none does."""
     key = measured_by(cfg.objective)
-    for row in sorted((r for r in rows if r["status"] == "within budget"), key=lambda r: r[key]):
-        _, drop, se = teacher.drop(row["dev_parts"], row["dev_score"], teacher.held_out)
-        row |= {"held_out_drop_points": drop, "held_out_drop_se": se}
-        if teacher.fits(drop, se, teacher.held_out, cfg.margin, cfg.max_accuracy_drop):
-            return row
-        row["status"] = "not confirmed"
-        row["reason"] = (f"{-drop:+.2f} ± {se:.2f} points on the {len(teacher.held_out)} held-out dev examples")
-    return None
+    return next((row for row in sorted((r for r in rows if r["status"] == "within budget"), key=lambda r: r[key])
+                 if holds_out(cfg, row, teacher)), None)
+
+
+def holds_out(cfg: SearchConfig, row: dict, teacher: Reference) -> bool:
+    """Whether a row within budget on the judging examples fits on the held-out ones too (always, with none held
+    out); a row that does not is marked "not confirmed", with its held-out drop as the reason."""
+    if teacher.held_out is None:
+        return True
+    _, drop, se = teacher.drop(row["dev_parts"], row["dev_score"], teacher.held_out)
+    row |= {"held_out_drop_points": drop, "held_out_drop_se": se}
+    if teacher.fits(drop, se, teacher.held_out, cfg.margin, cfg.max_accuracy_drop):
+        return True
+    row["status"] = "not confirmed"
+    row["reason"] = f"{-drop:+.2f} ± {se:.2f} points on the {len(teacher.held_out)} held-out dev examples"
+    return False
 
 
 def judge_all(cfg: SearchConfig, grid: list[Candidate], elastic: Artifact, ctx: Context, out: Path,
@@ -610,14 +619,16 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
 def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, students: dict[str, Path],
                    trained: Artifact, teacher: str, ctx: Context, out: Path,
                    reference: Reference) -> tuple[dict | None, str]:
-    """Refine candidates worth it, bisecting them by speed (or size), and choose the fastest refinement that fits.
+    """Refine candidates worth it, from the fastest (or smallest), and choose the fastest refinement that fits.
 
     Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget (margin included), and
     no slower than the candidate chosen as cut (which stays chosen if no refinement fits). Refinement wins back more
-    the closer a candidate starts, so the fastest of these rarely fit and the slowest nearly always do: each try
-    takes the middle of what is left, and a fit sends the next try to the faster half, a miss to the slower one
-    (`refine_tries` tries cover a pool of 2^tries - 1). Every refinement's row joins the table, and its checkpoint
-    `students`. Returns the choice and, when `refine_minutes` stopped the bisection, why."""
+    the closer a candidate starts, so the fastest of these rarely fit and the slowest nearly always do; but a
+    refinement costs about what its candidate's p50 does, so the search starts at the cheap end: the 1st, 2nd,
+    4th, 8th ... fastest until one fits (on the held-out examples too), then a bisection of the gap before it
+    (`refine_tries` tries in all). A bisection from the pool's middle spent its first try, and most of its time,
+    on a slow candidate it did not keep. Every refinement's row joins the table, and its checkpoint `students`.
+    Returns the choice and, when `refine_minutes` stopped the search, why."""
     key = measured_by(cfg.objective)
     pareto(rows, cfg.objective)
     limit = chosen[key] if chosen else float("inf")
@@ -626,12 +637,13 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
                                       cfg.max_accuracy_drop + cfg.refine_within)),
                   key=lambda r: r[key])
     supernet = load_classifier(trained.path, ctx.data.labels, ctx.allow_pickle, ctx.task) if pool else None
+    # pool[:low] missed; pool[high] is the fastest refinement that fits (len(pool): none yet)
     low, high, last, spent = 0, len(pool), None, 0.0  # last: (seconds, objective figure) of the latest one
     for _ in range(cfg.refine_tries):
         if low >= high:
             break
-        middle = (low + high) // 2
-        candidate = pool[middle]
+        i = (low + high) // 2 if high < len(pool) else min(high - 1, max(0, 2 * low - 1))
+        candidate = pool[i]
         stop = out_of_time(cfg, candidate[key], last, spent)
         if stop:
             ctx.log.info("%s: %s not refined: %s", cfg.name, candidate["id"], stop)
@@ -645,12 +657,13 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
                      cfg.margin)
         rows.append(row)
         students[row["id"]] = student.path
+        fits = row["status"] == "within budget" and holds_out(cfg, row, reference)
         ctx.log.info("%s: %s refined: dev %.4f INT8 (as cut %.4f), %s", cfg.name, candidate["id"], row["dev_score"],
                      candidate["dev_score"], row["status"])
-        if row["status"] == "within budget":
-            chosen, high = row, middle
+        if fits:
+            chosen, high = row, i
         else:
-            low = middle + 1
+            low = i + 1
     return chosen, ""
 
 
