@@ -68,18 +68,3 @@ def test_a_search_refuses_to_keep_its_trainings_best_epoch_on_dev():
     assert SearchConfig(name="s", distillation={"epochs": 2}).distillation.keep == "last"
     with pytest.raises(ValidationError, match="a search's trainings keep their last epoch"):
         SearchConfig(name="s", distillation={"keep": "best"})
-
-
-def test_freeze_embeddings_leaves_the_word_table_as_it_was_and_trains_the_rest(tmp_path, tiny_bert, tiny_csv):
-    ctx = Context(tmp_path, logging.getLogger("test"), DataConfig(source=str(tiny_csv), max_length=16,
-                                                                  split={"group_column": "movie"}))
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    for freeze in (True, False):
-        model = load_classifier(tiny_bert, ctx.data.labels, False, ctx.task)
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        train(model, tokenizer, TrainingSettings(epochs=1, batch_size=16, learning_rate=1e-2,
-                                                 freeze_embeddings=freeze), ctx, "t")
-        moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-        table = next(n for n, p in model.named_parameters() if p is model.get_input_embeddings().weight)
-        assert (table in moved) is not freeze and "classifier.weight" in moved, freeze
-        assert model.get_input_embeddings().weight.requires_grad  # as it was before training

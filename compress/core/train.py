@@ -46,10 +46,7 @@ class TrainingSettings(Strict):
     group_by_length: bool = Field(False, description="Batch examples of similar token counts together (random "
                                   "order otherwise): far less padding to compute on when lengths vary, as NER "
                                   "sentences do.")
-    freeze_embeddings: bool = Field(False, description="Leave the word-embedding table as the input has it: no "
-                                    "gradient, no optimizer state. In a small student it is most of the weights "
-                                    "(11.7 of 16.5 M in a MiniLM cut to a third of its FFN), so most of each "
-                                    "step's optimizer work.")
+
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> TrainingSettings:
@@ -135,11 +132,8 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
         if cfg.group_by_length else {"shuffle": True, "generator": generator}
     loader = torch.utils.data.DataLoader(examples, batch_size=cfg.batch_size, collate_fn=collate, **order)
     unit = model if extra is None else _WithExtra(model, extra)
-    table = model.get_input_embeddings().weight
-    trainable = table.requires_grad
-    table.requires_grad_(trainable and not cfg.freeze_embeddings)
-    decay = [p for p in unit.parameters() if p.ndim > 1 and p.requires_grad]
-    no_decay = [p for p in unit.parameters() if p.ndim <= 1 and p.requires_grad]
+    decay = [p for p in unit.parameters() if p.ndim > 1]
+    no_decay = [p for p in unit.parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate,
@@ -190,7 +184,6 @@ def train(model: torch.nn.Module, tokenizer, cfg: TrainingSettings, ctx: Context
     kept, kept_epoch = (best_dev, best_epoch) if cfg.keep == "best" else (dev, len(history))
     if cfg.keep == "best":
         model.load_state_dict(best_state)
-    table.requires_grad_(trainable)
     model.to("cpu").eval()
     return {"history": history, "metric": dev["metric"], "best_dev_score": best_dev["score"],
             "dev_score": kept["score"], "kept_epoch": kept_epoch,
