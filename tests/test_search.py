@@ -223,23 +223,32 @@ def test_refine_minutes_stops_a_refinement_predicted_to_overrun(monkeypatch, tmp
     assert "l1-h0-f50 not refined" in (folder.parent / "report.md").read_text()
 
 
+TEACHER_PARTS = np.ones((40, 1))  # the teacher right on all 40 dev examples; one miss in a share of 20 is 5 points
+
+
+def missing(judged: int, held_out: int) -> np.ndarray:
+    """Dev parts of a model that misses `judged` of the judging half's examples and `held_out` of the held-out
+    half's (the tiny recipe's seed, half of dev held out)."""
+    split = Reference.split({"parts": TEACHER_PARTS, "score": 1.0}, 0.5, 0, 40, 40)
+    parts = TEACHER_PARTS.copy()
+    parts[split.judging[:judged]] = parts[split.held_out[:held_out]] = 0
+    return parts
+
+
+def fake_held_out_candidates(monkeypatch, parts: dict[str, np.ndarray]) -> None:
+    """The four tiny candidates (p50 1 to 2.5 ms) with these dev parts, against a teacher right on all of dev."""
+    fake_candidates(monkeypatch, {c: (0.0, p50) for c, p50 in [("l1-h50-f50", 1.0), ("l1-h0-f50", 1.5),
+                                                                ("l2-h50-f50", 2.0), ("l2-h0-f50", 2.5)]},
+                    parts=parts)
+    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 1.0, "metric": "accuracy",
+                                                                   "parts": TEACHER_PARTS})
+
+
 def test_a_held_out_share_of_dev_confirms_the_choice(monkeypatch, tmp_path, tiny_bert, tiny_csv):
     """Judged on the rest of dev, the fastest candidate within budget is passed over when the held-out examples
     disagree; the next that fits there too is chosen."""
-    teacher = np.ones((40, 1))  # the teacher right on all 40 dev examples; one miss in a share of 20 is 5 points
-    split = Reference.split({"parts": teacher, "score": 1.0}, 0.5, 0, 40, 40)  # the tiny recipe's seed
-
-    def parts(judged_misses: int, held_out_misses: int) -> np.ndarray:
-        p = teacher.copy()
-        p[split.judging[:judged_misses]] = p[split.held_out[:held_out_misses]] = 0
-        return p
-
-    fake_candidates(monkeypatch, {c: (0.0, p50) for c, p50 in [("l1-h50-f50", 1.0), ("l1-h0-f50", 1.5),
-                                                                ("l2-h50-f50", 2.0), ("l2-h0-f50", 2.5)]},
-                    parts={"l1-h50-f50": parts(0, 3), "l1-h0-f50": parts(0, 0), "l2-h50-f50": parts(2, 0),
-                           "l2-h0-f50": parts(0, 0)})
-    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 1.0, "metric": "accuracy",
-                                                                   "parts": teacher})
+    fake_held_out_candidates(monkeypatch, {"l1-h50-f50": missing(0, 3), "l1-h0-f50": missing(0, 0),
+                                           "l2-h50-f50": missing(2, 0), "l2-h0-f50": missing(0, 0)})
     code, folder = run_search(tmp_path, tiny_bert, tiny_csv, confirm=0.5)
     found = Artifact.load(folder).metrics["search"]
     rows = {r["id"]: r for r in found["candidates"]}
@@ -253,22 +262,12 @@ def test_a_held_out_share_of_dev_confirms_the_choice(monkeypatch, tmp_path, tiny
 def test_a_refinement_that_the_held_out_share_does_not_confirm_is_a_miss(monkeypatch, tmp_path, tiny_bert,
                                                                          tiny_csv):
     """The search from the fastest goes on past a refinement that fits on the judging examples only."""
-    teacher = np.ones((40, 1))
-    split = Reference.split({"parts": teacher, "score": 1.0}, 0.5, 0, 40, 40)
-
-    def parts(judged_misses: int, held_out_misses: int) -> np.ndarray:
-        p = teacher.copy()
-        p[split.judging[:judged_misses]] = p[split.held_out[:held_out_misses]] = 0
-        return p
-
-    fake_candidates(monkeypatch, {c: (0.0, p50) for c, p50 in [("l1-h50-f50", 1.0), ("l1-h0-f50", 1.5),
-                                                                ("l2-h50-f50", 2.0), ("l2-h0-f50", 2.5)]},
-                    parts={"l1-h50-f50": parts(4, 0), "l1-h0-f50": parts(3, 0), "l2-h50-f50": parts(2, 0),
-                           "l2-h0-f50": parts(1, 0)})  # 20, 15, 10 and 5 points under on the judging half, as cut
-    monkeypatch.setattr(search_stage, "evaluate", lambda *a, **k: {"score": 1.0, "metric": "accuracy",
-                                                                   "parts": teacher})
+    fake_held_out_candidates(monkeypatch, {"l1-h50-f50": missing(4, 0), "l1-h0-f50": missing(3, 0),
+                                           "l2-h50-f50": missing(2, 0), "l2-h0-f50": missing(1, 0)})
+    # as cut 20, 15, 10 and 5 points under on the judging half
     refined = fake_refine(monkeypatch, dict.fromkeys(["l1-h50-f50", "l1-h0-f50", "l2-h50-f50"], 0.0),
-                          parts={"l1-h50-f50": parts(0, 3), "l1-h0-f50": parts(0, 0), "l2-h50-f50": parts(0, 0)})
+                          parts={"l1-h50-f50": missing(0, 3), "l1-h0-f50": missing(0, 0),
+                                 "l2-h50-f50": missing(0, 0)})
     code, folder = run_search(tmp_path, tiny_bert, tiny_csv, confirm=0.5, refine_epochs=1, refine_tries=3,
                               refine_within=20.0)
     rows = {r["id"]: r for r in Artifact.load(folder).metrics["search"]["candidates"]}
