@@ -427,3 +427,17 @@ def test_a_fit_counts_the_gate_s_own_test_noise_too():
     assert Reference(None, 0.9, dev_size=100, test_size=0).fits(0.2, 0.6, None, 1.0, 1.0)  # 0.2 + 0.6 <= 1
     assert not both.fits(0.2, 0.6, None, 1.0, 1.0)  # 0.2 + 0.6 * sqrt(2) > 1
     assert both.fits(0.1, 0.6, np.arange(25), 1.0, 1.0)  # a quarter of dev: 0.1 + 0.6 * sqrt(1.25) <= 1
+
+
+def test_a_cut_candidate_the_held_out_share_rejects_does_not_bound_the_refinements(monkeypatch, tmp_path,
+                                                                                   tiny_bert, tiny_csv):
+    """Refinements go up to the fastest cut the held-out share confirms, not the fastest that fits the judging
+    share only (with a budget of 6 points, one miss in 20 fits)."""
+    fake_held_out_candidates(monkeypatch, {"l1-h50-f50": missing(1, 3), "l1-h0-f50": missing(0, 2),
+                                           "l2-h50-f50": missing(0, 0), "l2-h0-f50": missing(0, 0)})
+    refined = fake_refine(monkeypatch, {"l1-h50-f50": 0.0, "l1-h0-f50": 0.0},
+                          parts={"l1-h50-f50": missing(1, 3), "l1-h0-f50": missing(0, 0)})
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, confirm=0.5, max_accuracy_drop=6.0, refine_epochs=1,
+                              refine_tries=3, refine_within=20.0)
+    found = Artifact.load(folder).metrics["search"]
+    assert code == 0 and refined == ["l1-h50-f50", "l1-h0-f50"] and found["chosen"] == "l1-h0-f50+refined"

@@ -578,14 +578,12 @@ def search(cfg: SearchConfig, parent: Artifact, ctx: Context, out: Path) -> Stag
         judging = time.perf_counter()
         rows = judge_all(cfg, grid, elastic, ctx, out, reference, metric, started) + [
             c.settings() | {"status": "not run", "reason": f"deeper than the input's {depth} layers"} for c in too_deep]
-        chosen = choose(rows, cfg.objective)
+        chosen = confirmed(cfg, rows, reference)  # a cut that the held-out half rejects must not bound refinement
         students = {r["id"]: out / "candidates" / r["id"] / "student" for r in rows}
         refine_stop = ""
         if cfg.refine_epochs:
             chosen, refine_stop = refine_fastest(cfg, rows, chosen, students, trained, teacher_name, ctx, out,
                                                  reference)
-    if reference.held_out is not None:
-        chosen = confirmed(cfg, rows, reference)
     if chosen is None:
         rows.append(fall_back_to_teacher(cfg, teacher_art, ctx, out, reference, metric))
         chosen, students["teacher"] = choose(rows, cfg.objective), teacher_art.path
@@ -622,7 +620,7 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
     """Refine candidates worth it, from the fastest (or smallest), and choose the fastest refinement that fits.
 
     Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget (margin included), and
-    no slower than the candidate chosen as cut (which stays chosen if no refinement fits). Refinement wins back more
+    no slower than the candidate chosen as cut, confirmed (which stays chosen if no refinement fits). Refinement wins back more
     the closer a candidate starts, so the fastest of these rarely fit and the slowest nearly always do; but a
     refinement costs about what its candidate's p50 does, so the search starts at the cheap end: the 1st, 2nd,
     4th, 8th ... fastest until one fits (on the held-out examples too), then a bisection of the gap before it
