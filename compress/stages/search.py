@@ -625,8 +625,8 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
     nearly always do; but a refinement costs about what its candidate's p50 does, so the search starts at the
     cheap end: the 1st, 2nd, 4th, 8th ... fastest until one fits (on the held-out examples too), then a bisection
     of the gap before it (`refine_tries` tries in all). A bisection from the pool's middle spent its first try, and
-    most of its time, on a slow candidate it did not keep. Every refinement's row joins the table, and its checkpoint `students`.
-    Returns the choice and, when `refine_minutes` stopped the search, why."""
+    most of its time, on a slow candidate it did not keep. Every refinement's row joins the table, and its
+    checkpoint `students`. Returns the choice and, when `refine_minutes` stopped the search, why."""
     key = measured_by(cfg.objective)
     pareto(rows, cfg.objective)
     limit = chosen[key] if chosen else float("inf")
