@@ -441,3 +441,24 @@ def test_a_cut_candidate_the_held_out_share_rejects_does_not_bound_the_refinemen
                               refine_tries=3, refine_within=20.0)
     found = Artifact.load(folder).metrics["search"]
     assert code == 0 and refined == ["l1-h50-f50", "l1-h0-f50"] and found["chosen"] == "l1-h0-f50+refined"
+
+
+def test_refinement_s_pool_keeps_cuts_within_noise_of_the_front(monkeypatch):
+    """A slower cut one example net under a faster one (three disagreements in 100) is within noise of it and may
+    be refined; one ten examples under is not. The Pareto front alone keeps only the fastest."""
+    fast = np.ones((100, 1))
+    fast[:20] = 0  # right on 80 of 100
+
+    def row(name: str, p50: float, parts: np.ndarray) -> dict:
+        return {"id": name, "p50_ms": p50, "dev_score": float(parts.mean()), "dev_parts": parts,
+                "drop_points": 100 * (1 - float(parts.mean()))}
+
+    near, far = fast.copy(), fast.copy()
+    near[[0, 20, 21]] = [[1], [0], [0]]  # +1 -2: one net under, three disagreements (SE about 1.7 points)
+    far[20:30] = 0  # ten under (SE about 3 points)
+    rows = [row("fast", 1.0, fast), row("near", 2.0, near), row("far", 3.0, far)]
+    assert [r["id"] for r in search_stage.near_front(rows, "latency", None)] == ["fast", "near"]
+    search_stage.pareto(rows, "latency")
+    assert [r["id"] for r in rows if r["pareto"]] == ["fast"]
+    # the noise is measured over the examples `on`: where the two never disagree, a point is beyond it
+    assert [r["id"] for r in search_stage.near_front(rows, "latency", np.arange(22, 100))] == ["fast"]

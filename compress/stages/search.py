@@ -424,6 +424,27 @@ def pareto(rows: list[dict], objective: str) -> None:
                               and (o["dev_score"] > r["dev_score"] or o[key] < r[key]) for o in judged)
 
 
+def near_front(rows: list[dict], objective: str, on: np.ndarray | None) -> list[dict]:
+    """The judged rows that no row at least as fast (small) beats on dev by more than one standard error of the two
+    scores' difference (paired, over the dev examples `on`; None: all). Why: one elastic epoch leaves cut shapes
+    whose scores differ by about that noise, so the Pareto front of those scores alone passes over shapes that
+    refinement ranks otherwise (on a small dev set, the luckiest fast cut can be the whole front)."""
+    key = measured_by(objective)
+    judged = [r for r in rows if r.get("dev_score") is not None]
+
+    def beaten(r: dict) -> bool:
+        return any(o is not r and o[key] <= r[key] and o["drop_points"] < r["drop_points"]
+                   and r["drop_points"] - o["drop_points"] > paired_error(o, r, on) for o in judged)
+    return [r for r in judged if not beaten(r)]
+
+
+def paired_error(a: dict, b: dict, on: np.ndarray | None) -> float:
+    """Points: the standard error of the difference of two rows' dev scores (0 without per-example parts)."""
+    if a.get("dev_parts") is None or b.get("dev_parts") is None:
+        return 0.0
+    return drop_standard_error(*(r["dev_parts"] if on is None else r["dev_parts"][on] for r in (a, b)))
+
+
 def choose(rows: list[dict], objective: str) -> dict | None:
     """The best of the candidates within budget at the objective; None when none is."""
     fits = [r for r in rows if r["status"] == "within budget"]
@@ -619,8 +640,9 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
                    reference: Reference) -> tuple[dict | None, str]:
     """Refine candidates worth it, from the fastest (or smallest), and choose the fastest refinement that fits.
 
-    Worth it: on the Pareto front as cut, at most `refine_within` points beyond the budget (margin included), and
-    no slower than the candidate chosen, and confirmed, as cut (which stays chosen if no refinement fits).
+    Worth it: near the front as cut (near_front), at most `refine_within` points beyond the budget (margin
+    included), and no slower than the candidate chosen, and confirmed, as cut (which stays chosen if no refinement
+    fits).
     Refinement wins back more the closer a candidate starts, so the fastest of these rarely fit and the slowest
     nearly always do; but a refinement costs about what its candidate's p50 does, so the search starts at the
     cheap end: the 1st, 2nd, 4th, 8th ... fastest until one fits (on the held-out examples too), then a bisection
@@ -628,9 +650,8 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
     most of its time, on a slow candidate it did not keep. Every refinement's row joins the table, and its
     checkpoint `students`. Returns the choice and, when `refine_minutes` stopped the search, why."""
     key = measured_by(cfg.objective)
-    pareto(rows, cfg.objective)
     limit = chosen[key] if chosen else float("inf")
-    pool = sorted((r for r in rows if r.get("pareto") and r[key] <= limit
+    pool = sorted((r for r in near_front(rows, cfg.objective, reference.judging) if r[key] <= limit
                    and reference.fits(r["drop_points"], r["drop_se"], reference.judging, cfg.margin,
                                       cfg.max_accuracy_drop + cfg.refine_within)),
                   key=lambda r: r[key])
