@@ -443,7 +443,7 @@ def test_a_cut_candidate_the_held_out_share_rejects_does_not_bound_the_refinemen
     assert code == 0 and refined == ["l1-h50-f50", "l1-h0-f50"] and found["chosen"] == "l1-h0-f50+refined"
 
 
-def test_refinement_s_pool_keeps_cuts_within_noise_of_the_front(monkeypatch):
+def test_refinement_s_pool_keeps_cuts_within_noise_of_the_front():
     """A slower cut one example net under a faster one (three disagreements in 100) is within noise of it and may
     be refined; one ten examples under is not. The Pareto front alone keeps only the fastest."""
     fast = np.ones((100, 1))

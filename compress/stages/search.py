@@ -642,13 +642,12 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
 
     Worth it: near the front as cut (near_front), at most `refine_within` points beyond the budget (margin
     included), and no slower than the candidate chosen, and confirmed, as cut (which stays chosen if no refinement
-    fits).
-    Refinement wins back more the closer a candidate starts, so the fastest of these rarely fit and the slowest
-    nearly always do; but a refinement costs about what its candidate's p50 does, so the search starts at the
-    cheap end: the 1st, 2nd, 4th, 8th ... fastest until one fits (on the held-out examples too), then a bisection
-    of the gap before it (`refine_tries` tries in all). A bisection from the pool's middle spent its first try, and
-    most of its time, on a slow candidate it did not keep. Every refinement's row joins the table, and its
-    checkpoint `students`. Returns the choice and, when `refine_minutes` stopped the search, why."""
+    fits). Refinement wins back more the closer a candidate starts, so the fastest of these rarely fit and the
+    slowest nearly always do; but a refinement costs about what its candidate's p50 does, so the search starts at
+    the cheap end: the 1st, 2nd, 4th, 8th ... fastest until one fits (on the held-out examples too), then a
+    bisection of the gap before it (`refine_tries` tries in all). A bisection from the pool's middle spent its
+    first try, and most of its time, on a slow candidate it did not keep. Every refinement's row joins the table,
+    and its checkpoint `students`. Returns the choice and, when `refine_minutes` stopped the search, why."""
     key = measured_by(cfg.objective)
     limit = chosen[key] if chosen else float("inf")
     pool = sorted((r for r in near_front(rows, cfg.objective, reference.judging) if r[key] <= limit
