@@ -32,9 +32,8 @@ class ExportConfig(ParityChecked):
     opset: int = Field(17, ge=14, le=21)
     optimize: bool = Field(True, description="Apply ONNX Runtime's transformer fusions (Attention, LayerNorm, Gelu; "
                            "residual adds stay apart from their LayerNorm, see fuse).")
-    fuse_embeddings: bool = Field(True, description="Fuse the embedding lookups and their LayerNorm into "
-                                  "EmbedLayerNormalization. Off for 4-bit embeddings (quantize embedding_bits: 4), "
-                                  "which need the plain Gathers.")
+    fuse_embeddings: bool = Field(True, description="Fuse the embedding lookups and their LayerNorm into ONNX "
+                                  "Runtime's EmbedLayerNormalization; off, they stay plain Gathers and a LayerNorm.")
 
 
 def to_onnx(model: torch.nn.Module, sample: dict, path: Path, opset: int) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import pytest
 
@@ -116,6 +117,58 @@ def test_bad_quantize_settings_are_refused_before_running(tmp_path, trained, cap
     assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def loaded(path, tmp_path):
+    """The graph ONNX Runtime runs for `path`, with the initializers it computed at load."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / f"{path.parent.name}.loaded.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnx.load(options.optimized_model_filepath)
+
+
+def test_4bit_embedding_tables_shrink_the_file_and_load_as_the_8bit_model(tmp_path, trained, capsys):
+    """embedding_bits 4 stores each table in 4 bits (the tiny tables save less than the expanding nodes cost, so the
+    test counts tensor bytes, not the file's); what ONNX Runtime runs is the 8-bit graph, with tables on the 8-bit
+    grid within half a 4-bit step (plus the 8-bit rounding) of the 8-bit model's, zero points kept."""
+    from onnx import numpy_helper
+
+    from compress.core.embeddings4 import embedding_tables
+    from compress.core.size import size_split
+
+    steps = [TEACHER, ONNX, {"name": "int8", "type": "quantize", "from": "onnx"},
+             {"name": "int4-tables", "type": "quantize", "from": "onnx", "embedding_bits": 4,
+              "embedding_block_size": 16}]
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "tiny"
+    eight, four = (Artifact.load(run / folder) for folder in ("02-int8", "03-int4-tables"))
+    tables = embedding_tables(onnx.load(str(eight.file("model"))))
+    assert len(tables) == 3  # word, position, token type: fused into QEmbedLayerNormalization
+    ran8, ran4 = (loaded(a.file("model"), tmp_path) for a in (eight, four))
+    assert [n.op_type for n in ran4.graph.node] == [n.op_type for n in ran8.graph.node]  # the chain is folded
+    values8, values4 = ({t.name: numpy_helper.to_array(t) for t in m.graph.initializer} for m in (ran8, ran4))
+    for name, zero_point in tables.items():
+        zero = int(values8[zero_point])
+        before, after = (v[name].astype(np.int32) - zero for v in (values8, values4))
+        blocks = before.reshape(before.shape[0], -1, 16)
+        half_step = np.abs(blocks).max(-1, keepdims=True) / 14
+        assert (np.abs(after - before).reshape(blocks.shape) <= half_step + 1).all(), name
+        assert (after[before == 0] == 0).all() and (after != before).any(), name
+    split8, split4 = (size_split(a)["embeddings"] for a in (eight, four))
+    assert split4["parameters"] == split8["parameters"] and split4["bytes"] < 0.7 * split8["bytes"]
+    assert four.metrics["embedding_block_size"] == 16
+
+
+def test_a_4bit_block_that_does_not_divide_a_table_s_rows_fails_the_step(tmp_path, trained, capsys):
+    steps = [TEACHER, ONNX, {"name": "int4-tables", "type": "quantize", "embedding_bits": 4,
+                             "embedding_block_size": 64}]  # the tiny BERT's rows are 32 wide
+    assert main([str(write_recipe(tmp_path, *trained, steps)), "--out", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert "int4-tables: embedding_bits 4" in err and "blocks of 64 (embedding_block_size)" in err
+    assert not (tmp_path / "runs" / "tiny" / "02-int4-tables").exists()
 
 
 @pytest.fixture(scope="module")

@@ -407,19 +407,6 @@ def test_an_albert_teacher_with_a_unigram_tokenizer_goes_through_layer_drop_and_
     assert (run / "02-s" / "tokenizer.json").is_file()
 
 
-def test_candidates_with_4bit_embeddings_export_plain_gathers(monkeypatch):
-    """embedding_bits 4 rewrites the embedding Gathers, which a fused export no longer has."""
-    seen = []
-    monkeypatch.setattr(search_stage, "run_stage", lambda step, parent, ctx, out: seen.append(step) or parent)
-    monkeypatch.setattr(search_stage, "score", lambda cfg, int8, ctx: {})
-    monkeypatch.setattr(search_stage, "latency_of", lambda cfg, folder, ctx: 1.0)
-    monkeypatch.setattr(search_stage.shutil, "rmtree", lambda path: None)
-    for bits, fused in ((8, True), (4, False)):
-        cfg = SearchConfig(name="s", quantization={"per_channel": True, "embedding_bits": bits})
-        search_stage.ship(cfg, Artifact("c", "hf-checkpoint", Path("."), "h"), None, Path("."))
-        assert seen[-2].type == "export" and seen[-2].fuse_embeddings is fused
-
-
 def test_a_fit_counts_the_gate_s_own_test_noise_too():
     """The gate compares a drop measured on test: from a dev drop's standard error on n examples, its own is that
     scaled by sqrt(n / test size), and the two add in quadrature."""

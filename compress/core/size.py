@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.core.artifact import Artifact
+from compress.core.embeddings4 import META, PACKED
 
 MACS_SEQUENCE_LENGTH = 128  # the report's architecture figures (macs_seq128) run one sequence of this length
 
@@ -51,19 +52,13 @@ def _tensor_sizes(path: Path) -> list[tuple[str, int, int]]:
     from onnx.helper import tensor_dtype_to_np_dtype
 
     model = onnx.load(str(path), load_external_data=False)
-    metadata = _block_scales(model)
     sizes = []
     for t in model.graph.initializer:
         n = int(np.prod(t.dims))
         nbytes = (n + 1) // 2 if t.data_type in FOUR_BIT_TYPES else n * tensor_dtype_to_np_dtype(t.data_type).itemsize
-        sizes.append((t.name, nbytes, 0 if t.name in metadata else n))
+        values = 0 if META in t.name else 2 * n if t.name.endswith(PACKED) else n  # embeddings4: 2 codes a byte
+        sizes.append((t.name, nbytes, values))
     return sizes
-
-
-def _block_scales(model) -> set[str]:
-    """The per-block scales and zero points of GatherBlockQuantized (4-bit embeddings): quantization metadata,
-    not parameters, though unlike per-tensor scales they are far from scalars (one per 32 values)."""
-    return {name for node in model.graph.node if node.op_type == "GatherBlockQuantized" for name in node.input[2:]}
 
 
 def size_split(artifact: Artifact) -> dict[str, dict[str, int]] | None:

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from compress.core.artifact import Artifact
 from compress.core.calibration import calibration_examples, calibration_reader, onnx_input_names
+from compress.core.embeddings4 import pack_embeddings
 from compress.core.errors import CompressError, StageFailed, StepUnavailable
 from compress.core.parity import OLD_NAMES, ParityChecked
 from compress.core.stage import Context
@@ -74,8 +75,9 @@ class DynamicConfig(QuantizeBase):
 
     method: Literal["dynamic"] = "dynamic"
     quantize_embeddings: bool = Field(True, description="INT8 embedding lookups (Gather / EmbedLayerNormalization).")
-    embedding_bits: Literal[8, 4] = Field(8, description="4: embedding tables in 4 bits, one scale per block "
-                                          "(ORT GatherBlockQuantized); needs an export with fuse_embeddings: false.")
+    embedding_bits: Literal[8, 4] = Field(8, description="4: the INT8 embedding tables stored in 4 bits, one scale "
+                                          "per block of a row, which ONNX Runtime expands back to INT8 when it loads "
+                                          "the model: a smaller file, the same run (compress/core/embeddings4.py).")
     embedding_block_size: int = Field(32, ge=16, description="Values per 4-bit scale along the hidden size; a power "
                                       "of two. Smaller blocks: closer to the FP32 table, more scale bytes.")
 
@@ -94,48 +96,22 @@ class DynamicConfig(QuantizeBase):
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.registry import IntegerOpsRegistry
 
-        four_bit = self.embedding_bits == 4
-        with tempfile.TemporaryDirectory(dir=out) as scratch:
-            source = parent.file("model")
-            if four_bit:
-                source = embeddings_4bit(source, Path(scratch) / "embeddings-4bit.onnx", self.embedding_block_size,
-                                         self.name)
-            ops = [op for op in IntegerOpsRegistry
-                   if self.quantize_embeddings and not four_bit or op not in EMBEDDING_OPS]
-            quantize_dynamic(
-                source, out / "model.onnx", per_channel=self.per_channel, weight_type=QuantType.QInt8,
-                op_types_to_quantize=ops,
-                # The transformer optimizer leaves some weights without type info; without this the quantizer stops
-                # with "Unable to find data type for weight_name".
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+        ops = [op for op in IntegerOpsRegistry if self.quantize_embeddings or op not in EMBEDDING_OPS]
+        quantize_dynamic(
+            parent.file("model"), out / "model.onnx", per_channel=self.per_channel, weight_type=QuantType.QInt8,
+            op_types_to_quantize=ops,
+            # The transformer optimizer leaves some weights without type info; without this the quantizer stops
+            # with "Unable to find data type for weight_name".
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        if self.embedding_bits == 4:
+            try:
+                pack_embeddings(out / "model.onnx", self.embedding_block_size)
+            except ValueError as e:
+                raise StageFailed(f"{self.name}: embedding_bits 4: {e}") from e
         return ({"per_channel": self.per_channel, "quantize_embeddings": self.quantize_embeddings,
                  "embedding_bits": self.embedding_bits}
-                | ({"embedding_block_size": self.embedding_block_size} if four_bit else {}))
-
-
-def embeddings_4bit(source: Path, target: Path, block_size: int, step: str) -> Path:
-    """Every Gather over an initializer table -> GatherBlockQuantized: 4-bit symmetric, one FP32 scale per
-    `block_size` values of a row. Why: after vocabulary pruning the INT8 word table is still a third of an INT8
-    MiniLM; 4 bits halve it and leave room for more vocabulary. ONNX Runtime's weight-only quantizer does the work;
-    the fused EmbedLayerNormalization keeps its tables as inputs it cannot rewrite, hence the plain-Gather export."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    model = onnx.load(source)
-    if any(n.op_type == "EmbedLayerNormalization" for n in model.graph.node):
-        raise CompressError(f"{step}: embedding_bits 4 needs plain embedding Gathers, but {source} has a fused "
-                            "EmbedLayerNormalization: export it with fuse_embeddings: false")
-    gather = {"op_types_to_quantize": ("Gather",), "quant_axes": (("Gather", 1),)}
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=4, **gather)
-    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, algo_config=config,
-                                     **gather)
-    with np.errstate(divide="ignore", invalid="ignore"):  # ORT divides by all-zero rows' zero scales, then masks them
-        quantizer.process()
-    if not any(n.op_type == "GatherBlockQuantized" for n in quantizer.model.model.graph.node):
-        raise StageFailed(f"{step}: embedding_bits 4 found no Gather over an embedding table in {source}")
-    quantizer.model.save_model_to_file(str(target))
-    return target
+                | ({"embedding_block_size": self.embedding_block_size} if self.embedding_bits == 4 else {}))
 
 
 class OptimumDynamicConfig(QuantizeBase):

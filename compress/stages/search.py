@@ -283,9 +283,7 @@ def latency_of(cfg: SearchConfig, folder: Path, ctx: Context) -> float:
 
 def to_int8(cfg: SearchConfig, student: Artifact, ctx: Context, folder: Path) -> Artifact:
     """`student` exported and made INT8 into folder/int8, as the steps after the search will."""
-    onnx = run_stage(ExportConfig(name=f"{student.name}-onnx", parity=CANDIDATE_PARITY,
-                                  fuse_embeddings=cfg.quantization.embedding_bits == 8),  # 4-bit: plain Gathers
-                     student, ctx, folder / "onnx")
+    onnx = run_stage(ExportConfig(name=f"{student.name}-onnx", parity=CANDIDATE_PARITY), student, ctx, folder / "onnx")
     int8 = run_stage(cfg.quantization.model_copy(update={"name": f"{student.name}-int8"}), onnx, ctx, folder / "int8")
     shutil.rmtree(folder / "onnx")
     return int8
