@@ -265,9 +265,10 @@ def test_pipeline_prunes_and_covered_test_texts_predict_identically(tmp_path, ar
     assert sum(p["parameters"] for p in split["small-vocab"].values()) == parameters
     int8, fp32 = split["int8"]["embeddings"], split["int8-fp32-embeddings"]["embeddings"]
     assert int8["bytes"] < 1.1 * int8["parameters"] and fp32["bytes"] == 4 * fp32["parameters"]
-    # 4 bits a value plus one FP16 scale per 16 values and the expansion's constants (a 512-byte lookup among them)
+    # 4 bits a value plus one FP16 scale per 16 values (the FP32 LayerNorm of 2 x hidden values rides along), and
+    # the expansion's one fixed cost: a [256, 2] INT8 lookup shared by all tables
     int4 = split["int4-embeddings"]["embeddings"]
-    assert int4["parameters"] == fp32["parameters"] and int4["bytes"] < int8["bytes"]
+    assert int4["parameters"] == fp32["parameters"] and int4["bytes"] < 0.8 * int4["parameters"] + 256 * 2
     assert {"## Size split", "## Vocabulary pruning"} <= set((run / "report.md").read_text().splitlines())
 
 

@@ -38,10 +38,9 @@ def embedding_tables(model) -> dict[str, str]:
     return {t: zero_point for t, zero_point in tables.items() if t in initializers}
 
 
-def pack_embeddings(path: Path, block_size: int) -> list[str]:
+def pack_embeddings(path: Path, block_size: int) -> None:
     """Rewrite `path` with every 8-bit embedding table stored in 4 bits, one scale per `block_size` values of a
-    row. Returns the tables packed; raises ValueError when there is none, or a row's width is not a multiple of
-    `block_size`."""
+    row. Raises ValueError when there is none, or a row's width is not a multiple of `block_size`."""
     import onnx
     from onnx import numpy_helper
 
@@ -70,7 +69,6 @@ def pack_embeddings(path: Path, block_size: int) -> list[str]:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     onnx.save(model, path)
-    return sorted(tables)
 
 
 def quantize_blocks(table: np.ndarray, zero_point: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:

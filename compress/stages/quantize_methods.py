@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from compress.core.artifact import Artifact
