@@ -275,6 +275,24 @@ def test_a_refinement_that_the_held_out_share_does_not_confirm_is_a_miss(monkeyp
     assert rows["l1-h50-f50+refined"]["status"] == "not confirmed" and rows["l1-h0-f50+refined"]["status"] == "chosen"
 
 
+def test_a_refinement_the_held_out_share_confirms_fits_the_judging_share_by_its_drop_alone(monkeypatch, tmp_path,
+                                                                                          tiny_bert, tiny_csv):
+    """One miss in the judging half's 20 is 5 points, within a 6-point budget but not by the margin (a standard
+    error of 2 points here): a cut that does so is over budget, a refinement that does so and is confirmed on the
+    held-out share is chosen."""
+    fake_held_out_candidates(monkeypatch, {"l1-h50-f50": missing(4, 0), "l1-h0-f50": missing(3, 0),
+                                           "l2-h50-f50": missing(2, 0), "l2-h0-f50": missing(1, 0)})
+    monkeypatch.setattr(search_stage, "drop_standard_error", lambda reference, parts: 2.0)
+    refined = fake_refine(monkeypatch, {"l1-h50-f50": 0.0}, parts={"l1-h50-f50": missing(1, 0)})
+    code, folder = run_search(tmp_path, tiny_bert, tiny_csv, confirm=0.5, max_accuracy_drop=6.0, refine_epochs=1,
+                              refine_tries=1, refine_within=20.0)
+    found = Artifact.load(folder).metrics["search"]
+    rows = {r["id"]: r for r in found["candidates"]}
+    assert code == 0 and refined == ["l1-h50-f50"] and found["chosen"] == "l1-h50-f50+refined"
+    assert rows["l2-h0-f50"]["drop_points"] == rows["l1-h50-f50+refined"]["drop_points"] == 5.0
+    assert rows["l2-h0-f50"]["status"] == "over budget" and rows["l1-h50-f50+refined"]["held_out_drop_points"] == 0
+
+
 def test_a_candidate_must_fit_by_the_margin_of_its_dev_drop_s_standard_error(monkeypatch, tmp_path, tiny_bert,
                                                                             tiny_csv):
     fake_candidates(monkeypatch, {"l1-h50-f50": (0.895, 1.0), "l1-h0-f50": (0.895, 1.5), "l2-h50-f50": (0.895, 2.0),

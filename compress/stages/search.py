@@ -12,8 +12,8 @@ fits: the user gets the least-compressed answer rather than none. The step's out
 an export and a quantize with the search's settings after it rebuild the very model that was judged.
 
 With `confirm`, a share of dev is held out from all of that: the fastest candidate of many that fit on dev is also
-among the luckiest on it, so the choice must fit on examples it was not chosen on too. Only dev decides: the test
-split is never read here.
+among the luckiest on it, so the choice must fit on examples it was not chosen on too (and a refinement, one of a
+few, then needs no margin on the rest: refined_margin). Only dev decides: the test split is never read here.
 """
 from __future__ import annotations
 
@@ -670,7 +670,7 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
         last = (time.perf_counter() - start, candidate[key])
         spent += last[0]
         row = judged({**candidate, **figures, "id": f"{candidate['id']}+refined", "reason": ""}, cfg, reference,
-                     cfg.margin)
+                     refined_margin(cfg, reference))
         rows.append(row)
         students[row["id"]] = student.path
         fits = row["status"] == "within budget" and holds_out(cfg, row, reference)
@@ -681,6 +681,14 @@ def refine_fastest(cfg: SearchConfig, rows: list[dict], chosen: dict | None, stu
         else:
             low = i + 1
     return chosen, ""
+
+
+def refined_margin(cfg: SearchConfig, reference: Reference) -> float:
+    """The margin a refinement must fit the judging examples by: none when a held-out share confirms it. Why: the
+    margin guards against choosing the luckiest of many on the same examples; a refinement is one of at most
+    `refine_tries` models, and the held-out share, which chose none of them, gives the proof by the margin. Asking
+    both halves for it asked twice for what one gives, and passed over students level with their teacher."""
+    return 0.0 if reference.held_out is not None else cfg.margin
 
 
 def out_of_time(cfg: SearchConfig, figure: float, last: tuple[float, float] | None, spent: float) -> str:
