@@ -104,7 +104,8 @@ def lines(search: SearchFigures, label: str) -> list[str]:
            "dev, widened by the test set's own noise)"
            if search.margin_se else "") + f"; objective: {best}."
         + (f" Candidates are judged on dev less {search.held_out} examples held out at random; the chosen one must "
-           "fit on those too (the fastest that fit are tried in turn)." if search.held_out else ""),
+           "fit on those too, by the margin (the fastest that fit are tried in turn; a refinement, one of a few, "
+           "needs only its drop within the budget on the rest)." if search.held_out else ""),
         f"Latency: ort-cpu, batch 1, sequence {search.sequence_length}, {search.threads} thread(s).",
         (f"Chosen: {search.chosen}: {search.why}" if search.chosen else
          "Chosen: none: no candidate met the budget" + (f" ({search.why})" if search.why else "")),
