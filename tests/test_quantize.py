@@ -160,7 +160,10 @@ def test_4bit_embedding_tables_shrink_the_file_and_load_as_the_8bit_model(tmp_pa
     stored = {t.name: t for t in onnx.load(str(four.file("model"))).graph.initializer}
     assert 2 * sum(np.prod(stored[name + PACKED].dims) for name in tables) == sum(values8[n].size for n in tables)
     split8, split4 = (size_split(a)["embeddings"] for a in (eight, four))
-    assert split4["parameters"] == split8["parameters"] and split4["bytes"] < split8["bytes"]
+    # 4 bits a value and an FP16 scale per 16 (0.625 of the 8-bit bytes), plus the expansion's fixed cost: the shared
+    # [256, 2] INT8 lookup and each table's 45 bytes of chain constants (block and table shapes, scale 1, zero point)
+    fixed = 256 * 2 + 45 * len(tables)
+    assert split4["parameters"] == split8["parameters"] and split4["bytes"] < 0.7 * split8["bytes"] + fixed
     assert four.metrics["embedding_block_size"] == 16
 
 
