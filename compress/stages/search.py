@@ -452,16 +452,15 @@ def choose(rows: list[dict], objective: str) -> dict | None:
 def why(chosen: dict, rows: list[dict], cfg: SearchConfig, metric: str, teacher: Reference) -> str:
     fits = sum(r["status"] in ("within budget", "chosen") for r in rows)
     best = f"p50 {chosen['p50_ms']} ms" if cfg.objective == "latency" else f"{chosen['size_bytes'] / 1e6:.1f} MB"
-    held_out = "held_out_drop_points" in chosen
+    margin = f"by {cfg.margin:g} standard error(s) of the test drop it predicts"
+    dev = f"{chosen['dev_score']:.4f} ({-chosen['drop_points']:+.2f} points)"
+    if "held_out_drop_points" in chosen:
+        margin = f"(on the held-out examples {margin}; on the judging ones too, unless refined)"
+        dev += (f" on the judging examples; on the {len(teacher.held_out)} held-out dev examples "
+                f"{-chosen['held_out_drop_points']:+.2f} ± {chosen['held_out_drop_se']:.2f} points")
     return (f"{'fastest' if cfg.objective == 'latency' else 'smallest'} ({best}) of the {fits} candidate(s) whose "
             f"INT8 dev {metric} is within {cfg.max_accuracy_drop:g} points of the teacher's {teacher.score:.4f} "
-            + ("(on the held-out examples " if held_out else "")
-            + f"by {cfg.margin:g} standard error(s) of the test drop it predicts"
-            + ("; on the judging ones too, unless refined)" if held_out else "")
-            + f": {chosen['dev_score']:.4f} ({-chosen['drop_points']:+.2f} points)"
-            + (" on the judging examples" if held_out else "")
-            + (f"; on the {len(teacher.held_out)} held-out dev examples {-chosen['held_out_drop_points']:+.2f} "
-               f"± {chosen['held_out_drop_se']:.2f} points" if held_out else ""))
+            f"{margin}: {dev}")
 
 
 def judged(row: dict, cfg: SearchConfig, teacher: Reference, margin: float) -> dict:
