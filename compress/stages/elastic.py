@@ -3,7 +3,7 @@
 Why: distilling each candidate on its own costs 7-9 minutes on 2 cores, so a search could afford one or two.
 Here the input is rewired once, each layer's heads and FFN neurons sorted by importance, so that every prefix of
 them is a sub-network; a training step then distills a few sub-networks of the search's grid at once (the
-smallest and random ones: the sandwich rule of BigNAS / Once-for-All, less its largest), all from the same cached
+largest, the smallest and random ones: the sandwich rule of BigNAS / Once-for-All), all from the same cached
 teacher outputs. Afterwards any candidate is cut out with the prune stage's own operations (layers dropped,
 heads pruned, FFN neurons pruned) and computes exactly what it computed inside the elastic model.
 
@@ -153,12 +153,9 @@ def extract(model: torch.nn.Module, candidate: Candidate) -> torch.nn.Module:
 class ElasticLoss:
     """Distillation of several sub-networks per batch, with the signature compress.core.train expects.
 
-    Each step distills the smallest candidate of the grid plus `sandwich` others drawn at random (seeded, the
-    largest among them), and averages their losses. Every depth has its own layer map (student layer j <-> the
-    teacher layer it was cut from), and the teacher's outputs for all its layers are cached once per text for all
-    of them. Why not the largest every step, as BigNAS does: there it is the teacher of the others; here the
-    cached teacher is, and the largest shape alone cost about half of each step's time; without it the cut shapes
-    came out as close to the teacher in about half the training time (README "Measured results")."""
+    Each step distills the largest and the smallest candidate of the grid plus `sandwich` others drawn at random
+    (seeded), and averages their losses. Every depth has its own layer map (student layer j <-> the teacher layer
+    it was cut from), and the teacher's outputs for all its layers are cached once per text for all of them."""
 
     def __init__(self, cfg: LossConfig, teacher, grid: list[Candidate], order: list[float], sandwich: int,
                  cache: dict[bytes, dict[str, Any]] | None, seed: int, swap: WordSwap | None = None):
@@ -170,7 +167,7 @@ class ElasticLoss:
                                 "leave it unset")
         depth = teacher.config.num_hidden_layers
         ranked = [c for _, c in sorted(zip(order, grid), key=lambda pair: pair[0])]
-        self.smallest, self.others, self.sandwich = ranked[0], ranked[1:], sandwich
+        self.ends, self.others, self.sandwich = [ranked[-1], ranked[0]], ranked[1:-1], sandwich
         weights = {n: getattr(cfg, n) for n in LOSSES if getattr(cfg, n) > 0}
         if not weights:
             raise CompressError("search: distillation.loss: every weight is 0; set at least one of kl, ce, hidden")
@@ -182,9 +179,9 @@ class ElasticLoss:
         self.generator, self.swap = torch.Generator().manual_seed(seed), swap
 
     def sample(self) -> list[Candidate]:
-        """The smallest candidate, then `sandwich` of the others (with replacement)."""
+        """The largest and the smallest candidate, then `sandwich` of the others (with replacement)."""
         picks = torch.randint(len(self.others), (self.sandwich,), generator=self.generator) if self.others else []
-        return list(dict.fromkeys([self.smallest] + [self.others[i] for i in picks]))
+        return list(dict.fromkeys(self.ends + [self.others[i] for i in picks]))
 
     def __call__(self, model, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         inputs, labels, t = teach(self.teacher, self.swap, inputs, labels)

@@ -111,7 +111,7 @@ class SearchConfig(StepConfig):
                                           "the refinements (distill's keys, without student and teacher); they keep "
                                           "their last epoch, since dev then judges them.")
     sandwich: int = Field(2, ge=0, description="Sub-networks drawn at random per training step, besides the "
-                          "smallest of the space (each costs a forward and backward pass).")
+                          "largest and the smallest of the space (each costs a forward and backward pass).")
     refine_epochs: int = Field(0, ge=0, le=100, description="Then distill promising candidates alone for this many "
                                "epochs (distillation's other keys) and judge them again.")
     refine_tries: int = Field(2, ge=1, description="How many candidates may be refined (an exponential search "
